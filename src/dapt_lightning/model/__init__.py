@@ -1,0 +1,1 @@
+"""Frozen CLIP plus prompt learners: plain nn.Modules, no Lightning, no logging."""

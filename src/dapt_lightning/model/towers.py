@@ -1,0 +1,109 @@
+"""Thin views onto open_clip's text and image towers that expose the steps prompt tuning needs.
+
+They hold references to the frozen CLIP modules (no copies) and re-run open_clip's own sub-modules, so any
+open_clip model with the standard CLIP text transformer (causal mask, EOT pooling) and a ViT image tower works.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TextTower(nn.Module):
+    """The text transformer of a CLIP, fed with token embeddings instead of token ids."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        text = getattr(clip, "text", clip)  # CustomTextCLIP keeps the tower under .text; CLIP keeps it inline
+        for attribute in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
+            if not hasattr(text, attribute):
+                raise ValueError(
+                    f"this CLIP's text tower has no {attribute!r}: only models with the standard CLIP text "
+                    "transformer (e.g. ViT-B-16, ViT-L-14) support text prompts; set --model.text_prompts false"
+                )
+        if getattr(text, "cls_emb", None) is not None or getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax")) != "argmax":
+            raise ValueError("this CLIP's text tower does not pool at the EOT token; CoOp prompts need one that does")
+        self.token_embedding = text.token_embedding
+        self.positional_embedding = text.positional_embedding
+        self.transformer = text.transformer
+        self.ln_final = text.ln_final
+        self.text_projection = text.text_projection
+        self.register_buffer("attn_mask", text.attn_mask, persistent=False)
+
+    @property
+    def width(self) -> int:
+        return self.ln_final.weight.shape[0]
+
+    @property
+    def context_length(self) -> int:
+        return self.positional_embedding.shape[0]
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frozen token embeddings ``[N, L, width]`` of token ids ``[N, L]``."""
+        return self.token_embedding(tokens)
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Map pooled hidden states to the joint embedding space."""
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(pooled)
+        return pooled @ self.text_projection
+
+    def forward(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text features from prompt embeddings ``[N, L, width]``, pooled at ``eot_positions``.
+
+        ``L`` may be shorter than the context length: the mask is causal, so positions after the EOT cannot
+        change the EOT row.
+        """
+        length = embeddings.shape[1]
+        x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        x = self.transformer(x, attn_mask=mask)
+        x = self.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot_positions]
+        return self.project(pooled)
+
+
+class ImageTower(nn.Module):
+    """The ViT image tower of a CLIP with an optional hook that inserts visual prompt tokens after ``ln_pre``."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        visual = clip.visual
+        for attribute in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post"):
+            if not hasattr(visual, attribute):
+                raise ValueError(
+                    f"this CLIP's image tower has no {attribute!r}: visual prompts need a ViT image tower; "
+                    "set --model.visual_prompts false or choose a ViT model"
+                )
+        self.visual = visual
+
+    @property
+    def width(self) -> int:
+        return self.visual.conv1.weight.shape[0]
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.visual.conv1.weight.shape[-2:])
+
+    @property
+    def image_size(self) -> int:
+        size = self.visual.image_size
+        return size[0] if isinstance(size, tuple | list) else int(size)
+
+    def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised image features; ``prompts`` ``[P, width]`` go between CLS and the patches."""
+        visual = self.visual
+        if prompts is None:
+            return visual(images)
+        x = visual.conv1(images)
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.patch_dropout(x)
+        x = visual.ln_pre(x)
+        # VPT-shallow: prompts enter after ln_pre, without positional embedding, once before the first block.
+        x = torch.cat([x[:, :1], prompts.to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+        x = visual.transformer(x)
+        pooled, _ = visual._pool(x)
+        return pooled @ visual.proj if visual.proj is not None else pooled
