@@ -1,0 +1,277 @@
+"""Shared helpers for the dataset readers: split_zhou JSON, on-disk layouts, Dassl's split generators.
+
+Every reader reproduces the official CoOp/DAPT reader of the same name: same folder names, same labels, same item
+order. Where the official code lists a directory it either sorts the listing (we sort too) or keeps the order of
+``os.listdir`` (we keep it too, via :func:`listdir_nohidden`), because the few-shot sampler draws from the list in
+that order: sorting where the official code does not would pick different images for the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dapt_lightning.data.types import Datum
+
+SPLIT_SEED = 1
+"""Seed of the generator that makes a split when its split file is absent (see :func:`split_trainval`)."""
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is malformed (bad split JSON, unknown class in an annotation file, bad options)."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A file or folder a dataset needs, relative to the data root, and how to get it.
+
+    Attributes:
+        path: Path relative to the data root, e.g. ``oxford_pets/images``.
+        kind: ``"dir"`` or ``"file"``.
+        hint: What to do when it is missing (a download URL, ``dapt data download NAME``, a copy step).
+        unless: Paths (relative to the data root) that, when all present, make this one unnecessary: the
+            official code generates a missing split file from the raw annotations.
+    """
+
+    path: str
+    kind: str = "dir"
+    hint: str = ""
+    unless: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where a dataset lives under the data root and what must be there.
+
+    Attributes:
+        name: Registered name (``oxford_pets``).
+        folder: Folder under the data root, spelled as CoOp's DATASETS.md (``oxford_pets``, ``caltech-101``).
+        requirements: Files and folders the reader needs.
+        split_file: The split_zhou JSON (relative to the data root), or ``None`` when the dataset has none.
+        image_dir: Folder the split file's relative paths start from (relative to the data root).
+    """
+
+    name: str
+    folder: str
+    requirements: tuple[Requirement, ...] = field(default_factory=tuple)
+    split_file: str | None = None
+    image_dir: str | None = None
+
+
+def missing_hint(name: str, root: Path) -> str:
+    """The standard 'what to do' sentence appended to every missing-file error."""
+    return (
+        f"run `dapt data check --root {root}` to see everything missing, or `dapt data download {name} --root {root}`"
+    )
+
+
+def require(layout: DatasetLayout, root: Path, *paths: str) -> None:
+    """Raise ``FileNotFoundError`` naming the dataset, the exact path and what to do, if a path is missing.
+
+    Args:
+        layout: The dataset's layout; its requirements supply the per-path hint.
+        root: The data root.
+        *paths: Paths relative to the data root; default: every requirement of the layout that is not made
+            unnecessary by its ``unless`` paths.
+    """
+    hints = {req.path: req.hint for req in layout.requirements}
+    if not paths:
+        paths = tuple(
+            req.path
+            for req in layout.requirements
+            if not (req.unless and all((root / alt).exists() for alt in req.unless))
+        )
+    for rel in paths:
+        full = root / rel
+        if not full.exists():
+            hint = hints.get(rel, "")
+            raise FileNotFoundError(
+                f"dataset {layout.name!r}: expected {full} but it does not exist"
+                + (f" ({hint})" if hint else "")
+                + f"; {missing_hint(layout.name, root)}"
+            )
+
+
+def reject_options(name: str, options: Mapping[str, object]) -> None:
+    """Built-in readers take no options; say so, naming the setting, instead of ignoring them."""
+    if options:
+        raise DatasetError(
+            f"--data.dataset_options: dataset {name!r} takes no options, got {dict(options)!r}; "
+            "only the 'custom' dataset is configurable"
+        )
+
+
+def listdir_nohidden(path: Path, sort: bool = False) -> list[str]:
+    """Non-hidden entries of ``path``, in ``os.listdir`` order unless ``sort``, exactly as Dassl's helper.
+
+    The unsorted order is the file system's and can differ between machines; the official readers use it for the
+    image files inside class folders, and so do we, to pick the same few-shot images on the same disk.
+    """
+    items = [name for name in os.listdir(path) if not name.startswith(".")]
+    if sort:
+        items.sort()
+    return items
+
+
+def read_classnames_txt(path: Path) -> dict[str, str]:
+    """Read an ImageNet-style ``classnames.txt`` (``<folder> <class name with spaces>`` per line), in file order."""
+    mapping: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            parts = line.strip().split(" ")
+            # Mirrors the official parser: a blank line maps "" -> "" rather than being skipped.
+            mapping[parts[0]] = " ".join(parts[1:])
+    return mapping
+
+
+def read_split(path: Path, image_dir: Path) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """Read a split_zhou JSON: ``{"train"|"val"|"test": [[relpath, label, classname], ...]}``.
+
+    Image paths are joined to ``image_dir`` as strings (``os.path.join``), as the official ``read_split``.
+
+    Raises:
+        DatasetError: the file is not valid JSON or not in the split_zhou format; the message names the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            split = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"split file {path} is not valid JSON ({err}); delete it or download it again") from err
+    if not isinstance(split, dict):
+        raise DatasetError(f"split file {path}: expected a JSON object with train/val/test, got {type(split).__name__}")
+    out = []
+    for key in ("train", "val", "test"):
+        if key not in split:
+            raise DatasetError(f"split file {path} has no {key!r} list; expected keys train, val, test")
+        items = []
+        for index, entry in enumerate(split[key]):
+            if not (isinstance(entry, list | tuple) and len(entry) == 3):
+                raise DatasetError(
+                    f"split file {path}: {key}[{index}] must be [relpath, label, classname], got {entry!r}"
+                )
+            relpath, label, classname = entry
+            try:
+                label = int(label)
+            except (TypeError, ValueError) as err:
+                raise DatasetError(f"split file {path}: {key}[{index}] has a non-integer label {label!r}") from err
+            items.append(Datum(os.path.join(str(image_dir), str(relpath)), label, str(classname)))
+        out.append(items)
+    return out[0], out[1], out[2]
+
+
+def split_to_json(items: Iterable[Datum], image_dir: Path) -> list[list[object]]:
+    """Items as split_zhou rows, with ``image_dir`` stripped from the front of each path (as ``save_split``)."""
+    prefix = str(image_dir)
+    rows: list[list[object]] = []
+    for item in items:
+        impath = item.impath.replace(prefix, "")
+        if impath.startswith("/"):
+            impath = impath[1:]
+        rows.append([impath, item.label, item.classname])
+    return rows
+
+
+def write_json_atomic(obj: object, path: Path) -> None:
+    """Write JSON to ``path`` so that readers never see a half-written file: temp file, fsync, ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=4, separators=(",", ": "))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_split(train: list[Datum], val: list[Datum], test: list[Datum], path: Path, image_dir: Path) -> None:
+    """Write a split_zhou JSON (atomically). A read-only data root only warns: the split is used in memory."""
+    split = {key: split_to_json(items, image_dir) for key, items in (("train", train), ("val", val), ("test", test))}
+    try:
+        write_json_atomic(split, path)
+    except OSError as err:
+        warnings.warn(f"could not save the generated split to {path} ({err}); it will be regenerated", stacklevel=3)
+
+
+def split_trainval(
+    trainval: Sequence[Datum], p_val: float = 0.2, rng: random.Random | None = None
+) -> tuple[list[Datum], list[Datum]]:
+    """Split train+val per class, as the official ``OxfordPets.split_trainval``.
+
+    Classes in order of first appearance; each class's indices are shuffled and the first
+    ``round(n * p_val)`` go to val. The official code shuffles with the global ``random`` stream seeded with the
+    run's seed, on the first run only, then saves the split; we use ``random.Random(SPLIT_SEED)`` (the same stream
+    as the official first run with seed 1) and save the split too, so later runs read the file.
+    """
+    rng = rng if rng is not None else random.Random(SPLIT_SEED)
+    tracker: dict[int, list[int]] = {}
+    for idx, item in enumerate(trainval):
+        tracker.setdefault(item.label, []).append(idx)
+    train: list[Datum] = []
+    val: list[Datum] = []
+    for label, idxs in tracker.items():
+        n_val = round(len(idxs) * p_val)
+        if n_val <= 0:
+            raise DatasetError(f"class {label} has {len(idxs)} train+val images: too few to hold out {p_val:.0%}")
+        rng.shuffle(idxs)
+        for n, idx in enumerate(idxs):
+            (val if n < n_val else train).append(trainval[idx])
+    return train, val
+
+
+def read_and_split_data(
+    image_dir: Path,
+    p_trn: float = 0.5,
+    p_val: float = 0.2,
+    ignored: Sequence[str] = (),
+    new_cnames: Mapping[str, str] | None = None,
+    rng: random.Random | None = None,
+) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """Split a one-folder-per-class tree 50/20/30 per class, as the official ``DTD.read_and_split_data``.
+
+    Categories are sorted; the images of each category keep ``os.listdir`` order before being shuffled, so the
+    generated split depends on that order (as the official one does); it is written to the split file once.
+    """
+    rng = rng if rng is not None else random.Random(SPLIT_SEED)
+    categories = sorted(c for c in listdir_nohidden(image_dir) if c not in ignored)
+    train: list[Datum] = []
+    val: list[Datum] = []
+    test: list[Datum] = []
+    for label, category in enumerate(categories):
+        category_dir = os.path.join(str(image_dir), category)
+        images = [os.path.join(category_dir, name) for name in listdir_nohidden(Path(category_dir))]
+        rng.shuffle(images)
+        n_total = len(images)
+        n_train = round(n_total * p_trn)
+        n_val = round(n_total * p_val)
+        if not (n_train > 0 and n_val > 0 and n_total - n_train - n_val > 0):
+            raise DatasetError(f"{category_dir} has {n_total} images: too few to split into train, val and test")
+        classname = new_cnames.get(category, category) if new_cnames else category
+        train += [Datum(im, label, classname) for im in images[:n_train]]
+        val += [Datum(im, label, classname) for im in images[n_train : n_train + n_val]]
+        test += [Datum(im, label, classname) for im in images[n_train + n_val :]]
+    return train, val, test
+
+
+SplitTriple = tuple[list[Datum], list[Datum], list[Datum]]
+
+
+def read_or_generate_split(layout: DatasetLayout, root: Path, generate: Callable[[], SplitTriple]) -> SplitTriple:
+    """Read the layout's split file, or (as the official readers) generate the split and save it when absent."""
+    assert layout.split_file is not None and layout.image_dir is not None
+    split_path = root / layout.split_file
+    image_dir = root / layout.image_dir
+    require(layout, root)
+    if split_path.exists():
+        return read_split(split_path, image_dir)
+    train, val, test = generate()
+    save_split(train, val, test, split_path, image_dir)
+    return train, val, test

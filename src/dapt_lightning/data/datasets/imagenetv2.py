@@ -1,0 +1,56 @@
+"""ImageNetV2 matched-frequency, as CoOp's ``ImageNetV2`` reader (evaluation only).
+
+Its class folders are named ``0`` ... ``999``: folder ``i`` is the ``i``-th line of ``classnames.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dapt_lightning.data.datasets.common import (
+    DatasetLayout,
+    Requirement,
+    listdir_nohidden,
+    read_classnames_txt,
+    reject_options,
+    require,
+)
+from dapt_lightning.data.datasets.imagenet import CLASSNAMES_URL
+from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.types import DatasetSplits, Datum
+
+IMAGE_FOLDER = "imagenetv2-matched-frequency-format-val"
+
+LAYOUT = DatasetLayout(
+    name="imagenetv2",
+    folder="imagenetv2",
+    requirements=(
+        Requirement(
+            f"imagenetv2/{IMAGE_FOLDER}",
+            "dir",
+            "imagenetv2-matched-frequency.tar.gz from https://github.com/modestyachts/ImageNetV2",
+        ),
+        Requirement("imagenetv2/classnames.txt", "file", "copy imagenet/classnames.txt (" + CLASSNAMES_URL + ")"),
+    ),
+)
+
+
+@register_dataset("imagenetv2")
+def read_imagenetv2(root: Path, **options: object) -> DatasetSplits:
+    """Read ``ROOT/imagenetv2`` (test split only).
+
+    The official reader loops over ``range(1000)``; we loop over the lines of ``classnames.txt`` (1000 for the
+    real file), so that a smaller class list (the test fakes) works the same way.
+    """
+    reject_options(LAYOUT.name, options)
+    root = Path(root)
+    require(LAYOUT, root)
+    dataset_dir = root / "imagenetv2"
+    classnames = list(read_classnames_txt(dataset_dir / "classnames.txt").values())
+    items = []
+    for label, classname in enumerate(classnames):
+        class_dir = dataset_dir / IMAGE_FOLDER / str(label)
+        require(LAYOUT, root, str(class_dir.relative_to(root)))
+        items += [Datum(os.path.join(str(class_dir), name), label, classname) for name in listdir_nohidden(class_dir)]
+    return DatasetSplits(LAYOUT.name, [], [], items, classnames)

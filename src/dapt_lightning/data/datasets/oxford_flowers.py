@@ -1,0 +1,75 @@
+"""Oxford Flowers 102, as CoOp's ``OxfordFlowers`` reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from dapt_lightning.data.datasets.common import (
+    SPLIT_SEED,
+    DatasetError,
+    DatasetLayout,
+    Requirement,
+    read_or_generate_split,
+    reject_options,
+)
+from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.types import DatasetSplits, Datum
+
+LAYOUT = DatasetLayout(
+    name="oxford_flowers",
+    folder="oxford_flowers",
+    requirements=(
+        Requirement(
+            "oxford_flowers/jpg", "dir", "102flowers.tgz from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+        ),
+        Requirement(
+            "oxford_flowers/split_zhou_OxfordFlowers.json",
+            "file",
+            "https://drive.google.com/file/d/1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT/view",
+            unless=("oxford_flowers/imagelabels.mat", "oxford_flowers/cat_to_name.json"),
+        ),
+    ),
+    split_file="oxford_flowers/split_zhou_OxfordFlowers.json",
+    image_dir="oxford_flowers/jpg",
+)
+
+
+def _generate(dataset_dir: Path) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """Split ``imagelabels.mat`` 50/20/30 per class, classes in order of first appearance (official ``read_data``)."""
+    from scipy.io import loadmat  # imported here: scipy is only needed when the split file is absent
+
+    rng = random.Random(SPLIT_SEED)
+    image_dir = os.path.join(str(dataset_dir), "jpg")
+    tracker: dict[int, list[str]] = {}
+    for i, label in enumerate(loadmat(str(dataset_dir / "imagelabels.mat"))["labels"][0]):
+        tracker.setdefault(int(label), []).append(os.path.join(image_dir, f"image_{i + 1:05d}.jpg"))
+    with open(dataset_dir / "cat_to_name.json", encoding="utf-8") as handle:
+        lab2cname = json.load(handle)
+    train: list[Datum] = []
+    val: list[Datum] = []
+    test: list[Datum] = []
+    for label, impaths in tracker.items():
+        rng.shuffle(impaths)
+        n_total = len(impaths)
+        n_train, n_val = round(n_total * 0.5), round(n_total * 0.2)
+        if not (n_train > 0 and n_val > 0 and n_total - n_train - n_val > 0):
+            raise DatasetError(f"oxford_flowers: class {label} has {n_total} images, too few to split")
+        if str(label) not in lab2cname:
+            raise DatasetError(f"{dataset_dir / 'cat_to_name.json'} has no name for class {label}")
+        cname = lab2cname[str(label)]
+        train += [Datum(im, label - 1, cname) for im in impaths[:n_train]]
+        val += [Datum(im, label - 1, cname) for im in impaths[n_train : n_train + n_val]]
+        test += [Datum(im, label - 1, cname) for im in impaths[n_train + n_val :]]
+    return train, val, test
+
+
+@register_dataset("oxford_flowers")
+def read_oxford_flowers(root: Path, **options: object) -> DatasetSplits:
+    """Read ``ROOT/oxford_flowers`` from its split file (or split ``imagelabels.mat`` 50/20/30 if absent)."""
+    reject_options(LAYOUT.name, options)
+    root = Path(root)
+    train, val, test = read_or_generate_split(LAYOUT, root, lambda: _generate(root / "oxford_flowers"))
+    return DatasetSplits(LAYOUT.name, train, val, test)

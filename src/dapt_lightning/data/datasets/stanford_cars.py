@@ -1,0 +1,78 @@
+"""Stanford Cars (196 models), as CoOp's ``StanfordCars`` reader: the model year is moved to the front."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dapt_lightning.data.datasets.common import (
+    DatasetLayout,
+    Requirement,
+    read_or_generate_split,
+    reject_options,
+    split_trainval,
+)
+from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.types import DatasetSplits, Datum
+
+LAYOUT = DatasetLayout(
+    name="stanford_cars",
+    folder="stanford_cars",
+    requirements=(
+        Requirement("stanford_cars/cars_train", "dir", "cars_train.tgz (Stanford Cars train images)"),
+        Requirement("stanford_cars/cars_test", "dir", "cars_test.tgz (Stanford Cars test images)"),
+        Requirement(
+            "stanford_cars/split_zhou_StanfordCars.json",
+            "file",
+            "https://drive.google.com/file/d/1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT/view",
+            unless=(
+                "stanford_cars/devkit/cars_train_annos.mat",
+                "stanford_cars/devkit/cars_meta.mat",
+                "stanford_cars/cars_test_annos_withlabels.mat",
+            ),
+        ),
+    ),
+    split_file="stanford_cars/split_zhou_StanfordCars.json",
+    # The split's paths start with cars_train/ or cars_test/, relative to the dataset folder itself.
+    image_dir="stanford_cars",
+)
+
+
+def year_first(classname: str) -> str:
+    """``"AM General Hummer SUV 2000"`` -> ``"2000 AM General Hummer SUV"``, as the official reader."""
+    names = classname.split(" ")
+    year = names.pop(-1)
+    names.insert(0, year)
+    return " ".join(names)
+
+
+def _read_mat(dataset_dir: Path, image_folder: str, anno_file: Path, meta_file: Path) -> list[Datum]:
+    from scipy.io import loadmat  # imported here: scipy is only needed when the split file is absent
+
+    annotations = loadmat(str(anno_file))["annotations"][0]
+    class_names = loadmat(str(meta_file))["class_names"][0]
+    items = []
+    for record in annotations:
+        imname = str(record["fname"][0])
+        label = int(record["class"][0, 0]) - 1
+        impath = os.path.join(str(dataset_dir), image_folder, imname)
+        items.append(Datum(impath, label, year_first(str(class_names[label][0]))))
+    return items
+
+
+@register_dataset("stanford_cars")
+def read_stanford_cars(root: Path, **options: object) -> DatasetSplits:
+    """Read ``ROOT/stanford_cars`` from its split file (or from the devkit ``.mat`` files, train split 80/20)."""
+    reject_options(LAYOUT.name, options)
+    root = Path(root)
+    dataset_dir = root / "stanford_cars"
+
+    def generate() -> tuple[list[Datum], list[Datum], list[Datum]]:
+        meta = dataset_dir / "devkit/cars_meta.mat"
+        trainval = _read_mat(dataset_dir, "cars_train", dataset_dir / "devkit/cars_train_annos.mat", meta)
+        test = _read_mat(dataset_dir, "cars_test", dataset_dir / "cars_test_annos_withlabels.mat", meta)
+        train, val = split_trainval(trainval)
+        return train, val, test
+
+    train, val, test = read_or_generate_split(LAYOUT, root, generate)
+    return DatasetSplits(LAYOUT.name, train, val, test)

@@ -1,0 +1,71 @@
+"""SUN397 (397 scenes), as CoOp's ``SUN397`` reader: ``/a/abbey`` -> ``abbey``, ``/b/x/outdoor`` -> ``outdoor x``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dapt_lightning.data.datasets.common import (
+    DatasetError,
+    DatasetLayout,
+    Requirement,
+    read_or_generate_split,
+    reject_options,
+    split_trainval,
+)
+from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.types import DatasetSplits, Datum
+
+LAYOUT = DatasetLayout(
+    name="sun397",
+    folder="sun397",
+    requirements=(
+        Requirement("sun397/SUN397", "dir", "SUN397.tar.gz from https://vision.princeton.edu/projects/2010/SUN/"),
+        Requirement(
+            "sun397/split_zhou_SUN397.json",
+            "file",
+            "https://drive.google.com/file/d/1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq/view",
+            unless=("sun397/ClassName.txt", "sun397/Training_01.txt", "sun397/Testing_01.txt"),
+        ),
+    ),
+    split_file="sun397/split_zhou_SUN397.json",
+    image_dir="sun397/SUN397",
+)
+
+
+def sun_classname(folder: str) -> str:
+    """``"a/apartment_building/outdoor"`` -> ``"outdoor apartment_building"`` (drop the letter, reverse)."""
+    return " ".join(folder.split("/")[1:][::-1])
+
+
+def _read_list(path: Path, image_dir: Path, cname2lab: dict[str, int]) -> list[Datum]:
+    items = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            imname = line.strip()[1:]  # drop the leading "/"
+            folder = os.path.dirname(imname)
+            if folder not in cname2lab:
+                raise DatasetError(f"{path}: class folder {folder!r} is not listed in ClassName.txt")
+            items.append(Datum(os.path.join(str(image_dir), imname), cname2lab[folder], sun_classname(folder)))
+    return items
+
+
+@register_dataset("sun397")
+def read_sun397(root: Path, **options: object) -> DatasetSplits:
+    """Read ``ROOT/sun397`` from its split file (or from partition 01, train split 80/20, if absent)."""
+    reject_options(LAYOUT.name, options)
+    root = Path(root)
+    dataset_dir = root / "sun397"
+    image_dir = dataset_dir / "SUN397"
+
+    def generate() -> tuple[list[Datum], list[Datum], list[Datum]]:
+        with open(dataset_dir / "ClassName.txt", encoding="utf-8") as handle:
+            classnames = [line.strip()[1:] for line in handle]
+        cname2lab = {c: i for i, c in enumerate(classnames)}
+        trainval = _read_list(dataset_dir / "Training_01.txt", image_dir, cname2lab)
+        test = _read_list(dataset_dir / "Testing_01.txt", image_dir, cname2lab)
+        train, val = split_trainval(trainval)
+        return train, val, test
+
+    train, val, test = read_or_generate_split(LAYOUT, root, generate)
+    return DatasetSplits(LAYOUT.name, train, val, test)

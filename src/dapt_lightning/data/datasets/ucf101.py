@@ -1,0 +1,84 @@
+"""UCF101 middle frames (101 actions), as CoOp's ``UCF101`` reader: ``ApplyEyeMakeup`` -> ``Apply_Eye_Makeup``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from dapt_lightning.data.datasets.common import (
+    DatasetError,
+    DatasetLayout,
+    Requirement,
+    read_or_generate_split,
+    reject_options,
+    split_trainval,
+)
+from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.types import DatasetSplits, Datum
+
+LAYOUT = DatasetLayout(
+    name="ucf101",
+    folder="ucf101",
+    requirements=(
+        Requirement(
+            "ucf101/UCF-101-midframes",
+            "dir",
+            "UCF-101-midframes.zip from https://drive.google.com/file/d/10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O/view",
+        ),
+        Requirement(
+            "ucf101/split_zhou_UCF101.json",
+            "file",
+            "https://drive.google.com/file/d/1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y/view",
+            unless=(
+                "ucf101/ucfTrainTestlist/classInd.txt",
+                "ucf101/ucfTrainTestlist/trainlist01.txt",
+                "ucf101/ucfTrainTestlist/testlist01.txt",
+            ),
+        ),
+    ),
+    split_file="ucf101/split_zhou_UCF101.json",
+    image_dir="ucf101/UCF-101-midframes",
+)
+
+
+def split_camel_case(action: str) -> str:
+    """``"ApplyEyeMakeup"`` -> ``"Apply_Eye_Makeup"`` (each capital starts a word, as the official regex)."""
+    return "_".join(re.findall("[A-Z][^A-Z]*", action))
+
+
+def _read_list(path: Path, image_dir: Path, cname2lab: dict[str, int]) -> list[Datum]:
+    items = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            entry = line.strip().split(" ")[0]  # trainlist lines also carry a label
+            action, filename = entry.split("/")
+            if action not in cname2lab:
+                raise DatasetError(f"{path}: action {action!r} is not listed in classInd.txt")
+            renamed = split_camel_case(action)
+            impath = os.path.join(str(image_dir), renamed, filename.replace(".avi", ".jpg"))
+            items.append(Datum(impath, cname2lab[action], renamed))
+    return items
+
+
+@register_dataset("ucf101")
+def read_ucf101(root: Path, **options: object) -> DatasetSplits:
+    """Read ``ROOT/ucf101`` from its split file (or from split 01 of ``ucfTrainTestlist``, 80/20, if absent)."""
+    reject_options(LAYOUT.name, options)
+    root = Path(root)
+    dataset_dir = root / "ucf101"
+    image_dir = dataset_dir / "UCF-101-midframes"
+
+    def generate() -> tuple[list[Datum], list[Datum], list[Datum]]:
+        cname2lab = {}
+        with open(dataset_dir / "ucfTrainTestlist/classInd.txt", encoding="utf-8") as handle:
+            for line in handle:
+                label, classname = line.strip().split(" ")
+                cname2lab[classname] = int(label) - 1
+        trainval = _read_list(dataset_dir / "ucfTrainTestlist/trainlist01.txt", image_dir, cname2lab)
+        test = _read_list(dataset_dir / "ucfTrainTestlist/testlist01.txt", image_dir, cname2lab)
+        train, val = split_trainval(trainval)
+        return train, val, test
+
+    train, val, test = read_or_generate_split(LAYOUT, root, generate)
+    return DatasetSplits(LAYOUT.name, train, val, test)
