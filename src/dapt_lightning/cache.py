@@ -1,0 +1,84 @@
+"""Atomic writes and keyed safetensors caches: a kill mid-write leaves the previous file intact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CACHE_ENV = "DAPT_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$DAPT_CACHE_DIR``, else ``~/.cache/dapt_lightning``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dapt_lightning").expanduser()
+
+
+def stable_hash(value: Any) -> str:
+    """SHA-256 of a JSON-serialisable value (keys sorted), as hex."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
+    """Atomically save ``tensors`` as safetensors with the cache ``key`` and a content hash in the metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(tensors, tmp, metadata={"key": key, "content_sha256": _content_hash(tensors)})
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path, key: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """``(tensors, "")`` for a valid cache entry with this ``key``, else ``(None, reason)``."""
+    if not path.exists():
+        return None, "no cache file"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        return None, f"unreadable cache file {path} ({error})"
+    if metadata.get("key") != key:
+        return None, f"stale cache file {path} (made for other settings)"
+    if metadata.get("content_sha256") != _content_hash(tensors):
+        return None, f"corrupt cache file {path} (content hash mismatch)"
+    return tensors, ""
+
+
+def _content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].float().numpy().tobytes())
+    return digest.hexdigest()

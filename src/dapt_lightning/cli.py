@@ -1,0 +1,64 @@
+"""The ``dapt`` command: LightningCLI (fit/validate/test/predict) plus ``dapt data`` and ``dapt demo``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from dapt_lightning.callbacks.prototypes import PrototypeCallback
+from dapt_lightning.data.datamodule import DAPTDataModule
+from dapt_lightning.module import DAPTModule
+from dapt_lightning.protocol import official_max_epochs
+
+DEFAULT_LOGGER = {"class_path": "dapt_lightning.loggers.DAPTWandbLogger"}
+
+
+class DAPTCLI(LightningCLI):
+    """LightningCLI with class names linked from data to model, the prototype callback, and protocol defaults."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.classnames", "model.classnames", apply_on="instantiate")
+        parser.add_lightning_class_args(PrototypeCallback, "prototypes")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        seed = config.get("seed_everything")
+        if config.data.seed is None and isinstance(seed, int) and not isinstance(seed, bool):
+            config.data.seed = seed
+        if config.trainer.max_epochs is None:
+            config.trainer.max_epochs = official_max_epochs(config.data.dataset, config.data.num_shots)
+
+
+def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> DAPTCLI:
+    """Build (and by default run) the LightningCLI; tests call this with an argument list."""
+    return DAPTCLI(
+        DAPTModule,
+        DAPTDataModule,
+        trainer_defaults={"logger": DEFAULT_LOGGER},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        **kwargs,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``dapt`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] == "data":
+        from dapt_lightning.data.cli import data_main
+
+        raise SystemExit(data_main(argv[1:]))
+    if argv and argv[0] == "demo":
+        from dapt_lightning.demo import demo_main
+
+        raise SystemExit(demo_main(argv[1:]))
+    cli_main(argv)
+
+
+if __name__ == "__main__":
+    main()

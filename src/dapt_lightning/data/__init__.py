@@ -1,0 +1,1 @@
+"""Datasets, few-shot sampling, transforms and the DataModule."""

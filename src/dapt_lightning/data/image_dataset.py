@@ -1,0 +1,91 @@
+"""A torch Dataset over ``Datum`` lists that decodes images as RGB, optionally keeping them decoded in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from dapt_lightning.data.types import Datum
+
+
+class ImageLoadError(RuntimeError):
+    """An image listed by a split could not be read."""
+
+
+def load_rgb(path: str, dataset: str) -> Image.Image:
+    """Decode ``path`` as RGB (greyscale, palette and CMYK files occur); a clear error names file and dataset."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as error:
+        raise ImageLoadError(
+            f"dataset {dataset!r}: image {path} is listed in the split but does not exist. "
+            f"Check the data root, or run `dapt data check --root <root>`."
+        ) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(
+            f"dataset {dataset!r}: image {path} cannot be decoded ({type(error).__name__}: {error}); "
+            "the file is corrupt or truncated: re-download or replace it."
+        ) from error
+
+
+class ImageListDataset(Dataset):
+    """``(image tensor, label, index)`` for each ``Datum``.
+
+    Args:
+        items: the images.
+        transform: PIL image -> tensor.
+        dataset_name: named in error messages.
+        cache_decoded: keep decoded images in memory after first use (for small few-shot training sets, so
+            epochs after the first do not decode files again; each worker process holds its own copy).
+    """
+
+    def __init__(
+        self,
+        items: list[Datum],
+        transform: Callable[[Image.Image], torch.Tensor],
+        dataset_name: str,
+        cache_decoded: bool = False,
+    ) -> None:
+        self.items = items
+        self.transform = transform
+        self.dataset_name = dataset_name
+        self.cache_decoded = cache_decoded
+        self._decoded: dict[int, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, index: int) -> Image.Image:
+        """The decoded RGB image of item ``index``."""
+        if index in self._decoded:
+            return self._decoded[index]
+        image = load_rgb(self.items[index].impath, self.dataset_name)
+        if self.cache_decoded:
+            self._decoded[index] = image
+        return image
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return self.transform(self.image(index)), self.items[index].label, index
+
+
+class SeededViews(Dataset):
+    """Wraps a dataset so that item ``i``'s random augmentation depends only on ``(seed, i)``.
+
+    Used for prototypes: every process count and worker count then gives the same augmented view of an image.
+    """
+
+    def __init__(self, dataset: ImageListDataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + index)
+            return self.dataset[index]

@@ -1,0 +1,62 @@
+"""Weights & Biases logging that works without an account: offline mode unless credentials exist."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def wandb_credentials_present() -> bool:
+    """True when ``WANDB_API_KEY`` is set or ``~/.netrc`` holds an api.wandb.ai entry (``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+class DAPTWandbLogger(WandbLogger):
+    """A WandbLogger that runs offline when no W&B credentials are configured and says how to sync.
+
+    Args:
+        save_dir: folder for the ``wandb/`` run directories.
+        project: W&B project. name/group: run name and group; None derives them from dataset, method,
+            shots and seed when fitting starts.
+        mode: ``online``, ``offline`` or ``disabled``; None: ``$WANDB_MODE``, else offline without credentials.
+    """
+
+    def __init__(
+        self,
+        save_dir: str = "runs",
+        project: str = "dapt_lightning",
+        name: str | None = None,
+        group: str | None = None,
+        mode: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        mode = mode or os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        super().__init__(save_dir=save_dir, project=project, name=name, group=group, mode=mode, **kwargs)
+        self.mode = mode
+
+    def set_run_identity(self, name: str, group: str, tags: list[str]) -> None:
+        """Name and group the run before its first log (W&B fixes them when the run starts)."""
+        if self._experiment is None:
+            self._wandb_init.setdefault("name", name)
+            if not self._wandb_init.get("name"):
+                self._wandb_init["name"] = name
+            if not self._wandb_init.get("group"):
+                self._wandb_init["group"] = group
+            self._wandb_init["tags"] = sorted(set(self._wandb_init.get("tags") or []) | set(tags))
+
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self.mode == "offline" and self._experiment is not None:
+            run_dir = Path(self._experiment.dir).parent
+            rank_zero_info(f"W&B run saved offline at {run_dir}\n  upload it with: wandb sync {run_dir}")

@@ -1,0 +1,230 @@
+"""The LightningModule: a PromptedCLIP, DAPT's losses, the official optimiser and schedule. Steps compute and log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from dapt_lightning.losses import LossTerms, dapt_loss
+from dapt_lightning.methods import Method, method_spec
+from dapt_lightning.model.clip import ClipIdentity, load_clip
+from dapt_lightning.model.dapt import PromptedCLIP, TextEncoding
+from dapt_lightning.schedule import warmup_cosine
+
+
+class DAPTModule(L.LightningModule):
+    """Prompt tuning of a frozen CLIP: zero-shot, CoOp, VPT, CoOp+VPT or DAPT.
+
+    Args:
+        classnames: class names by label (linked from the DataModule by the CLI).
+        method: ``zeroshot``, ``coop``, ``vpt``, ``coop_vpt`` or ``dapt``.
+        clip_name: open_clip architecture (``ViT-B-16``; ``dapt-tiny`` for tests and the demo).
+        pretrained: pretrained tag (``openai``), a local weights file, ``tiny-synthetic``, or None (random).
+        quick_gelu: force QuickGELU on/off; None picks it for OpenAI weights.
+        cache_dir: where pretrained weights are cached.
+        lr: SGD learning rate after warm-up. momentum, weight_decay: SGD settings.
+        warmup_epochs: epochs at the constant ``warmup_lr`` before the cosine schedule.
+        beta_v: weight of the intra-dispersion (prototype) loss. beta_t: weight of the inter-dispersion loss.
+        rbf_t: ``t`` in the inter-dispersion kernel ``exp(-t * d^2)``.
+        text_tokens, text_init, class_specific_context: CoOp context settings.
+        visual_tokens, visual_dropout: VPT settings.
+        template: the hand-crafted prompt for methods without text prompts.
+        text_encoding: ``auto`` (fastest exact path), ``truncated``, ``shared_prefix`` or ``full`` (official).
+    """
+
+    def __init__(
+        self,
+        classnames: list[str],
+        method: Method = "dapt",
+        clip_name: str = "ViT-B-16",
+        pretrained: str | None = "openai",
+        quick_gelu: bool | None = None,
+        cache_dir: str | None = None,
+        lr: float = 0.002,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+        beta_v: float = 10.0,
+        beta_t: float = 0.01,
+        rbf_t: float = 2.0,
+        text_tokens: int = 16,
+        text_init: str | None = None,
+        class_specific_context: bool = False,
+        visual_tokens: int = 16,
+        visual_dropout: float = 0.0,
+        template: str = "a photo of a {}.",
+        text_encoding: TextEncoding = "auto",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        spec = method_spec(method)
+        # Only DAPT uses the dispersion losses; the baselines train with cross-entropy alone.
+        self.beta_v = beta_v if spec.dispersion_losses else 0.0
+        self.beta_t = beta_t if spec.dispersion_losses else 0.0
+        clip, identity = load_clip(clip_name, pretrained, quick_gelu, cache_dir)
+        self.clip_identity: ClipIdentity = identity
+        self.model = PromptedCLIP(
+            clip,
+            classnames,
+            text_prompts=spec.text_prompts,
+            visual_prompts=spec.visual_prompts,
+            text_tokens=text_tokens,
+            text_init=text_init,
+            class_specific_context=class_specific_context,
+            visual_tokens=visual_tokens,
+            visual_dropout=visual_dropout,
+            template=template,
+            text_encoding=text_encoding,
+        )
+        embed_dim = _embed_dim(clip)
+        # Class prototypes (DAPT's intra-dispersion targets) are saved with the checkpoint.
+        self.register_buffer("prototypes", torch.zeros(len(classnames), embed_dim))
+        self.register_buffer("prototypes_ready", torch.tensor(False))
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(len(classnames), average="micro"),
+                "macro_f1": MulticlassF1Score(len(classnames), average="macro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self._eval_text_features: torch.Tensor | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_tower.image_size
+
+    @property
+    def needs_prototypes(self) -> bool:
+        return self.beta_v != 0
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "image_size", 0) is None:
+            datamodule.image_size = self.image_size
+        if stage == "fit" and not any(p.requires_grad for p in self.parameters()):
+            raise ValueError(
+                f"--model.method {self.hparams.method!r} has no prompts to train; evaluate it with `dapt test` instead"
+            )
+
+    def set_prototypes(self, prototypes: torch.Tensor) -> None:
+        """Install class prototypes ``[C, D]`` (computed by the PrototypeCallback)."""
+        if prototypes.shape != self.prototypes.shape:
+            raise ValueError(f"prototypes must have shape {tuple(self.prototypes.shape)}, got {tuple(prototypes.shape)}")
+        self.prototypes.copy_(prototypes.to(self.prototypes))
+        self.prototypes_ready.fill_(True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits for a batch of images."""
+        return self.model(images)[0]
+
+    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        """The loss terms and the logits of one training batch."""
+        logits, image_features, text_features = self.model(images)
+        prototypes = self.prototypes if self.needs_prototypes else None
+        if prototypes is not None and not bool(self.prototypes_ready):
+            raise RuntimeError(
+                "DAPT needs class prototypes before training: add the PrototypeCallback "
+                "(the `dapt` CLI adds it) or set --model.beta_v 0"
+            )
+        terms = dapt_loss(logits, labels, image_features, text_features, prototypes, self.beta_v, self.beta_t, self.hparams.rbf_t)
+        return terms, logits
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels, _ = batch
+        terms, logits = self.compute_losses(images, labels)
+        batch_size = labels.shape[0]
+        self.log_dict(
+            {
+                "train/loss": terms.total,
+                "train/loss_ce": terms.ce,
+                "train/loss_inter": terms.inter,
+                "train/loss_intra": terms.intra,
+                "train/acc": (logits.argmax(-1) == labels).float().mean(),
+            },
+            on_step=True,
+            on_epoch=True,
+            prog_bar=False,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log("loss", terms.total, prog_bar=True, logger=False, batch_size=batch_size)
+        return terms.total
+
+    # Evaluation: prompts are fixed, so the class text features are encoded once per evaluation, not per batch.
+    def _start_evaluation(self) -> None:
+        with torch.no_grad():
+            self._eval_text_features = self.model.encode_text()
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], metrics: MetricCollection) -> None:
+        images, labels, _ = batch
+        logits, _, _ = self.model(images, text_features=self._eval_text_features)
+        metrics.update(logits, labels)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=labels.shape[0])
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def on_predict_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        images, labels, indices = batch
+        logits, _, _ = self.model(images, text_features=self._eval_text_features)
+        return {"index": indices, "label": labels, "prediction": logits.argmax(-1), "probabilities": logits.softmax(-1)}
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_text_features = None
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_text_features = None
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
+        )
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        scheduler = warmup_cosine(optimizer, max_epochs, self.hparams.warmup_epochs, self.hparams.warmup_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # Prompt-only checkpoints: the frozen CLIP is rebuilt from its identity, never stored.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("model.clip.")}
+        checkpoint["clip_identity"] = self.clip_identity.to_dict()
+        checkpoint["classnames"] = list(self.model.classnames)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("clip_identity")
+        if saved and saved.get("weights_sha256") != self.clip_identity.weights_sha256:
+            raise ValueError(
+                f"checkpoint was trained on CLIP {saved.get('name')!r} ({saved.get('pretrained')}, weights sha256 "
+                f"{str(saved.get('weights_sha256'))[:12]}...) but this run loaded {self.clip_identity.name!r} "
+                f"({self.clip_identity.pretrained}, {str(self.clip_identity.weights_sha256)[:12]}...). "
+                "Use the same --model.clip_name/--model.pretrained as the training run."
+            )
+        # Re-insert the frozen weights so Lightning's strict load sees a complete state dict.
+        for key, value in self.model.clip.state_dict().items():
+            checkpoint["state_dict"].setdefault(f"model.clip.{key}", value)
+
+
+def _embed_dim(clip: torch.nn.Module) -> int:
+    visual = clip.visual
+    if getattr(visual, "proj", None) is not None:
+        return visual.proj.shape[1]
+    return getattr(visual, "output_dim")
