@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dapt_lightning.model.prompts import TextPromptLearner, VisualPromptLearner
+from dapt_lightning.model.text_fastpath import SharedPrefixTextEncoder, resolve_text_encoding
 from dapt_lightning.model.towers import ImageTower, TextTower
 
 TextEncoding = Literal["full", "truncated", "shared_prefix", "auto"]
@@ -32,7 +33,11 @@ class PromptedCLIP(nn.Module):
         visual_tokens: number of VPT tokens. visual_dropout: dropout on them.
         template: hand-crafted prompt used when ``text_prompts`` is off (``{}`` is the class name).
         text_encoding: ``full`` runs all 77 tokens (the official computation); ``truncated`` cuts after the
-            longest EOT (exact, the causal mask makes later tokens irrelevant); ``auto`` picks the fastest exact path.
+            longest EOT (exact, the causal mask makes later tokens irrelevant); ``shared_prefix`` computes the
+            class-shared SOT + context once and only each class's own tokens per class (exact, see
+            ``model/text_fastpath.py``); ``auto`` picks ``shared_prefix`` when possible, else ``truncated``.
+        text_checkpointing: recompute the text transformer's activations in the backward pass (less memory,
+            more compute).
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class PromptedCLIP(nn.Module):
         visual_dropout: float = 0.0,
         template: str = "a photo of a {}.",
         text_encoding: TextEncoding = "auto",
+        text_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if not classnames:
@@ -58,6 +64,11 @@ class PromptedCLIP(nn.Module):
         self.classnames = list(classnames)
         self.template = template
         self.text_encoding = text_encoding
+        self.text_checkpointing = text_checkpointing
+        # open_clip's own flag checkpoints the full and truncated paths; the shared-prefix encoder has its own.
+        self.text_tower.transformer.grad_checkpointing = text_checkpointing
+        self._shared_prefix_encoder: SharedPrefixTextEncoder | None = None
+        self._resolved_encodings: dict[str, str] = {}
         self.text_prompt = (
             TextPromptLearner(self.text_tower, classnames, text_tokens, text_init, class_specific_context)
             if text_prompts
@@ -74,8 +85,15 @@ class PromptedCLIP(nn.Module):
 
     def encode_text(self, mode: TextEncoding | None = None) -> torch.Tensor:
         """L2-normalised class text features ``[C, D]`` (with gradient to the text context)."""
-        mode = mode or self.text_encoding
-        if self.text_prompt is None:
+        requested = mode or self.text_encoding
+        if requested not in self._resolved_encodings:  # resolved once: the check reads the mask (a GPU sync)
+            self._resolved_encodings[requested] = resolve_text_encoding(requested, self.text_tower, self.text_prompt)
+        mode = self._resolved_encodings[requested]
+        if mode == "shared_prefix":
+            if self._shared_prefix_encoder is None:
+                self._shared_prefix_encoder = SharedPrefixTextEncoder(self.text_tower, self.text_checkpointing)
+            features = self._shared_prefix_encoder.encode_prompts(self.text_prompt)
+        elif self.text_prompt is None:
             tokens = self.template_tokens
             length = tokens.shape[1] if mode == "full" else int(tokens.argmax(-1).max()) + 1
             embeddings = self.text_tower.embed_tokens(tokens[:, :length])

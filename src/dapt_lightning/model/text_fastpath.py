@@ -1,0 +1,223 @@
+"""Exact shared-prefix encoding of CoOp prompts whose context is shared by all classes.
+
+With a class-shared context, every prompt starts with the same ``1 + n_ctx`` tokens (SOT and the context).
+The text transformer is causal, so the hidden states of those tokens are the same for every class at every
+layer: we compute them once (a batch of one, with gradient to the context) and run only each class's own
+tokens (name, '.', EOT), whose queries attend to the shared prefix's keys and values plus their own causal
+part. Classes are grouped into buckets of equal suffix length so that no token is padded. Token-wise work
+(layer norms, projections, MLP) runs on all tokens packed together, in one matrix product per weight.
+
+The blocks' own weights are re-used (``ln_1``, ``attn.in_proj``/``out_proj``, ``ls_1``, ``ln_2``, ``mlp``,
+``ls_2`` of open_clip's ``ResidualAttentionBlock``); only the attention is recomputed here, with
+``F.scaled_dot_product_attention`` and an explicit mask. The layout of open_clip's ``Transformer``
+(``batch_first`` or not) does not matter: we never call its ``forward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from dapt_lightning.model.prompts import TextPromptLearner
+    from dapt_lightning.model.towers import TextTower
+
+
+def unsupported_block_reason(transformer: nn.Module) -> str | None:
+    """Why the shared-prefix path cannot run this text transformer, or None when it can."""
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is None or len(blocks) == 0:
+        return "the text transformer has no resblocks"
+    for index, block in enumerate(blocks):
+        # Exact type: a subclass (or CustomResidualAttentionBlock) may compute something we do not replicate.
+        if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
+            return f"text block {index} is a {type(block).__name__}, not a plain ResidualAttentionBlock"
+        attn = block.attn
+        if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+            return f"text block {index} has no packed q/k/v input projection"
+        if attn.bias_k is not None or attn.bias_v is not None or attn.add_zero_attn:
+            return f"text block {index} uses bias_k/bias_v/add_zero_attn"
+        if attn.dropout != 0.0 and attn.training:
+            return f"text block {index} has attention dropout in training mode"
+    return None
+
+
+def _is_causal_mask(mask: torch.Tensor | None) -> bool:
+    if mask is None or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+        return False
+    upper = torch.ones_like(mask, dtype=torch.bool).triu(1)
+    if mask.dtype == torch.bool:  # True means "masked out" for nn.MultiheadAttention
+        return bool(torch.equal(mask, upper))
+    return bool(torch.isneginf(mask[upper]).all() and (mask[~upper] == 0).all())
+
+
+def shared_prefix_unsupported(text_tower: TextTower, text_prompt: TextPromptLearner | None) -> str | None:
+    """Why ``text_encoding="shared_prefix"`` cannot be used for these prompts, or None when it can."""
+    if text_prompt is None:
+        return "text prompts are off (the template path has no learned shared prefix)"
+    if text_prompt.class_specific:
+        return "the context is class-specific, so the prefix differs between classes"
+    if not _is_causal_mask(text_tower.attn_mask):
+        return "the text transformer's attention mask is not the standard causal mask"
+    return unsupported_block_reason(text_tower.transformer)
+
+
+@dataclass(frozen=True)
+class _SuffixPlan:
+    """How the per-class suffix tokens are packed: bucket after bucket, classes sorted by suffix length."""
+
+    rows: torch.Tensor  # [T] class of each packed token
+    cols: torch.Tensor  # [T] position of each packed token inside its class's suffix
+    eot: torch.Tensor  # [C] packed index of each class's EOT token, in class order
+    buckets: tuple[tuple[int, int], ...]  # (suffix length, number of classes), in packing order
+
+
+def _make_plan(suffix_lengths: torch.Tensor) -> _SuffixPlan:
+    lengths = suffix_lengths.tolist()
+    device = suffix_lengths.device
+    order = sorted(range(len(lengths)), key=lambda c: lengths[c])
+    rows: list[int] = []
+    cols: list[int] = []
+    eot = [0] * len(lengths)
+    buckets: list[list[int]] = []
+    for c in order:
+        length = lengths[c]
+        if buckets and buckets[-1][0] == length:
+            buckets[-1][1] += 1
+        else:
+            buckets.append([length, 1])
+        rows.extend([c] * length)
+        cols.extend(range(length))
+        eot[c] = len(rows) - 1
+    as_long = {"dtype": torch.long, "device": device}
+    return _SuffixPlan(
+        rows=torch.tensor(rows, **as_long),
+        cols=torch.tensor(cols, **as_long),
+        eot=torch.tensor(eot, **as_long),
+        buckets=tuple((length, count) for length, count in buckets),
+    )
+
+
+class SharedPrefixTextEncoder:
+    """Encodes CoOp prompts with a class-shared context by computing the shared prefix once.
+
+    A plain object, not an ``nn.Module``: it only borrows the tower's frozen modules, so it adds nothing to
+    any ``state_dict``. The packing plan depends only on the token ids; it is cached on the identity and
+    version of the ``tokens`` tensor passed in (keep passing the learner's buffer to hit the cache).
+
+    Args:
+        text_tower: the frozen text tower whose blocks are re-used.
+        checkpointing: recompute each layer in the backward pass instead of storing its activations.
+    """
+
+    def __init__(self, text_tower: TextTower, checkpointing: bool = False) -> None:
+        reason = unsupported_block_reason(text_tower.transformer)
+        if reason is not None:
+            raise ValueError(f"text_encoding='shared_prefix' is not supported here: {reason}; use 'truncated'")
+        self.tower = text_tower
+        self.checkpointing = checkpointing
+        self._plan_key: tuple[torch.Tensor, int, int] | None = None
+        self._plan: _SuffixPlan | None = None
+        self._masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def _get_plan(self, tokens: torch.Tensor, prefix_length: int) -> _SuffixPlan:
+        key = (tokens, tokens._version, prefix_length)
+        cached = self._plan_key
+        # A strong reference to `tokens` keeps its identity from being reused by another tensor.
+        if cached is None or cached[0] is not tokens or cached[1:] != key[1:]:
+            eot_positions = tokens.argmax(dim=-1)
+            self._plan = _make_plan(eot_positions - prefix_length + 1)
+            self._plan_key = key
+        assert self._plan is not None
+        return self._plan
+
+    def _mask(self, prefix_length: int, suffix_length: int, device: torch.device) -> torch.Tensor:
+        """Boolean mask ``[S, P + S]`` (True = may attend): the whole prefix, then causal within the suffix."""
+        key = (prefix_length, suffix_length, device)
+        if key not in self._masks:
+            own = torch.ones(suffix_length, suffix_length, dtype=torch.bool, device=device).tril()
+            shared = torch.ones(suffix_length, prefix_length, dtype=torch.bool, device=device)
+            self._masks[key] = torch.cat([shared, own], dim=1)
+        return self._masks[key]
+
+    def _attention(self, block: ResidualAttentionBlock, h: torch.Tensor, prefix_length: int, plan: _SuffixPlan):
+        """Multi-head self-attention of the packed tokens ``h`` ``[P + T, W]`` (prefix first)."""
+        attn = block.attn
+        width = h.shape[-1]
+        heads = attn.num_heads
+        head_dim = width // heads
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)
+
+        def split_heads(x: torch.Tensor, batch: int) -> torch.Tensor:
+            return x.reshape(batch, -1, heads, head_dim).transpose(1, 2)  # [batch, heads, length, head_dim]
+
+        P = prefix_length
+        k_prefix, v_prefix = split_heads(k[:P], 1), split_heads(v[:P], 1)
+        # The prefix alone is an ordinary square causal attention.
+        outputs = [F.scaled_dot_product_attention(split_heads(q[:P], 1), k_prefix, v_prefix, is_causal=True)]
+        start = P
+        for length, count in plan.buckets:
+            stop = start + length * count
+            q_b, k_b, v_b = (split_heads(t[start:stop], count) for t in (q, k, v))
+            k_b = torch.cat([k_prefix.expand(count, -1, -1, -1), k_b], dim=2)
+            v_b = torch.cat([v_prefix.expand(count, -1, -1, -1), v_b], dim=2)
+            mask = self._mask(P, length, h.device)
+            outputs.append(F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask))
+            start = stop
+        merged = torch.cat([o.transpose(1, 2).reshape(-1, width) for o in outputs], dim=0)
+        return attn.out_proj(merged)
+
+    def _layer(self, block: ResidualAttentionBlock, x: torch.Tensor, prefix_length: int, plan: _SuffixPlan):
+        x = x + block.ls_1(self._attention(block, block.ln_1(x), prefix_length, plan))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    def encode_prompts(self, text_prompt: TextPromptLearner) -> torch.Tensor:
+        """Unnormalised text features ``[C, D]`` of a class-shared CoOp prompt learner."""
+        if text_prompt.class_specific:
+            raise ValueError("the shared-prefix path needs a class-shared context (class_specific=False)")
+        ctx = text_prompt.txt_ctx
+        # SOT is the same token for every class: row 0 stands for all of them.
+        prefix = torch.cat([text_prompt.token_prefix[0].to(ctx.dtype), ctx], dim=0)
+        return self(prefix, text_prompt.token_suffix, text_prompt.tokens)
+
+    def __call__(self, prefix: torch.Tensor, suffix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text features ``[C, D]``, equal to running each full prompt through the tower.
+
+        Args:
+            prefix: embeddings of the shared prefix ``[P, W]`` (SOT + context), positions ``0..P-1``.
+            suffix: embeddings of each class's remaining tokens ``[C, L - P, W]`` (name, '.', EOT, padding).
+            tokens: the prompts' token ids ``[C, L]``; EOT is the largest id.
+        """
+        tower = self.tower
+        P = prefix.shape[0]
+        plan = self._get_plan(tokens, P)
+        positional = tower.positional_embedding.to(prefix.dtype)
+        packed = suffix[plan.rows, plan.cols].to(prefix.dtype) + positional[P + plan.cols]
+        x = torch.cat([prefix + positional[:P], packed], dim=0)
+        for block in tower.transformer.resblocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(self._layer, block, x, P, plan, use_reentrant=False)
+            else:
+                x = self._layer(block, x, P, plan)
+        pooled = tower.ln_final(x[P + plan.eot])
+        return tower.project(pooled)
+
+
+def resolve_text_encoding(mode: str, text_tower: TextTower, text_prompt: TextPromptLearner | None) -> str:
+    """Turn ``auto`` into the fastest exact path and check that an explicit ``shared_prefix`` is possible."""
+    if mode not in ("full", "truncated", "shared_prefix", "auto"):
+        raise ValueError(f"--model.text_encoding must be one of full, truncated, shared_prefix, auto; got {mode!r}")
+    if mode not in ("auto", "shared_prefix"):
+        return mode
+    reason = shared_prefix_unsupported(text_tower, text_prompt)
+    if reason is None:
+        return "shared_prefix"
+    if mode == "auto":
+        return "truncated"
+    raise ValueError(f"--model.text_encoding shared_prefix is not possible: {reason}. Use 'auto' or 'truncated'.")
