@@ -1,0 +1,608 @@
+"""``dapt data download``: fetch the datasets that have public direct-download URLs into the CoOp layout.
+
+Downloads are resumable (HTTP ``Range`` into a ``.part`` file), verified against the known MD5/SHA-256 where one is
+published, and archives are extracted member by member, refusing any path that would land outside the target.
+Every URL can be redirected to a mirror (``mirror=`` or ``$DAPT_DOWNLOAD_MIRROR``) that serves
+``<mirror>/<dataset>/<filename>``, which is also how the tests point the code at a local server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from tqdm.auto import tqdm
+
+MIRROR_ENV = "DAPT_DOWNLOAD_MIRROR"
+"""Environment variable naming a mirror base URL (``<mirror>/<dataset>/<filename>``)."""
+
+STAGING_DIR = ".dapt_downloads"
+"""Folder under the data root holding partial downloads, archives and completion markers."""
+
+_CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download failed (HTTP error, interrupted after every retry, HTML page instead of a file)."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file does not match its published checksum."""
+
+
+class UnsafeArchiveError(DownloadError):
+    """An archive member would be written outside the extraction folder."""
+
+
+def drive_url(file_id: str) -> str:
+    """Google Drive's direct-download form of a shared file (``confirm=t`` skips the large-file warning page)."""
+    return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One file to fetch.
+
+    Attributes:
+        filename: Name of the downloaded file (also its name on a mirror: ``<mirror>/<dataset>/<filename>``).
+        url: Direct URL (``""`` when ``drive_id`` is set).
+        dest: Target relative to the data root: the folder an archive is extracted into, or the file's final path.
+        extract: Whether the file is an archive (tar, tar.gz, tgz, zip) to extract into ``dest``.
+        md5: Published MD5, checked when known.
+        sha256: Published SHA-256, checked when known.
+        strip: Archive-member prefix to strip; members outside it are skipped (FGVC: keep only ``data/``).
+        drive_id: Google Drive file id; the URL is then :func:`drive_url`.
+        copy_from: A file relative to the data root to copy instead of downloading, when present
+            (the ImageNet variants reuse ``imagenet/classnames.txt``).
+    """
+
+    filename: str
+    url: str = ""
+    dest: str = ""
+    extract: bool = False
+    md5: str | None = None
+    sha256: str | None = None
+    strip: str = ""
+    drive_id: str | None = None
+    copy_from: str | None = None
+
+    def source_url(self) -> str:
+        """The public URL of the file."""
+        return drive_url(self.drive_id) if self.drive_id else self.url
+
+    def page_url(self) -> str:
+        """A URL for a person to open when the automatic download fails."""
+        return f"https://drive.google.com/file/d/{self.drive_id}/view" if self.drive_id else self.url
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """Everything ``dapt data download NAME`` fetches, plus the steps it cannot do."""
+
+    name: str
+    resources: tuple[Resource, ...]
+    manual: str = ""
+
+
+_CLASSNAMES_DRIVE = "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"
+
+
+def _classnames(folder: str) -> Resource:
+    return Resource(
+        "classnames.txt",
+        drive_id=_CLASSNAMES_DRIVE,
+        dest=f"{folder}/classnames.txt",
+        copy_from="imagenet/classnames.txt",
+    )
+
+
+PLANS: dict[str, DownloadPlan] = {
+    plan.name: plan
+    for plan in (
+        DownloadPlan(
+            "imagenet",
+            (_classnames("imagenet"),),
+            manual=(
+                "ImageNet images need an account: download ILSVRC2012 train and val from https://image-net.org, "
+                "extract them to ROOT/imagenet/images/train and ROOT/imagenet/images/val, with the val images sorted "
+                "into one folder per class (n01440764/, ...) like train."
+            ),
+        ),
+        DownloadPlan(
+            "caltech101",
+            (
+                Resource(
+                    "101_ObjectCategories.tar.gz",
+                    drive_id="137RyRjvTBkBiIfeYBNZBtViDHQ6_Ewsp",
+                    dest="caltech-101",
+                    extract=True,
+                    md5="b224c7392d521a49829488ab0f1120d9",
+                ),
+                Resource(
+                    "split_zhou_Caltech101.json",
+                    drive_id="1hyarUivQE36mY6jSomru6Fjd-JzwcCzN",
+                    dest="caltech-101/split_zhou_Caltech101.json",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "oxford_pets",
+            (
+                Resource(
+                    "images.tar.gz",
+                    "https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
+                    "oxford_pets",
+                    extract=True,
+                    md5="5c4f3ee8e5d25df40f4fd59a7f44e54c",
+                ),
+                Resource(
+                    "annotations.tar.gz",
+                    "https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz",
+                    "oxford_pets",
+                    extract=True,
+                    md5="95a8c909bbe2e81eed6a22bccdf3f68f",
+                ),
+                Resource(
+                    "split_zhou_OxfordPets.json",
+                    drive_id="1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs",
+                    dest="oxford_pets/split_zhou_OxfordPets.json",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "stanford_cars",
+            (
+                Resource(
+                    "split_zhou_StanfordCars.json",
+                    drive_id="1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT",
+                    dest="stanford_cars/split_zhou_StanfordCars.json",
+                ),
+            ),
+            manual=(
+                "The Stanford Cars images are no longer served at their original URLs "
+                "(http://ai.stanford.edu/~jkrause/car196/). Get cars_train.tgz, cars_test.tgz, car_devkit.tgz and "
+                "cars_test_annos_withlabels.mat from a mirror and extract them to ROOT/stanford_cars/ so that it holds "
+                "cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat."
+            ),
+        ),
+        DownloadPlan(
+            "oxford_flowers",
+            (
+                Resource(
+                    "102flowers.tgz",
+                    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+                    "oxford_flowers",
+                    extract=True,
+                    md5="52808999861908f626f3c1f4e79d11fa",
+                ),
+                Resource(
+                    "imagelabels.mat",
+                    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
+                    "oxford_flowers/imagelabels.mat",
+                    md5="e0620be6f572b9609742df49c70aed4d",
+                ),
+                Resource(
+                    "cat_to_name.json",
+                    drive_id="1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0",
+                    dest="oxford_flowers/cat_to_name.json",
+                ),
+                Resource(
+                    "split_zhou_OxfordFlowers.json",
+                    drive_id="1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT",
+                    dest="oxford_flowers/split_zhou_OxfordFlowers.json",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "food101",
+            (
+                # The archive's top folder is food-101/, so it is extracted into the data root itself.
+                Resource(
+                    "food-101.tar.gz",
+                    "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",
+                    "",
+                    extract=True,
+                    md5="85eeb15f3717b99a5da872d97d918f87",
+                ),
+                Resource(
+                    "split_zhou_Food101.json",
+                    drive_id="1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl",
+                    dest="food-101/split_zhou_Food101.json",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "fgvc_aircraft",
+            (
+                Resource(
+                    "fgvc-aircraft-2013b.tar.gz",
+                    "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
+                    "fgvc_aircraft",
+                    extract=True,
+                    strip="fgvc-aircraft-2013b/data/",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "sun397",
+            (
+                Resource(
+                    "SUN397.tar.gz",
+                    "http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz",
+                    "sun397",
+                    extract=True,
+                    md5="8ca2778205c41d23104230ba66911c7a",
+                ),
+                Resource(
+                    "split_zhou_SUN397.json",
+                    drive_id="1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq",
+                    dest="sun397/split_zhou_SUN397.json",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "dtd",
+            (
+                Resource(
+                    "dtd-r1.0.1.tar.gz",
+                    "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+                    "",
+                    extract=True,
+                    md5="fff73e5086ae6bdbea199a49dfb8a4c1",
+                ),
+                Resource(
+                    "split_zhou_DescribableTextures.json",
+                    drive_id="1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x",
+                    dest="dtd/split_zhou_DescribableTextures.json",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "eurosat",
+            (
+                Resource(
+                    "EuroSAT.zip",
+                    "https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
+                    "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip",
+                    "eurosat",
+                    extract=True,
+                    md5="c8fa014336c82ac7804f0398fcb19387",
+                ),
+                Resource(
+                    "split_zhou_EuroSAT.json",
+                    drive_id="1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o",
+                    dest="eurosat/split_zhou_EuroSAT.json",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "ucf101",
+            (
+                Resource(
+                    "UCF-101-midframes.zip", drive_id="10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O", dest="ucf101", extract=True
+                ),
+                Resource(
+                    "split_zhou_UCF101.json",
+                    drive_id="1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y",
+                    dest="ucf101/split_zhou_UCF101.json",
+                ),
+            ),
+        ),
+        DownloadPlan(
+            "imagenetv2",
+            (
+                Resource(
+                    "imagenetv2-matched-frequency.tar.gz",
+                    "https://s3-us-west-2.amazonaws.com/imagenetv2public/imagenetv2-matched-frequency.tar.gz",
+                    "imagenetv2",
+                    extract=True,
+                ),
+                _classnames("imagenetv2"),
+            ),
+        ),
+        DownloadPlan(
+            "imagenet_sketch",
+            (_classnames("imagenet-sketch"),),
+            manual=(
+                "Download ImageNet-Sketch from https://github.com/HaohanWang/ImageNet-Sketch (Google Drive or Kaggle) "
+                "and extract it so that the class folders are ROOT/imagenet-sketch/images/n01440764/... "
+                "(the archive names that folder sketch/: rename it to images/)."
+            ),
+        ),
+        DownloadPlan(
+            "imagenet_a",
+            (
+                Resource(
+                    "imagenet-a.tar",
+                    "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
+                    "imagenet-adversarial",
+                    extract=True,
+                ),
+                _classnames("imagenet-adversarial"),
+            ),
+        ),
+        DownloadPlan(
+            "imagenet_r",
+            (
+                Resource(
+                    "imagenet-r.tar",
+                    "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
+                    "imagenet-rendition",
+                    extract=True,
+                ),
+                _classnames("imagenet-rendition"),
+            ),
+        ),
+    )
+}
+"""What ``dapt data download`` fetches for each benchmark dataset."""
+
+
+@dataclass
+class DownloadReport:
+    """What one ``download_dataset`` call did."""
+
+    name: str
+    fetched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    manual: str = ""
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def verify_checksum(path: Path, url: str, md5: str | None = None, sha256: str | None = None) -> None:
+    """Raise :class:`ChecksumError` naming the URL, the expected and the actual digest, after deleting ``path``."""
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected:
+            got = _digest(path, algorithm)
+            if got != expected.lower():
+                path.unlink(missing_ok=True)
+                raise ChecksumError(
+                    f"{algorithm} mismatch for {url}: expected {expected}, got {got}; the download was deleted, "
+                    "run the command again (or check the mirror)"
+                )
+
+
+def _progress(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(
+        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled
+    )
+
+
+def _stream(response: IO[bytes]) -> Iterator[bytes]:
+    while chunk := response.read(_CHUNK):
+        yield chunk
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    md5: str | None = None,
+    sha256: str | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file with an HTTP ``Range`` request.
+
+    Args:
+        url: http(s) URL.
+        dest: Final path; written only once the download is complete and verified.
+        md5: Expected MD5 (hex), if known.
+        sha256: Expected SHA-256 (hex), if known.
+        retries: Extra attempts after a dropped connection or a server error; each resumes where the last stopped.
+        backoff: Seconds to wait before the first retry (doubled each time, at most 30).
+        timeout: Socket timeout in seconds.
+        progress: Show a tqdm progress bar.
+
+    Raises:
+        DownloadError: HTTP error, or the connection kept dropping (the ``.part`` file stays, to resume later).
+        ChecksumError: the finished file does not match ``md5``/``sha256`` (the ``.part`` file is deleted).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(backoff * 2 ** (attempt - 1), 30.0))
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": "dapt-lightning", "Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+                if "text/html" in response.headers.get("Content-Type", ""):
+                    raise DownloadError(
+                        f"{url} returned a web page instead of the file (a login, quota or virus-scan page); "
+                        f"download it by hand and save it as {dest}"
+                    )
+                resumed = offset > 0 and response.status == 206
+                if not resumed:
+                    offset = 0  # the server ignored the Range header: start over
+                length = response.headers.get("Content-Length")
+                total = offset + int(length) if length is not None else None
+                with open(part, "ab" if resumed else "wb") as out, _progress(total, offset, dest.name, progress) as bar:
+                    for chunk in _stream(response):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+                    out.flush()
+                    os.fsync(out.fileno())
+                if total is not None and part.stat().st_size < total:
+                    raise http.client.IncompleteRead(b"", total - part.stat().st_size)
+            break
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and offset:
+                break  # "range not satisfiable": the .part file is already complete; the checksum decides
+            if err.code < 500:
+                raise DownloadError(f"could not download {url}: HTTP {err.code} {err.reason}") from err
+            last_error = err
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
+            last_error = err
+    else:
+        raise DownloadError(
+            f"could not download {url} after {retries + 1} attempt(s) ({last_error}); the partial file {part} is "
+            "kept: run the command again to resume"
+        ) from last_error
+    verify_checksum(part, url, md5=md5, sha256=sha256)
+    os.replace(part, dest)
+    return dest
+
+
+def _safe_target(dest: Path, name: str, strip: str, archive: Path) -> Path | None:
+    """Where member ``name`` goes under ``dest`` (``None`` to skip it); raise if it would escape ``dest``."""
+    posix = name.replace("\\", "/")
+    if strip:
+        if not posix.startswith(strip):
+            return None
+        posix = posix[len(strip) :]
+    rel = PurePosixPath(posix)
+    if rel.is_absolute() or ".." in rel.parts or (rel.parts and ":" in rel.parts[0]):
+        raise UnsafeArchiveError(f"{archive}: member {name!r} would be written outside {dest}; nothing more extracted")
+    if not rel.parts or rel.parts == (".",):
+        return None
+    target = dest.joinpath(*rel.parts)
+    if not target.resolve().is_relative_to(dest.resolve()):
+        raise UnsafeArchiveError(f"{archive}: member {name!r} resolves outside {dest}; nothing more extracted")
+    return target
+
+
+def extract_archive(archive: Path, dest: Path, strip: str = "") -> int:
+    """Extract a tar (any compression) or zip archive into ``dest``, member by member; return the files written.
+
+    Only regular files and folders are written; links and devices are skipped (no dataset needs them), so a link
+    cannot be used to write outside ``dest``. A member whose path is absolute or climbs out with ``..`` aborts the
+    extraction with :class:`UnsafeArchiveError`.
+    """
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = 0
+    skipped_links = 0
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                target = _safe_target(dest, info.filename, strip, archive)
+                if target is None:
+                    continue
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
+                written += 1
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive, "r:*") as tf:
+            for member in tf:
+                target = _safe_target(dest, member.name, strip, archive)
+                if target is None:
+                    continue
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tf.extractfile(member)
+                    assert src is not None
+                    with src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, _CHUNK)
+                    written += 1
+                else:
+                    skipped_links += 1
+    else:
+        raise DownloadError(f"{archive} is neither a tar nor a zip archive; delete it and download it again")
+    if skipped_links:
+        warnings.warn(f"{archive}: skipped {skipped_links} link/special member(s)", stacklevel=2)
+    return written
+
+
+def resolve_mirror(mirror: str | None) -> str | None:
+    """The mirror to use: the argument, else ``$DAPT_DOWNLOAD_MIRROR``, else none (the public URLs)."""
+    mirror = mirror or os.environ.get(MIRROR_ENV) or None
+    return mirror.rstrip("/") if mirror else None
+
+
+def download_dataset(
+    name: str,
+    root: Path,
+    mirror: str | None = None,
+    verify: bool = True,
+    keep_archives: bool = False,
+    retries: int = 3,
+    backoff: float = 1.0,
+    progress: bool = True,
+) -> DownloadReport:
+    """Download and extract everything ``PLANS[name]`` lists into the data root ``root`` (CoOp layout).
+
+    Finished resources leave a marker in ``ROOT/.dapt_downloads/NAME/``, so running it again skips them and resumes
+    an interrupted file. Steps that cannot be automated come back in ``DownloadReport.manual``.
+
+    Args:
+        name: Registered dataset name (``oxford_pets``).
+        root: Data root (the folder holding every dataset's folder).
+        mirror: Base URL serving ``<mirror>/<name>/<filename>``; default ``$DAPT_DOWNLOAD_MIRROR`` or the public URLs.
+        verify: Check the published checksums (a mirror serving other bytes, e.g. test fakes, needs ``False``).
+        keep_archives: Keep the downloaded archives after extracting them.
+        retries: Retries per file after a dropped connection.
+        backoff: Seconds before the first retry.
+        progress: Show progress bars.
+    """
+    if name not in PLANS:
+        raise ValueError(f"dapt data download: unknown dataset {name!r}; choose one of {', '.join(PLANS)}")
+    plan = PLANS[name]
+    root = Path(root).expanduser()
+    base = resolve_mirror(mirror)
+    staging = root / STAGING_DIR / name
+    report = DownloadReport(name, manual=plan.manual)
+    for res in plan.resources:
+        marker = staging / f"{res.filename}.done"
+        target = root / res.dest
+        if marker.exists() or (not res.extract and target.exists()):
+            report.skipped.append(res.filename)
+            continue
+        if res.copy_from and (root / res.copy_from).is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / res.copy_from, target)
+            report.fetched.append(res.filename)
+            continue
+        url = f"{base}/{name}/{res.filename}" if base else res.source_url()
+        checks = {"md5": res.md5, "sha256": res.sha256} if verify else {}
+        path = staging / res.filename
+        try:
+            download_file(url, path, retries=retries, backoff=backoff, progress=progress, **checks)
+        except DownloadError as err:
+            if res.drive_id and not base:
+                raise DownloadError(
+                    f"{err}\nGoogle Drive refused the direct download of {res.filename}: open "
+                    f"{res.page_url()} in a browser and save the file as {target if not res.extract else path}"
+                ) from err
+            raise
+        if res.extract:
+            extract_archive(path, target, strip=res.strip)
+            if not keep_archives:
+                path.unlink()
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(url + "\n", encoding="utf-8")
+        report.fetched.append(res.filename)
+    return report
