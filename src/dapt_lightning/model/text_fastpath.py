@@ -131,8 +131,11 @@ class SharedPrefixTextEncoder:
         cached = self._plan_key
         # A strong reference to `tokens` keeps its identity from being reused by another tensor.
         if cached is None or cached[0] is not tokens or cached[1:] != key[1:]:
-            eot_positions = tokens.argmax(dim=-1)
-            self._plan = _make_plan(eot_positions - prefix_length + 1)
+            # Built outside inference mode even when first used there (Lightning validates under
+            # inference_mode): the index tensors are saved for backward in later training steps.
+            with torch.inference_mode(False):
+                eot_positions = tokens.argmax(dim=-1)
+                self._plan = _make_plan(eot_positions - prefix_length + 1)
             self._plan_key = key
         assert self._plan is not None
         return self._plan
@@ -141,9 +144,10 @@ class SharedPrefixTextEncoder:
         """Boolean mask ``[S, P + S]`` (True = may attend): the whole prefix, then causal within the suffix."""
         key = (prefix_length, suffix_length, device)
         if key not in self._masks:
-            own = torch.ones(suffix_length, suffix_length, dtype=torch.bool, device=device).tril()
-            shared = torch.ones(suffix_length, prefix_length, dtype=torch.bool, device=device)
-            self._masks[key] = torch.cat([shared, own], dim=1)
+            with torch.inference_mode(False):  # cached across steps: see _get_plan
+                own = torch.ones(suffix_length, suffix_length, dtype=torch.bool, device=device).tril()
+                shared = torch.ones(suffix_length, prefix_length, dtype=torch.bool, device=device)
+                self._masks[key] = torch.cat([shared, own], dim=1)
         return self._masks[key]
 
     def _attention(self, block: ResidualAttentionBlock, h: torch.Tensor, prefix_length: int, plan: _SuffixPlan):
