@@ -1,0 +1,44 @@
+# dapt_lightning: `make demo` runs the demo, `make test` runs the test suite. Both set up .venv by themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install demo test test-fast lint format bench bench-gpu clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create/update the virtual environment (.venv) with the package and dev tools
+
+demo: $(STAMP) ## Train DAPT on the synthetic dataset with the tiny CLIP and print zero-shot vs tuned accuracy
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/dapt demo
+
+test: $(STAMP) ## Run the whole test suite (fast and slow tests)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## Run only the fast tests
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Format and auto-fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP) ## CPU benchmark of the naive vs fast paths (writes BENCHMARKS.md)
+	$(BIN)/python -m dapt_lightning.bench
+
+bench-gpu: $(STAMP) ## GPU benchmark: 12-layer ViT-B/16, bf16-mixed
+	$(BIN)/python -m dapt_lightning.bench --device cuda --depth 12 --precision bf16-mixed
+
+clean: ## Remove runs, caches and build artefacts (keeps .venv)
+	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache
