@@ -264,3 +264,16 @@ def test_cli_download_copies_classnames_and_prints_manual_steps(server: FileServ
     assert f"{root}/imagenet-sketch/images" in capsys.readouterr().out
     assert data_main(["download", "caltech101", "--root", str(root), "--mirror", server.url, "--retries", "0"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_extraction_follows_a_symlinked_dataset_folder(tmp_path: Path) -> None:
+    # CoOp's DATASETS.md suggests symlinking datasets stored elsewhere into the data root.
+    elsewhere = tmp_path / "big_disk/food-101"
+    elsewhere.mkdir(parents=True)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "food-101").symlink_to(elsewhere)
+    archive = tmp_path / "food.tar.gz"
+    archive.write_bytes(_tar({"food-101/images/pie/1.jpg": b"1"}))
+    assert extract_archive(archive, root) == 1
+    assert (elsewhere / "images/pie/1.jpg").read_bytes() == b"1"

@@ -480,10 +480,9 @@ def _safe_target(dest: Path, name: str, strip: str, archive: Path) -> Path | Non
         raise UnsafeArchiveError(f"{archive}: member {name!r} would be written outside {dest}; nothing more extracted")
     if not rel.parts or rel.parts == (".",):
         return None
-    target = dest.joinpath(*rel.parts)
-    if not target.resolve().is_relative_to(dest.resolve()):
-        raise UnsafeArchiveError(f"{archive}: member {name!r} resolves outside {dest}; nothing more extracted")
-    return target
+    # No resolve() check: we never create links, and CoOp's DATASETS.md suggests symlinking dataset folders into
+    # the data root, which a resolved-path check would wrongly reject.
+    return dest.joinpath(*rel.parts)
 
 
 def extract_archive(archive: Path, dest: Path, strip: str = "") -> int:
