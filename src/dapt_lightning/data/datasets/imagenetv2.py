@@ -47,7 +47,8 @@ def read_imagenetv2(root: Path, **options: object) -> DatasetSplits:
     root = Path(root)
     require(LAYOUT, root)
     dataset_dir = root / "imagenetv2"
-    classnames = list(read_classnames_txt(dataset_dir / "classnames.txt").values())
+    # A trailing blank line would parse as an empty entry; the official range(1000) never reaches it.
+    classnames = [name for folder, name in read_classnames_txt(dataset_dir / "classnames.txt").items() if folder]
     items = []
     for label, classname in enumerate(classnames):
         class_dir = dataset_dir / IMAGE_FOLDER / str(label)
