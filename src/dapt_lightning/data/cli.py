@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--full", action="store_true", help="check that every listed image exists (slow on ImageNet)")
 
     download = sub.add_parser("download", help="download datasets with public URLs into the CoOp layout")
-    download.add_argument("names", nargs="+", metavar="NAME", choices=sorted(PLANS), help="datasets to download")
+    download.add_argument("names", nargs="+", metavar="NAME", choices=sorted(PLANS), help=", ".join(sorted(PLANS)))
     download.add_argument("--root", help=f"data root (default: ${ROOT_ENV})")
     download.add_argument("--mirror", help=f"base URL serving <mirror>/<name>/<file> (default: ${MIRROR_ENV})")
     download.add_argument("--no-verify", action="store_true", help="skip the checksum check")
