@@ -95,7 +95,7 @@ def _load_torchscript(path: Path, quick_gelu: bool) -> nn.Module:
 
 
 def _load_file(name: str, path: Path, quick_gelu: bool) -> nn.Module:
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, require_pretrained=False)
+    model = open_clip.create_model(name, pretrained=None, quick_gelu=quick_gelu, require_pretrained=False)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -127,7 +127,7 @@ def _load_tag(name: str, tag: str, quick_gelu: bool, cache_dir: str | None) -> n
             f"Known tags: {', '.join(known_tags) or 'none'}."
         )
     try:
-        return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+        return open_clip.create_model(name, pretrained=tag, quick_gelu=quick_gelu, cache_dir=cache_dir)
     except Exception as error:
         where = cache_dir or os.environ.get("HF_HUB_CACHE") or os.path.expanduser("~/.cache/huggingface/hub")
         raise ClipWeightsUnavailableError(
@@ -161,8 +161,9 @@ def load_clip(
     if pretrained == "tiny-synthetic":
         pretrained = str(TINY_CLIP_WEIGHTS)
     if pretrained is None:
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=_wants_quick_gelu(name, None, quick_gelu))
         use_quick_gelu = _wants_quick_gelu(name, None, quick_gelu)
+        # A model kwarg, not force_quick_gelu: that one can only switch QuickGELU on, never off.
+        model = open_clip.create_model(name, pretrained=None, quick_gelu=use_quick_gelu)
     elif Path(pretrained).expanduser().is_file():
         path = Path(pretrained).expanduser()
         scripted = is_torchscript_archive(path)
