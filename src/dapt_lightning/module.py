@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -14,6 +15,14 @@ from dapt_lightning.methods import Method, method_spec
 from dapt_lightning.model.clip import ClipIdentity, load_clip
 from dapt_lightning.model.dapt import PromptedCLIP, TextEncoding
 from dapt_lightning.schedule import warmup_cosine
+from dapt_lightning.templates import GENERIC_TEMPLATE
+
+CHECKPOINT_FORMAT = 1
+"""Version of the prompt-only checkpoint layout (``checkpoint["dapt_checkpoint_format"]``)."""
+
+
+class ClipMismatchError(ValueError):
+    """A checkpoint's prompts were trained on a different CLIP than the one this run loaded."""
 
 
 class DAPTModule(L.LightningModule):
@@ -32,7 +41,8 @@ class DAPTModule(L.LightningModule):
         rbf_t: ``t`` in the inter-dispersion kernel ``exp(-t * d^2)``.
         text_tokens, text_init, class_specific_context: CoOp context settings.
         visual_tokens, visual_dropout: VPT settings.
-        template: the hand-crafted prompt for methods without text prompts.
+        template: the hand-crafted prompt for methods without text prompts; None: ``"a photo of a {}."`` (the
+            CLI picks the dataset's CoOp template for ``zeroshot``, see ``templates.py``).
         text_encoding: ``auto`` (fastest exact path), ``truncated``, ``shared_prefix`` or ``full`` (official).
     """
 
@@ -57,7 +67,7 @@ class DAPTModule(L.LightningModule):
         class_specific_context: bool = False,
         visual_tokens: int = 16,
         visual_dropout: float = 0.0,
-        template: str = "a photo of a {}.",
+        template: str | None = None,
         text_encoding: TextEncoding = "auto",
     ) -> None:
         super().__init__()
@@ -78,7 +88,7 @@ class DAPTModule(L.LightningModule):
             class_specific_context=class_specific_context,
             visual_tokens=visual_tokens,
             visual_dropout=visual_dropout,
-            template=template,
+            template=template or GENERIC_TEMPLATE,
             text_encoding=text_encoding,
         )
         embed_dim = _embed_dim(clip)
@@ -91,6 +101,7 @@ class DAPTModule(L.LightningModule):
                 "macro_f1": MulticlassF1Score(len(classnames), average="macro"),
             }
         )
+        self.train_f1 = MulticlassF1Score(len(classnames), average="macro")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self._eval_text_features: torch.Tensor | None = None
@@ -115,7 +126,9 @@ class DAPTModule(L.LightningModule):
     def set_prototypes(self, prototypes: torch.Tensor) -> None:
         """Install class prototypes ``[C, D]`` (computed by the PrototypeCallback)."""
         if prototypes.shape != self.prototypes.shape:
-            raise ValueError(f"prototypes must have shape {tuple(self.prototypes.shape)}, got {tuple(prototypes.shape)}")
+            raise ValueError(
+                f"prototypes must have shape {tuple(self.prototypes.shape)}, got {tuple(prototypes.shape)}"
+            )
         self.prototypes.copy_(prototypes.to(self.prototypes))
         self.prototypes_ready.fill_(True)
 
@@ -132,7 +145,9 @@ class DAPTModule(L.LightningModule):
                 "DAPT needs class prototypes before training: add the PrototypeCallback "
                 "(the `dapt` CLI adds it) or set --model.beta_v 0"
             )
-        terms = dapt_loss(logits, labels, image_features, text_features, prototypes, self.beta_v, self.beta_t, self.hparams.rbf_t)
+        terms = dapt_loss(
+            logits, labels, image_features, text_features, prototypes, self.beta_v, self.beta_t, self.hparams.rbf_t
+        )
         return terms, logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -153,7 +168,11 @@ class DAPTModule(L.LightningModule):
             batch_size=batch_size,
             sync_dist=True,
         )
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=batch_size)
+        self.train_f1(logits.detach(), labels)
+        self.log("train/macro_f1", self.train_f1, on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log(
+            "train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=batch_size
+        )
         self.log("loss", terms.total, prog_bar=True, logger=False, batch_size=batch_size)
         return terms.total
 
@@ -162,11 +181,20 @@ class DAPTModule(L.LightningModule):
         with torch.no_grad():
             self._eval_text_features = self.model.encode_text()
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], metrics: MetricCollection) -> None:
+    def _evaluate(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], metrics: MetricCollection
+    ) -> dict[str, torch.Tensor]:
         images, labels, _ = batch
-        logits, _, _ = self.model(images, text_features=self._eval_text_features)
+        logits, image_features, _ = self.model(images, text_features=self._eval_text_features)
         metrics.update(logits, labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=labels.shape[0])
+        # Returned for callbacks (per-class accuracy, dispersion measures), so they need no second forward pass.
+        return {"labels": labels, "predictions": logits.argmax(-1), "image_features": image_features.detach()}
+
+    @property
+    def eval_text_features(self) -> torch.Tensor | None:
+        """The class text features of the evaluation in progress (None outside one)."""
+        return self._eval_text_features
 
     def on_validation_epoch_start(self) -> None:
         self._start_evaluation()
@@ -177,13 +205,19 @@ class DAPTModule(L.LightningModule):
     def on_predict_epoch_start(self) -> None:
         self._start_evaluation()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.val_metrics)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+    def test_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.test_metrics)
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
         logits, _, _ = self.model(images, text_features=self._eval_text_features)
         return {"index": indices, "label": labels, "prediction": logits.argmax(-1), "probabilities": logits.softmax(-1)}
@@ -203,28 +237,83 @@ class DAPTModule(L.LightningModule):
         scheduler = warmup_cosine(optimizer, max_epochs, self.hparams.warmup_epochs, self.hparams.warmup_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    # Prompt-only checkpoints: the frozen CLIP is rebuilt from its identity, never stored.
+    # Prompt-only checkpoints: the frozen CLIP is rebuilt from its identity (hyperparameters), never stored.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("model.clip.")}
+        # The tower views register CLIP's modules under their own names too, so filter by storage, not by prefix.
+        frozen = {t.data_ptr() for t in self.model.clip.state_dict().values() if t.numel()}
+        state = {
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if not k.startswith("model.clip.") and not (v.numel() and v.data_ptr() in frozen)
+        }
+        if not bool(self.prototypes_ready):
+            state.pop("prototypes", None)  # zeros for methods without prototypes: C x D bytes of nothing
+        checkpoint["state_dict"] = state
+        checkpoint["dapt_checkpoint_format"] = CHECKPOINT_FORMAT
         checkpoint["clip_identity"] = self.clip_identity.to_dict()
         checkpoint["classnames"] = list(self.model.classnames)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("clip_identity")
-        if saved and saved.get("weights_sha256") != self.clip_identity.weights_sha256:
-            raise ValueError(
+        self._check_clip_identity(checkpoint.get("clip_identity") or {})
+        state = checkpoint["state_dict"]
+        saved_classes = checkpoint.get("classnames")
+        if saved_classes is not None and list(saved_classes) != list(self.model.classnames):
+            state = self._transferable_state(state, list(saved_classes), checkpoint)
+        own = self.state_dict()
+        for key, value in state.items():
+            if key in own and tuple(value.shape) != tuple(own[key].shape):
+                raise ClipMismatchError(
+                    f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but this model's is "
+                    f"{tuple(own[key].shape)}: the checkpoint was made with other prompt settings or another CLIP "
+                    "architecture. Use the training run's --model.* settings."
+                )
+        # Re-insert the frozen CLIP (and anything not stored, such as unset prototypes) so that Lightning's
+        # strict load sees a complete state dict.
+        for key, value in own.items():
+            state.setdefault(key, value)
+        checkpoint["state_dict"] = state
+
+    def _check_clip_identity(self, saved: dict[str, Any]) -> None:
+        ours = self.clip_identity
+        if not saved:
+            return
+        same_name = saved.get("name") == ours.name
+        same_weights = saved.get("weights_sha256") is None or saved.get("weights_sha256") == ours.weights_sha256
+        if not (same_name and same_weights):
+            raise ClipMismatchError(
                 f"checkpoint was trained on CLIP {saved.get('name')!r} ({saved.get('pretrained')}, weights sha256 "
-                f"{str(saved.get('weights_sha256'))[:12]}...) but this run loaded {self.clip_identity.name!r} "
-                f"({self.clip_identity.pretrained}, {str(self.clip_identity.weights_sha256)[:12]}...). "
-                "Use the same --model.clip_name/--model.pretrained as the training run."
+                f"{str(saved.get('weights_sha256'))[:12]}...) but this run loaded {ours.name!r} "
+                f"({ours.pretrained}, {str(ours.weights_sha256)[:12]}...). "
+                "Use the same --model.clip_name/--model.pretrained/--model.quick_gelu as the training run."
             )
-        # Re-insert the frozen weights so Lightning's strict load sees a complete state dict.
-        for key, value in self.model.clip.state_dict().items():
-            checkpoint["state_dict"].setdefault(f"model.clip.{key}", value)
+
+    def _transferable_state(
+        self, state: dict[str, torch.Tensor], saved_classes: list[str], checkpoint: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The class-agnostic part of ``state`` (generic text context, visual prompts) for other classes."""
+        if self.hparams.class_specific_context or (
+            "model.text_prompt.txt_ctx" in state and state["model.text_prompt.txt_ctx"].dim() == 3
+        ):
+            raise ValueError(
+                "the checkpoint's text context is class-specific (--model.class_specific_context true): it cannot "
+                f"be used for other classes ({len(saved_classes)} in the checkpoint, {len(self.model.classnames)} "
+                "here). Evaluate on the training classes, or train a generic context."
+            )
+        class_specific = ("prototypes", "prototypes_ready")
+        dropped = sorted(k for k in state if k in class_specific)
+        kept = {k: v for k, v in state.items() if k not in class_specific}
+        source = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset", "another dataset")
+        loaded = [k.removeprefix("model.") for k in kept if not k.startswith("model.clip.")]
+        rank_zero_info(
+            f"Cross-dataset checkpoint: prompts trained on {len(saved_classes)} classes of {source!r}, evaluated on "
+            f"{len(self.model.classnames)} classes here. Loaded: {', '.join(loaded) or 'nothing'}; not loaded "
+            f"(class-specific): {', '.join(dropped) or 'nothing'}. This run's class names are kept."
+        )
+        return kept
 
 
 def _embed_dim(clip: torch.nn.Module) -> int:
     visual = clip.visual
     if getattr(visual, "proj", None) is not None:
         return visual.proj.shape[1]
-    return getattr(visual, "output_dim")
+    return visual.output_dim

@@ -1,0 +1,71 @@
+"""t-SNE plots of text and image embeddings, zero-shot vs tuned (the paper's Figures 1 and 6), after fitting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from dapt_lightning import analysis
+
+
+class EmbeddingPlots(L.Callback):
+    """At the end of fitting (rank zero only), plot t-SNE of class text embeddings and of test image embeddings.
+
+    Each figure has two panels, zero-shot CLIP (hand-crafted prompt, no visual prompts) and the tuned model,
+    saved as PNG under ``<log dir>/figures/`` and logged as images when the logger can (W&B).
+
+    Args:
+        enabled: make the plots.
+        split: images to embed (``test`` or ``val``).
+        max_images: at most this many images (a seeded random subset), to keep t-SNE quick.
+        batch_size: images per encoding batch.
+    """
+
+    def __init__(
+        self, enabled: bool = True, split: str = "test", max_images: int = 1000, batch_size: int = 100
+    ) -> None:
+        self.enabled = enabled
+        self.split = split
+        self.max_images = max_images
+        self.batch_size = batch_size
+        self.paths: list[Path] = []
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not self.enabled or datamodule is None or not getattr(datamodule.splits, self.split, None):
+            return
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+        name = f"{datamodule.dataset_name} {pl_module.hparams.method}"
+        was_training = pl_module.training
+        pl_module.eval()
+        text_zero, text_tuned = analysis.zero_shot_text_features(pl_module), analysis.tuned_text_features(pl_module)
+        classes = torch.arange(text_zero.shape[0])
+        images = analysis.subset(datamodule.dataset(self.split, transform="test"), self.max_images)
+        zero, labels = analysis.image_features(pl_module, images, zero_shot=True, batch_size=self.batch_size)
+        tuned, _ = analysis.image_features(pl_module, images, zero_shot=False, batch_size=self.batch_size)
+        pl_module.train(was_training)
+        figures = {
+            "tsne_text": (
+                [("zero-shot CLIP", text_zero), (f"tuned ({pl_module.hparams.method})", text_tuned)],
+                classes,
+                f"class text embeddings: {name}",
+            ),
+            "tsne_image": (
+                [("zero-shot CLIP", zero), (f"tuned ({pl_module.hparams.method})", tuned)],
+                labels,
+                f"{self.split} image embeddings: {name}",
+            ),
+        }
+        self.paths = []
+        for key, (panels, colours, title) in figures.items():
+            path = folder / f"{key}.png"
+            analysis.plot_embedding_pair(panels, colours, title, path)
+            self.paths.append(path)
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_image"):
+                    logger.log_image(key=f"embeddings/{key}", images=[str(path)], caption=[title])
+        rank_zero_info(f"Embedding plots: {', '.join(str(p) for p in self.paths)}")
