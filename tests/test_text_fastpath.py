@@ -1,0 +1,251 @@
+"""The exact text fast paths (truncated, shared prefix) against the official 77-token computation."""
+
+from __future__ import annotations
+
+import copy
+
+import open_clip
+import pytest
+import torch
+from open_clip.transformer import Transformer
+from torch import nn
+
+from dapt_lightning import bench
+from dapt_lightning.losses import dapt_loss
+from dapt_lightning.model.clip import load_clip
+from dapt_lightning.model.dapt import PromptedCLIP
+from dapt_lightning.model.text_fastpath import resolve_text_encoding, unsupported_block_reason
+
+# Suffix lengths of 2 to 22 tokens, several sharing a length (buckets of more than one class); the last
+# name is more than 10 tokens longer than any other.
+CLASSNAMES = [
+    "cat",
+    "dog",
+    "red fox",
+    "great_white_shark",
+    "golden retriever",
+    "Chesapeake Bay Retriever",
+    "St. Bernard",
+    "a",
+    "yellow lady's slipper",
+    "bell or wind chime",
+    "an extraordinarily long made up class name that keeps going on and on for many more tokens than the rest",
+]
+REL_TOL = 1e-5
+
+
+def _perturb(clip: nn.Module, seed: int) -> nn.Module:
+    """Move every LayerNorm and bias away from its default init (ones and zeros hide mistakes)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in clip.named_parameters():
+            if name.endswith("bias") or ".ln_" in name or name.startswith(("ln_", "visual.ln_")):
+                noise = torch.randn(parameter.shape, generator=generator)
+                parameter.add_(0.2 * noise)
+    return clip
+
+
+def _make_clip(activation: str) -> nn.Module:
+    torch.manual_seed(0)
+    if activation == "quickgelu":
+        clip, _ = load_clip("dapt-tiny", None)
+    else:  # the tiny config asks for QuickGELU; the keyword override builds plain GELU
+        clip = open_clip.create_model("dapt-tiny", pretrained=None, quick_gelu=False).float().eval()
+        clip.requires_grad_(False)
+    expected = open_clip.transformer.QuickGELU if activation == "quickgelu" else nn.GELU
+    assert isinstance(clip.transformer.resblocks[0].mlp.gelu, expected)
+    return _perturb(clip, seed=1)
+
+
+@pytest.fixture(scope="module", params=["quickgelu", "gelu"])
+def perturbed_clip(request: pytest.FixtureRequest) -> nn.Module:
+    return _make_clip(request.param)
+
+
+_MODELS: dict[tuple[int, tuple], PromptedCLIP] = {}
+
+
+def _model(clip: nn.Module, **kwargs) -> PromptedCLIP:
+    """A fresh copy of a prompted model over ``clip`` (built once per configuration: tokenizing is slow)."""
+    key = (id(clip), tuple(sorted(kwargs.items())))
+    if key not in _MODELS:
+        torch.manual_seed(2)
+        model = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, **kwargs)
+        with torch.no_grad():  # larger than the N(0, 0.02^2) init, so the context really moves the features
+            if model.text_prompt is not None:
+                model.text_prompt.txt_ctx.normal_(std=0.5)
+            if model.visual_prompt is not None:
+                model.visual_prompt.vis_ctx.normal_(std=0.5)
+        _MODELS[key] = model
+    return copy.deepcopy(_MODELS[key])
+
+
+def _outputs(model: PromptedCLIP, mode: str) -> dict[str, torch.Tensor]:
+    """Features, logits, every loss term and the prompt gradients of one training step."""
+    generator = torch.Generator().manual_seed(3)
+    size = model.image_tower.image_size
+    images = torch.randn(4, 3, size, size, generator=generator)
+    labels = torch.tensor([0, 3, 5, len(CLASSNAMES) - 1])
+    dim = model.clip.text_projection.shape[1]
+    prototypes = torch.randn(len(CLASSNAMES), dim, generator=generator) * 0.1
+    model.zero_grad(set_to_none=True)
+    image_features = model.encode_image(images)
+    text_features = model.encode_text(mode)
+    logits = model.logit_scale * image_features @ text_features.t()
+    terms = dapt_loss(logits, labels, image_features, text_features, prototypes, beta_v=10.0, beta_t=0.1)
+    terms.total.backward()
+    out = {
+        "text_features": text_features.detach(),
+        "image_features": image_features.detach(),
+        "logits": logits.detach(),
+        "ce": terms.ce.detach(),
+        "inter": terms.inter.detach(),
+        "intra": terms.intra.detach(),
+        "total": terms.total.detach(),
+    }
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            out[f"grad:{name}"] = parameter.grad.detach().clone()
+    return out
+
+
+def _assert_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for key, reference in expected.items():
+        error = (actual[key] - reference).norm() / reference.norm().clamp_min(1e-30)
+        assert error <= REL_TOL, f"{key}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("mode", ["truncated", "shared_prefix", "auto"])
+def test_fast_paths_equal_full(perturbed_clip: nn.Module, mode: str) -> None:
+    model = _model(perturbed_clip)
+    full = _outputs(model, "full")
+    assert {"grad:text_prompt.txt_ctx", "grad:visual_prompt.vis_ctx"} <= full.keys()
+    assert full["grad:text_prompt.txt_ctx"].norm() > 0
+    _assert_close(_outputs(model, mode), full)
+
+
+def test_auto_picks_shared_prefix_for_a_shared_context(perturbed_clip: nn.Module) -> None:
+    model = _model(perturbed_clip)
+    assert resolve_text_encoding("auto", model.text_tower, model.text_prompt) == "shared_prefix"
+    model.encode_text("auto")
+    plan = model._shared_prefix_encoder._plan
+    lengths = [length for length, _ in plan.buckets]
+    assert lengths == sorted(lengths) and len(set(lengths)) == len(lengths)
+    assert sum(count for _, count in plan.buckets) == len(CLASSNAMES)
+    assert any(count > 1 for _, count in plan.buckets)  # some classes really share a bucket
+    assert lengths[-1] - lengths[-2] >= 10
+
+
+@pytest.mark.parametrize("kwargs", [{"class_specific_context": True}, {"text_prompts": False}])
+def test_fallback_is_truncated_and_exact(perturbed_clip: nn.Module, kwargs: dict) -> None:
+    model = _model(perturbed_clip, **kwargs)
+    assert resolve_text_encoding("auto", model.text_tower, model.text_prompt) == "truncated"
+    _assert_close(_outputs(model, "auto"), _outputs(model, "full"))
+    assert model._shared_prefix_encoder is None
+    with pytest.raises(ValueError, match="text_encoding shared_prefix"):
+        model.encode_text("shared_prefix")
+
+
+def test_unknown_encoding_names_the_setting(perturbed_clip: nn.Module) -> None:
+    with pytest.raises(ValueError, match="--model.text_encoding"):
+        _model(perturbed_clip).encode_text("fastest")
+
+
+def test_custom_blocks_fall_back_to_truncated(perturbed_clip: nn.Module) -> None:
+    assert unsupported_block_reason(perturbed_clip.transformer) is None
+    custom = Transformer(width=64, layers=1, heads=2, block_type="custom")
+    assert "CustomResidualAttentionBlock" in unsupported_block_reason(custom)
+    model = _model(perturbed_clip)
+    model.text_tower.transformer.resblocks[0] = custom.resblocks[0]
+    assert resolve_text_encoding("auto", model.text_tower, model.text_prompt) == "truncated"
+
+
+def test_sequence_first_layout(perturbed_clip: nn.Module) -> None:
+    """A transformer run as (L, N, D) gives the same full features, and the shared prefix still matches."""
+    model = _model(perturbed_clip)
+    batch_first = _outputs(model, "full")
+    transformer = model.text_tower.transformer
+    transformer.batch_first = False
+    for block in transformer.resblocks:
+        block.attn.batch_first = False
+    full = _outputs(model, "full")
+    _assert_close(full, batch_first)
+    _assert_close(_outputs(model, "shared_prefix"), full)
+
+
+@pytest.mark.parametrize("mode", ["full", "shared_prefix"])
+def test_text_checkpointing_is_exact(perturbed_clip: nn.Module, mode: str) -> None:
+    reference = _outputs(_model(perturbed_clip), mode)
+    checkpointed = _model(perturbed_clip, text_checkpointing=True)
+    assert checkpointed.text_tower.transformer.grad_checkpointing
+    _assert_close(_outputs(checkpointed, mode), reference)
+
+
+def test_inference_mode_first_then_training(perturbed_clip: nn.Module) -> None:
+    """Lightning validates under inference_mode; the cached plan must still serve later backward passes."""
+    model = _model(perturbed_clip)
+    with torch.inference_mode():
+        evaluated = model.encode_text("shared_prefix")
+    trained = _outputs(model, "shared_prefix")
+    torch.testing.assert_close(trained["text_features"], evaluated.clone(), rtol=0, atol=0)
+    keys = set(model.state_dict())
+    assert keys == set(_model(perturbed_clip).state_dict())  # the encoder adds nothing to checkpoints
+
+
+def test_plan_follows_device_moves_and_new_tokens(perturbed_clip: nn.Module) -> None:
+    model = _model(perturbed_clip)
+    first = model.encode_text("shared_prefix").detach()
+    model.text_prompt.tokens = model.text_prompt.tokens.clone()  # a new buffer object: the plan is rebuilt
+    plan = model._shared_prefix_encoder._plan
+    second = model.encode_text("shared_prefix").detach()
+    assert model._shared_prefix_encoder._plan is not plan
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def test_bench_tiny_table(tmp_path) -> None:
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# Benchmarks\n\nkept text\n")
+    argv = [
+        "--model",
+        "dapt-tiny",
+        "--depth",
+        "1",
+        "--classes",
+        "3,5",
+        "--batch",
+        "2",
+        "--test-batch",
+        "2",
+        "--eval-images",
+        "4",
+        "--repeats",
+        "1",
+        "--memory",
+        "off",
+        "--throughput",
+        "--throughput-steps",
+        "2",
+        "--workers",
+        "0",
+        "--output",
+        str(output),
+    ]
+    report = bench.main(argv)
+    for classes in ("3", "5"):
+        for measure in ("train step (ms)", "eval pass, 4 images (s)"):
+            assert any(row.startswith(f"| {classes} | {measure} |") for row in report.splitlines())
+    assert "| classes | measurement | naive | fast | fast / naive |" in report
+    assert "train img/s (model)" in report and "eval img/s (end to end)" in report
+    written = output.read_text()
+    assert "kept text" in written and written.count(bench.section_marker("cpu")) == 1
+    bench.main(argv)  # a second run replaces its section instead of appending another
+    assert output.read_text().count(bench.section_marker("cpu")) == 1
+
+
+def test_bench_memory_probe_runs_in_a_subprocess() -> None:
+    config = bench.ProbeConfig(
+        model="dapt-tiny", depth=1, classes=3, batch=2, mode="auto", checkpointing=False, precision="32"
+    )
+    peak = bench.probe_train_memory(config, device="cpu")
+    assert peak > 0
