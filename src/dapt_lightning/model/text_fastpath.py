@@ -156,24 +156,25 @@ class SharedPrefixTextEncoder:
         width = h.shape[-1]
         heads = attn.num_heads
         head_dim = width // heads
-        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)
-
-        def split_heads(x: torch.Tensor, batch: int) -> torch.Tensor:
-            return x.reshape(batch, -1, heads, head_dim).transpose(1, 2)  # [batch, heads, length, head_dim]
-
+        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
         P = prefix_length
-        k_prefix, v_prefix = split_heads(k[:P], 1), split_heads(v[:P], 1)
+        # One split into the prefix and the buckets (slicing per bucket would make the backward pass
+        # allocate and fill a full-size gradient per slice).
+        chunks = qkv.split([P, *(length * count for length, count in plan.buckets)], dim=0)
+
+        def split_heads(chunk: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
+            # [batch * length, 3 * width] -> q, k, v each [batch, heads, length, head_dim]
+            return chunk.reshape(batch, -1, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+        q_prefix, k_prefix, v_prefix = split_heads(chunks[0], 1)
         # The prefix alone is an ordinary square causal attention.
-        outputs = [F.scaled_dot_product_attention(split_heads(q[:P], 1), k_prefix, v_prefix, is_causal=True)]
-        start = P
-        for length, count in plan.buckets:
-            stop = start + length * count
-            q_b, k_b, v_b = (split_heads(t[start:stop], count) for t in (q, k, v))
+        outputs = [F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, is_causal=True)]
+        for chunk, (length, count) in zip(chunks[1:], plan.buckets, strict=True):
+            q_b, k_b, v_b = split_heads(chunk, count)
             k_b = torch.cat([k_prefix.expand(count, -1, -1, -1), k_b], dim=2)
             v_b = torch.cat([v_prefix.expand(count, -1, -1, -1), v_b], dim=2)
             mask = self._mask(P, length, h.device)
             outputs.append(F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask))
-            start = stop
         merged = torch.cat([o.transpose(1, 2).reshape(-1, width) for o in outputs], dim=0)
         return attn.out_proj(merged)
 
