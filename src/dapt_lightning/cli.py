@@ -1,4 +1,4 @@
-"""The ``dapt`` command: LightningCLI (fit/validate/test/predict) plus ``dapt data`` and ``dapt demo``."""
+"""The ``dapt`` command: LightningCLI (fit/validate/test/predict) plus ``dapt data``, ``demo`` and ``sweep``."""
 
 from __future__ import annotations
 
@@ -6,22 +6,33 @@ import os
 import sys
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
+from dapt_lightning.callbacks.run_info import LoggedSaveConfig
+from dapt_lightning.checkpoint_io import SafeCheckpointIO
 from dapt_lightning.data.datamodule import DAPTDataModule
 from dapt_lightning.module import DAPTModule
 from dapt_lightning.protocol import official_max_epochs
+from dapt_lightning.runs import RunCLIMixin
 
 DEFAULT_LOGGER = {"class_path": "dapt_lightning.loggers.DAPTWandbLogger"}
+# The DataModule shards data itself (exact evaluation, DDP equal to one process): Lightning must not re-wrap it.
+TRAINER_DEFAULTS = {"logger": DEFAULT_LOGGER, "use_distributed_sampler": False}
 
 
-class DAPTCLI(LightningCLI):
+class DAPTCLI(RunCLIMixin, LightningCLI):
     """LightningCLI with class names linked from data to model, the prototype callback, and protocol defaults."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classnames", "model.classnames", apply_on="instantiate")
         parser.add_lightning_class_args(PrototypeCallback, "prototypes")
+        # A last.ckpt after every training epoch, whatever the validation interval, so a killed run resumes.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_on_train_epoch_end": True})
+        self.add_run_arguments(parser)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -30,6 +41,14 @@ class DAPTCLI(LightningCLI):
             config.data.seed = seed
         if config.trainer.max_epochs is None:
             config.trainer.max_epochs = official_max_epochs(config.data.dataset, config.data.num_shots)
+        self.prepare_run(config, self.subcommand)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Atomic saves and weights_only loads, unless the user configured their own checkpoint I/O.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
 
 
 def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> DAPTCLI:
@@ -37,7 +56,8 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
     return DAPTCLI(
         DAPTModule,
         DAPTDataModule,
-        trainer_defaults={"logger": DEFAULT_LOGGER},
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_callback=LoggedSaveConfig,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -57,6 +77,10 @@ def main(args: list[str] | None = None) -> None:
         from dapt_lightning.demo import demo_main
 
         raise SystemExit(demo_main(argv[1:]))
+    if argv and argv[0] == "sweep":
+        from dapt_lightning.sweep import sweep_main
+
+        raise SystemExit(sweep_main(argv[1:]))
     cli_main(argv)
 
 

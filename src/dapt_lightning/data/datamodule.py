@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from dapt_lightning.data.fewshot import Subsample, fewshot_splits, subsample_classes
 from dapt_lightning.data.image_dataset import ImageListDataset
 from dapt_lightning.data.registry import get_dataset_reader
+from dapt_lightning.data.samplers import EpochShuffleSampler, ShardSampler
 from dapt_lightning.data.transforms import TransformName, build_transform
 from dapt_lightning.data.types import DatasetSplits
 
@@ -42,7 +43,8 @@ class DAPTDataModule(L.LightningDataModule):
         num_shots: training images per class (-1: all). The few-shot val set takes ``min(num_shots, 4)``.
         seed: few-shot sampling seed; None takes ``seed_everything``'s value (the CLI links it).
         subsample: ``all``, ``base`` or ``new`` classes (base-to-new generalisation).
-        batch_size: training batch per device (the paper: 32 in total).
+        batch_size: the global training batch, summed over all processes (the paper's 32); each of W processes
+            gets ``batch_size / W`` images, so the effective batch and learning rate do not change with W.
         test_batch_size: evaluation batch per device.
         num_workers: DataLoader worker processes per device.
         image_size: input resolution; None takes the CLIP's own (set by the LightningModule in ``setup``).
@@ -76,7 +78,9 @@ class DAPTDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.cache_images = cache_images
         if batch_size < 1 or test_batch_size < 1:
-            raise ValueError(f"--data.batch_size and --data.test_batch_size must be >= 1, got {batch_size}, {test_batch_size}")
+            raise ValueError(
+                f"--data.batch_size and --data.test_batch_size must be >= 1, got {batch_size}, {test_batch_size}"
+            )
         reader = get_dataset_reader(dataset)
         full = reader(self.root, **(dataset_options or {}))
         self.splits: DatasetSplits = subsample_classes(fewshot_splits(full, self.num_shots, self.seed), subsample)
@@ -109,29 +113,51 @@ class DAPTDataModule(L.LightningDataModule):
             build_transform(transform, self.image_size or 224),
             self.dataset_name,
             cache_decoded=self.cache_images and split == "train",
+            augment_seed=self.seed if split == "train" else None,
         )
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise ValueError(
+                "--trainer.use_distributed_sampler must be false with dapt_lightning (the `dapt` CLI sets it): the "
+                "DataModule shards data itself, so that evaluation counts every sample once and DDP sees the same "
+                "global batches as one process"
+            )
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(
+        self, dataset: ImageListDataset, sampler: EpochShuffleSampler | ShardSampler, batch_size: int
+    ) -> DataLoader:
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=True,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_and_world()
+        dataset = self.dataset("train")
         # As Dassl: drop the last incomplete batch only when there is at least one full batch.
-        drop_last = len(self.splits.train) >= self.batch_size
-        return self._loader("train", self.batch_size, shuffle=True, drop_last=drop_last)
+        drop_last = len(dataset) >= self.batch_size
+        sampler = EpochShuffleSampler(len(dataset), self.seed, self.batch_size, drop_last, rank, world)
+        return self._loader(dataset, sampler, sampler.local_batch_size)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rank, world = self._rank_and_world()
+        dataset = self.dataset(split)
+        return self._loader(dataset, ShardSampler(len(dataset), rank, world), self.test_batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.test_batch_size, shuffle=False, drop_last=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.test_batch_size, shuffle=False, drop_last=False)
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

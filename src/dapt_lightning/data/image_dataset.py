@@ -41,6 +41,9 @@ class ImageListDataset(Dataset):
         dataset_name: named in error messages.
         cache_decoded: keep decoded images in memory after first use (for small few-shot training sets, so
             epochs after the first do not decode files again; each worker process holds its own copy).
+        augment_seed: when set, item ``i`` requested as ``epoch * len + i`` (see ``EpochShuffleSampler``) is
+            transformed under a torch seed of ``(augment_seed, epoch, i)``: augmentations then do not depend on
+            worker processes, process count or what ran before, which makes resumed runs exact.
     """
 
     def __init__(
@@ -49,8 +52,10 @@ class ImageListDataset(Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         dataset_name: str,
         cache_decoded: bool = False,
+        augment_seed: int | None = None,
     ) -> None:
         self.items = items
+        self.augment_seed = augment_seed
         self.transform = transform
         self.dataset_name = dataset_name
         self.cache_decoded = cache_decoded
@@ -69,7 +74,12 @@ class ImageListDataset(Dataset):
         return image
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        return self.transform(self.image(index)), self.items[index].label, index
+        epoch, index = divmod(index, len(self.items))
+        if self.augment_seed is None:
+            return self.transform(self.image(index)), self.items[index].label, index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.augment_seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self.transform(self.image(index)), self.items[index].label, index
 
 
 class SeededViews(Dataset):
