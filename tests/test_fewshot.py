@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fake_datasets import make_fake_dataset
 
-from dapt_lightning.data.fewshot import fewshot_splits, subsample_classes
+from dapt_lightning.data.fewshot import fewshot_splits, sample_per_class, subsample_classes
 from dapt_lightning.data.registry import get_dataset_reader
 from dapt_lightning.data.types import DatasetSplits, Datum
 
@@ -102,3 +102,12 @@ def test_base_new_matches_coop_after_fewshot(subsample: str, num_classes: int) -
     half = math.ceil(len(labels) / 2)
     kept = labels if subsample == "all" else labels[:half] if subsample == "base" else labels[half:]
     assert ours.classnames == [f"class {c}" for c in kept]
+
+
+def test_imagenet_val_is_not_fewshot_sampled_and_draws_nothing_from_the_stream() -> None:
+    items = [Datum(f"/x/{c}_{i}.jpg", c, f"class {c}") for c in range(3) for i in range(10)]
+    splits = DatasetSplits("imagenet", list(items), list(items), list(items), fewshot_val=False)
+    sampled = fewshot_splits(splits, num_shots=2, seed=1)
+    assert sampled.val == items  # the whole val (= test) set, as the official ImageNet reader
+    rng = random.Random(1)
+    assert sampled.train == sample_per_class(items, 2, rng)

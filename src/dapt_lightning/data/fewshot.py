@@ -32,13 +32,16 @@ def sample_per_class(items: list[Datum], num_shots: int, rng: random.Random) -> 
 
 
 def fewshot_splits(splits: DatasetSplits, num_shots: int, seed: int) -> DatasetSplits:
-    """Few-shot train and val (``min(K, 4)`` per class) from one random stream seeded with ``seed``."""
+    """Few-shot train and val (``min(K, 4)`` per class) from one random stream seeded with ``seed``.
+
+    Datasets with ``fewshot_val`` False (ImageNet) keep their val list whole and draw nothing for it.
+    """
     if num_shots < 1:
         return splits
     rng = random.Random(seed)
     train = sample_per_class(splits.train, num_shots, rng)
-    val = sample_per_class(splits.val, min(num_shots, 4), rng)
-    return DatasetSplits(splits.name, train, val, list(splits.test), list(splits.classnames))
+    val = sample_per_class(splits.val, min(num_shots, 4), rng) if splits.fewshot_val else list(splits.val)
+    return DatasetSplits(splits.name, train, val, list(splits.test), list(splits.classnames), splits.fewshot_val)
 
 
 def subsample_classes(splits: DatasetSplits, subsample: Subsample) -> DatasetSplits:
@@ -58,4 +61,4 @@ def subsample_classes(splits: DatasetSplits, subsample: Subsample) -> DatasetSpl
 
     train, val, test = keep(splits.train), keep(splits.val), keep(splits.test)
     classnames = [splits.classnames[old] for old in kept]
-    return DatasetSplits(splits.name, train, val, test, classnames)
+    return DatasetSplits(splits.name, train, val, test, classnames, splits.fewshot_val)

@@ -19,6 +19,7 @@ class DatasetSplits:
     """The full (not yet few-shot) train/val/test lists of one dataset.
 
     ``classnames[label]`` is the class name of ``label``; test-only datasets have empty ``train`` and ``val``.
+    ``fewshot_val`` False keeps ``val`` whole in few-shot runs (ImageNet, whose val set is its test set).
     """
 
     name: str
@@ -26,6 +27,7 @@ class DatasetSplits:
     val: list[Datum]
     test: list[Datum]
     classnames: list[str] = field(default_factory=list)
+    fewshot_val: bool = True
 
     def __post_init__(self) -> None:
         if not self.classnames:

@@ -67,4 +67,5 @@ def read_imagenet(root: Path, **options: object) -> DatasetSplits:
     classnames = read_classnames_txt(classnames_file)
     train = read_class_folders(dataset_dir / "images/train", classnames, classnames_file)
     test = read_class_folders(dataset_dir / "images/val", classnames, classnames_file)
-    return DatasetSplits(LAYOUT.name, train, list(test), test)
+    # As the official reader: val is the whole ILSVRC val set (= test) and is never few-shot sampled.
+    return DatasetSplits(LAYOUT.name, train, list(test), test, fewshot_val=False)
