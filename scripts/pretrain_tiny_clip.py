@@ -64,7 +64,8 @@ def main() -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.3f}  scale {model.logit_scale.exp().item():.1f}  {time.time() - start:.0f}s", flush=True)
+            scale = model.logit_scale.exp().item()
+            print(f"step {step:5d}  loss {loss.item():.3f}  scale {scale:.1f}  {time.time() - start:.0f}s", flush=True)
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(args.out), metadata={"model": "dapt-tiny", "steps": str(args.steps), "seed": str(args.seed)})

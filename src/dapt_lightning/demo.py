@@ -34,16 +34,21 @@ def demo_main(argv: list[str]) -> int:
     print("== 2/2  DAPT: fit on the few-shot training set, then test", flush=True)
     fitted = cli_main(["fit", *common])
     results = fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, ckpt_path=None, verbose=False)[0]
-    checkpoint = fitted.trainer.checkpoint_callback.last_model_path or fitted.trainer.checkpoint_callback.best_model_path
+    checkpoint = (
+        fitted.trainer.checkpoint_callback.last_model_path or fitted.trainer.checkpoint_callback.best_model_path
+    )
     logger = fitted.trainer.logger
     run_dir = getattr(getattr(logger, "experiment", None), "dir", None) if logger else None
     classes = len(fitted.datamodule.classnames)
     print()
     print(f"Demo finished in {time.time() - start:.0f} s  ({classes} classes, chance {100 / classes:.1f}%)")
     print(f"  zero-shot test accuracy : {100 * zero_shot_acc:.1f}%")
-    print(f"  DAPT test accuracy      : {100 * results['test/acc']:.1f}%   (macro-F1 {100 * results['test/macro_f1']:.1f}%)")
+    accuracy, macro_f1 = 100 * results["test/acc"], 100 * results["test/macro_f1"]
+    print(f"  DAPT test accuracy      : {accuracy:.1f}%   (macro-F1 {macro_f1:.1f}%)")
     print(f"  checkpoint              : {checkpoint}")
     print(f"  run folder              : {fitted.trainer.default_root_dir}")
     if run_dir:
-        print(f"  W&B run (offline)       : {Path(run_dir).parent}   -> upload with `wandb sync {Path(run_dir).parent}`")
+        print(
+            f"  W&B run (offline)       : {Path(run_dir).parent}   -> upload with `wandb sync {Path(run_dir).parent}`"
+        )
     return 0

@@ -8,7 +8,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LRScheduler, SequentialLR
 
 
-def warmup_cosine(optimizer: Optimizer, max_epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> LRScheduler:
+def warmup_cosine(
+    optimizer: Optimizer, max_epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5
+) -> LRScheduler:
     """Epochs ``< warmup_epochs`` run at ``warmup_lr``; epoch ``e`` after runs at
     ``lr * 0.5 * (1 + cos(pi * (e - warmup_epochs) / max_epochs))``, as Dassl's ConstantWarmupScheduler + cosine.
     """

@@ -33,7 +33,9 @@ def zero_shot_features(
     return torch.cat(features), torch.cat(labels)
 
 
-def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def class_sums(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class feature sums ``[C, D]`` and counts ``[C]`` in float64 (summed across processes afterwards)."""
     sums = torch.zeros(num_classes, dim, dtype=torch.float64, device=labels.device)
     counts = torch.zeros(num_classes, dtype=torch.float64, device=labels.device)
@@ -121,7 +123,9 @@ class PrototypeCallback(L.Callback):
         trainer.strategy.barrier("prototypes")
         return prototypes
 
-    def _encode(self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, seed: int) -> torch.Tensor:
+    def _encode(
+        self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, seed: int
+    ) -> torch.Tensor:
         dataset = SeededViews(datamodule.dataset("train", transform=self.transform), seed)
         # Rank r takes images r, r + W, r + 2W, ...: every image exactly once, no padding duplicates.
         shard = Subset(dataset, list(range(trainer.global_rank, len(dataset), trainer.world_size)))

@@ -6,7 +6,7 @@ import math
 import random
 from typing import Literal
 
-from dapt_lightning.data.types import Datum, DatasetSplits
+from dapt_lightning.data.types import DatasetSplits, Datum
 
 Subsample = Literal["all", "base", "new"]
 

@@ -89,7 +89,9 @@ def _load_torchscript(path: Path, quick_gelu: bool) -> nn.Module:
     # TorchScript archives are read by torch.jit's own loader (no arbitrary pickle classes); we keep only
     # the tensors and rebuild a plain open_clip model from them.
     scripted = torch.jit.load(str(path), map_location="cpu")
-    state_dict = {k: v for k, v in scripted.state_dict().items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    state_dict = {
+        k: v for k, v in scripted.state_dict().items() if k not in ("input_resolution", "context_length", "vocab_size")
+    }
     model = open_clip.model.build_model_from_openai_state_dict(state_dict, quick_gelu=quick_gelu)
     return model.float()  # build_model_from_openai_state_dict casts to fp16
 
@@ -169,7 +171,9 @@ def load_clip(
         scripted = is_torchscript_archive(path)
         use_quick_gelu = True if scripted and quick_gelu is None else _wants_quick_gelu(name, None, quick_gelu)
         model = _load_torchscript(path, use_quick_gelu) if scripted else _load_file(name, path, use_quick_gelu)
-    elif any(sep in pretrained for sep in ("/", os.sep)) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+    elif any(sep in pretrained for sep in ("/", os.sep)) or pretrained.endswith(
+        (".pt", ".pth", ".bin", ".safetensors")
+    ):
         raise ClipLoadError(f"--model.pretrained: weights file {pretrained} does not exist. Check the path.")
     else:
         use_quick_gelu = _wants_quick_gelu(name, pretrained, quick_gelu)

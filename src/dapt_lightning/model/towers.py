@@ -22,7 +22,10 @@ class TextTower(nn.Module):
                     f"this CLIP's text tower has no {attribute!r}: only models with the standard CLIP text "
                     "transformer (e.g. ViT-B-16, ViT-L-14) support text prompts; set --model.text_prompts false"
                 )
-        if getattr(text, "cls_emb", None) is not None or getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax")) != "argmax":
+        if (
+            getattr(text, "cls_emb", None) is not None
+            or getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax")) != "argmax"
+        ):
             raise ValueError("this CLIP's text tower does not pool at the EOT token; CoOp prompts need one that does")
         self.token_embedding = text.token_embedding
         self.positional_embedding = text.positional_embedding

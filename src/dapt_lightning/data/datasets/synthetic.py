@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dapt_lightning.data.registry import register_dataset
 from dapt_lightning.data.synthetic_render import COLOURS, SHAPES, Style, render
-from dapt_lightning.data.types import Datum, DatasetSplits
+from dapt_lightning.data.types import DatasetSplits, Datum
 
 FOLDER = "synthetic"
 SPLIT_FILE = "split_zhou_Synthetic.json"
