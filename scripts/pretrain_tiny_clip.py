@@ -17,21 +17,35 @@ from pathlib import Path
 import open_clip
 import torch
 from safetensors.torch import save_file
+from torchvision import transforms as T
 
 from dapt_lightning.data.synthetic_render import COLOURS, SHAPES, render
-from dapt_lightning.data.transforms import build_transform
+from dapt_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 from dapt_lightning.model.clip import TINY_CLIP_NAME  # importing registers the tiny config with open_clip
 
 TEMPLATES = ("a photo of a {}.", "a {}.", "a drawing of a {}.", "{}", "a picture of a {}.", "a small {}.", "a big {}.")
 
 
-def batch(rng: random.Random, size: int, transform, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    images, captions = [], []
-    for _ in range(size):
-        colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-        images.append(transform(render(colour, shape, rng, 64, "clean")))
-        captions.append(rng.choice(TEMPLATES).format(f"{colour} {shape}"))
-    return torch.stack(images), tokenizer(captions)
+def render_bank(per_class: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Pre-render ``per_class`` clean, augmented images per class (rendering stays out of the training loop)."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    # Milder crops than the fine-tuning transform: a caption must still describe what is left in the crop.
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(64, scale=(0.4, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
+    images, names = [], []
+    for colour in COLOURS:
+        for shape in SHAPES:
+            for _ in range(per_class):
+                images.append(transform(render(colour, shape, rng, 64, "clean")))
+                names.append(f"{colour} {shape}")
+    return torch.stack(images), names
 
 
 def main() -> None:
@@ -40,6 +54,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-class", type=int, default=96, help="pre-rendered images per class")
     parser.add_argument("--out", type=Path, default=Path("src/dapt_lightning/assets/dapt-tiny-synthetic.safetensors"))
     args = parser.parse_args()
 
@@ -48,13 +63,16 @@ def main() -> None:
     model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
     tokenizer = open_clip.get_tokenizer(TINY_CLIP_NAME)
     loss_fn = open_clip.ClipLoss()
-    transform = build_transform("train", 64)
+    bank, names = render_bank(args.per_class, args.seed)
+    print(f"rendered {len(bank)} images", flush=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.1)
     start = time.time()
     model.train()
     for step in range(args.steps):
-        images, tokens = batch(rng, args.batch_size, transform, tokenizer)
+        picks = rng.sample(range(len(bank)), args.batch_size)
+        images = bank[picks]
+        tokens = tokenizer([rng.choice(TEMPLATES).format(names[i]) for i in picks])
         image_features, text_features, logit_scale = model(images, tokens)[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
         optimizer.zero_grad()
