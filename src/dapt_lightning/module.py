@@ -153,6 +153,7 @@ class DAPTModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels, _ = batch
         terms, logits = self.compute_losses(images, labels)
+        self._stop_on_non_finite(terms)
         batch_size = labels.shape[0]
         self.log_dict(
             {
@@ -175,6 +176,20 @@ class DAPTModule(L.LightningModule):
         )
         self.log("loss", terms.total, prog_bar=True, logger=False, batch_size=batch_size)
         return terms.total
+
+    def _stop_on_non_finite(self, terms: LossTerms) -> None:
+        """Stop with a message naming the step, the term and the usual causes; the last good checkpoint stays."""
+        for name, value in terms._asdict().items():
+            if not torch.isfinite(value).all():
+                precision = self.trainer.precision if self._trainer is not None else "32"
+                raise FloatingPointError(
+                    f"loss term {name!r} became {value.item()} at global step {self.global_step} "
+                    f"(epoch {self.current_epoch}) with --model.lr {self.hparams.lr}, "
+                    f"--model.beta_v {self.beta_v}, --model.beta_t {self.beta_t}, --trainer.precision {precision}. "
+                    "Usual causes: a large learning rate (e.g. LR 20 of the official configs) in 16-mixed "
+                    "precision (use bf16-mixed or 32), or corrupt inputs. The last good checkpoint (last.ckpt) "
+                    "is kept: change the settings and resume from it with --ckpt_path."
+                )
 
     # Evaluation: prompts are fixed, so the class text features are encoded once per evaluation, not per batch.
     def _start_evaluation(self) -> None:
@@ -303,7 +318,9 @@ class DAPTModule(L.LightningModule):
         dropped = sorted(k for k in state if k in class_specific)
         kept = {k: v for k, v in state.items() if k not in class_specific}
         source = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset", "another dataset")
-        loaded = [k.removeprefix("model.") for k in kept if not k.startswith("model.clip.")]
+        loaded = [
+            k.removeprefix("model.") for k in kept if k.startswith(("model.text_prompt.", "model.visual_prompt."))
+        ]
         rank_zero_info(
             f"Cross-dataset checkpoint: prompts trained on {len(saved_classes)} classes of {source!r}, evaluated on "
             f"{len(self.model.classnames)} classes here. Loaded: {', '.join(loaded) or 'nothing'}; not loaded "
