@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -89,6 +90,10 @@ class SeededViews(Dataset):
     """
 
     def __init__(self, dataset: ImageListDataset, seed: int) -> None:
+        if dataset.augment_seed is not None:
+            # Its own per-item seeding would override ``seed``: use a shallow copy without it.
+            dataset = copy.copy(dataset)
+            dataset.augment_seed = None
         self.dataset = dataset
         self.seed = seed
 
