@@ -26,6 +26,21 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def ensure_writable_dir(path: str | os.PathLike[str], setting: str) -> Path:
+    """Create ``path`` if needed and prove it writable, or raise an error that names ``setting``."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"{setting}: cannot write to {folder} ({error.strerror or error}). Choose a folder you can write to, "
+            f"e.g. {setting} runs/"
+        ) from error
+    return folder
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)

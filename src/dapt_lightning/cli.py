@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from dapt_lightning.cache import ensure_writable_dir
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
 from dapt_lightning.callbacks.run_info import LoggedSaveConfig
 from dapt_lightning.checkpoint_io import SafeCheckpointIO
@@ -42,6 +43,8 @@ class DAPTCLI(RunCLIMixin, LightningCLI):
         if config.trainer.max_epochs is None:
             config.trainer.max_epochs = official_max_epochs(config.data.dataset, config.data.num_shots)
         self.prepare_run(config, self.subcommand)
+        if config.trainer.default_root_dir:
+            ensure_writable_dir(config.trainer.default_root_dir, "--trainer.default_root_dir")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)
@@ -65,8 +68,22 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
     )
 
 
+# Errors raised for bad settings, files or numbers: shown as one message, not a traceback (DAPT_DEBUG=1 shows it).
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, OSError, RuntimeError, FloatingPointError)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``dapt`` console script."""
+    try:
+        _dispatch(args)
+    except USER_ERRORS as error:
+        if os.environ.get("DAPT_DEBUG"):
+            raise
+        print(f"dapt: error: {error}\n(set DAPT_DEBUG=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _dispatch(args: list[str] | None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv and argv[0] == "data":
@@ -81,7 +98,7 @@ def main(args: list[str] | None = None) -> None:
         from dapt_lightning.sweep import sweep_main
 
         raise SystemExit(sweep_main(argv[1:]))
-    cli_main(argv)
+    cli_main(None if args is None else argv)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":
