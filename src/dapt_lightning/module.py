@@ -179,7 +179,8 @@ class DAPTModule(L.LightningModule):
 
     def _stop_on_non_finite(self, terms: LossTerms) -> None:
         """Stop with a message naming the step, the term and the usual causes; the last good checkpoint stays."""
-        for name, value in terms._asdict().items():
+        for name in ("ce", "inter", "intra", "total"):  # the terms first: they say where it came from
+            value = getattr(terms, name)
             if not torch.isfinite(value).all():
                 precision = self.trainer.precision if self._trainer is not None else "32"
                 raise FloatingPointError(
@@ -294,11 +295,14 @@ class DAPTModule(L.LightningModule):
             return
         same_name = saved.get("name") == ours.name
         same_weights = saved.get("weights_sha256") is None or saved.get("weights_sha256") == ours.weights_sha256
-        if not (same_name and same_weights):
+        # The activation is no weight: the same weights with GELU instead of QuickGELU give other features.
+        same_activation = saved.get("quick_gelu") is None or saved.get("quick_gelu") == ours.quick_gelu
+        if not (same_name and same_weights and same_activation):
             raise ClipMismatchError(
                 f"checkpoint was trained on CLIP {saved.get('name')!r} ({saved.get('pretrained')}, weights sha256 "
-                f"{str(saved.get('weights_sha256'))[:12]}...) but this run loaded {ours.name!r} "
-                f"({ours.pretrained}, {str(ours.weights_sha256)[:12]}...). "
+                f"{str(saved.get('weights_sha256'))[:12]}..., quick_gelu={saved.get('quick_gelu')}) but this run "
+                f"loaded {ours.name!r} ({ours.pretrained}, {str(ours.weights_sha256)[:12]}..., "
+                f"quick_gelu={ours.quick_gelu}). "
                 "Use the same --model.clip_name/--model.pretrained/--model.quick_gelu as the training run."
             )
 
