@@ -28,6 +28,8 @@ class RunOptions:
     """Run folder: W&B files, ``checkpoints/last.ckpt`` (saved every epoch), figures and ``metrics.json``."""
     test_after_fit: bool = False
     """After ``dapt fit``, evaluate the last epoch's model on the test set (the official protocol)."""
+    label: str | None = None
+    """Name of the method in result tables (a sweep's variant name, e.g. ``dapt_no_inter``); None: the method."""
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
@@ -110,21 +112,26 @@ class RunCLIMixin:
         logger = config.trainer.get("logger")
         if logger not in (None, False, True) and "save_dir" in (logger.get("init_args") or {}):
             logger.init_args.save_dir = str(run_dir)
-        if subcommand == "fit":
-            from jsonargparse import Namespace
+        if config.get("checkpoint") is not None:
+            # The CLI's ModelCheckpoint (save_last every epoch) writes into the run folder, where sweeps resume from.
+            config.checkpoint.dirpath = str(run_dir / LAST_CHECKPOINT.parent)
 
-            # Saved every epoch, so that an interrupted run resumes with --ckpt_path <run>/checkpoints/last.ckpt.
-            checkpoint = Namespace(
-                class_path="lightning.pytorch.callbacks.ModelCheckpoint",
-                init_args=Namespace(
-                    dirpath=str(run_dir / LAST_CHECKPOINT.parent),
-                    save_last=True,
-                    save_top_k=0,
-                    every_n_epochs=1,
-                    save_on_train_epoch_end=True,
-                ),
-            )
-            config.trainer.callbacks = [*(config.trainer.get("callbacks") or []), checkpoint]
+    def _name_run(self, stage: str) -> None:
+        from dapt_lightning.callbacks.run_info import name_run
+
+        # Before trainer.fit/test: Lightning starts the W&B run before any callback's setup could name it.
+        run_info = self.config[self.subcommand].get("run_info")
+        if run_info is None or run_info.get("name_runs", True):
+            name_run(self.trainer, self.model, self.datamodule, stage)
+
+    def before_fit(self) -> None:
+        self._name_run("fit")
+
+    def before_test(self) -> None:
+        self._name_run("test")
+
+    def before_validate(self) -> None:
+        self._name_run("validate")
 
     def after_fit(self) -> None:
         options = self.config[self.subcommand].get("run")
@@ -164,6 +171,7 @@ class RunCLIMixin:
             "kind": kind,
             "dataset": datamodule.dataset_name,
             "method": module.hparams.method,
+            "label": config.run.get("label") or module.hparams.method,
             "shots": datamodule.num_shots,
             "seed": datamodule.seed,
             "subsample": datamodule.hparams.subsample,

@@ -84,10 +84,31 @@ def resolved_settings(trainer: L.Trainer, module: L.LightningModule) -> dict[str
     return settings
 
 
+def name_run(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule | None, stage: str
+) -> bool:
+    """Give the trainer's W&B run its name, group and tags; True if done before the run started.
+
+    Lightning starts the W&B run just before the ``setup`` hooks, so the ``dapt`` CLI calls this before
+    ``trainer.fit/test``; afterwards only the name and tags can still change (W&B fixes the group at start).
+    """
+    identity = run_identity(module, datamodule, stage)
+    named = False
+    for logger in trainer.loggers:
+        if not hasattr(logger, "set_run_identity"):
+            continue
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is None:
+            logger.set_run_identity(identity["name"], identity["group"], identity["tags"])
+            named = True
+        elif trainer.is_global_zero and not getattr(experiment, "group", None):
+            experiment.name = identity["name"]
+            experiment.tags = sorted(set(experiment.tags or ()) | set(identity["tags"]))
+    return named
+
+
 class RunInfo(L.Callback):
     """Names and groups the W&B run by dataset, method, shots and seed, and logs the resolved settings.
-
-    Runs before the first log (in ``setup``), because W&B fixes a run's name and group when it starts.
 
     Args:
         name_runs: derive the run name/group/tags (a name or group given to the logger wins).
@@ -97,10 +118,8 @@ class RunInfo(L.Callback):
         self.name_runs = name_runs
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        logger = trainer.logger
-        if self.name_runs and logger is not None and hasattr(logger, "set_run_identity"):
-            identity = run_identity(pl_module, getattr(trainer, "datamodule", None), stage)
-            logger.set_run_identity(identity["name"], identity["group"], identity["tags"])
+        if self.name_runs:  # a no-op when the CLI already named the run before it started
+            name_run(trainer, pl_module, getattr(trainer, "datamodule", None), stage)
         self._log_settings(trainer, pl_module)
 
     @rank_zero_only
