@@ -168,10 +168,16 @@ def _time(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each callable, after one warm-up each, alternating them so load hits both alike."""
-    for fn in fns.values():
-        fn()
+def _interleaved_medians(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device,
+    warmups: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, float]:
+    """Median seconds of each callable, after a warm-up of each (``warmups``, default the callable itself),
+    alternating them so that load from other processes hits both alike."""
+    for name, fn in fns.items():
+        (warmups or {}).get(name, fn)()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -202,9 +208,9 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _run_probe(config: ProbeConfig, device: torch.device) -> float:
+def _run_probe(config: ProbeConfig, device: torch.device, clip: torch.nn.Module | None = None) -> float:
     """Peak memory (MiB) of one training step above what was in use just before it."""
-    clip = build_clip(config.model, config.depth, device)
+    clip = build_clip(config.model, config.depth, device) if clip is None else clip
     model = build_model(clip, config.classes, config.checkpointing)
     step = make_train_step(model, config.mode, _autocast(device, config.precision))
     inputs = make_inputs(model, config.batch, device)
@@ -215,6 +221,7 @@ def _run_probe(config: ProbeConfig, device: torch.device) -> float:
         base = torch.cuda.memory_allocated(device)
         step(inputs)
         torch.cuda.synchronize(device)
+        model.text_tower.transformer.grad_checkpointing = False  # the flag lives on the (shared) CLIP
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     # A fresh process, so the RSS high-water mark is this step's alone (reset just before it).
     Path("/proc/self/clear_refs").write_text("5")
@@ -223,10 +230,10 @@ def _run_probe(config: ProbeConfig, device: torch.device) -> float:
     return (_rss_kib("VmHWM") - base) / 1024
 
 
-def probe_train_memory(config: ProbeConfig, device: str) -> float:
-    """Peak training-step memory in MiB: in this process on CUDA, in a fresh subprocess on CPU."""
+def probe_train_memory(config: ProbeConfig, device: str, clip: torch.nn.Module | None = None) -> float:
+    """Peak training-step memory in MiB: in this process on CUDA (re-using ``clip``), in a fresh subprocess on CPU."""
     if device == "cuda":
-        return _run_probe(config, torch.device("cuda"))
+        return _run_probe(config, torch.device("cuda"), clip)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "dapt_lightning.bench", "--_probe", json.dumps(asdict(config))]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -477,13 +484,18 @@ def _measure_class_count(
         {"naive": lambda: eval_naive(model, batches, autocast), "fast": lambda: eval_fast(model, batches, autocast)},
         max(1, args.repeats // 2),
         device,
+        # One batch warms up every kernel of a pass; a whole pass would double the (long) CPU run.
+        warmups={
+            "naive": lambda: eval_naive(model, batches[:1], autocast),
+            "fast": lambda: eval_fast(model, batches[:1], autocast),
+        },
     )
     rows.append((classes, f"eval pass, {args.eval_images} images (s)", timed["naive"], timed["fast"]))
     if args.memory == "on":
         peaks = []
         for mode in ("full", "auto"):
             config = ProbeConfig(args.model, args.depth, classes, args.batch, mode, False, args.precision)
-            peaks.append(probe_train_memory(config, args.device))
+            peaks.append(probe_train_memory(config, args.device, clip))
         rows.append((classes, "train step peak memory (MiB)", *peaks))
     measured = None
     if args.throughput:
@@ -533,7 +545,7 @@ def main(argv: list[str] | None = None) -> str:
             peak = None
             if args.memory == "on":
                 config = ProbeConfig(args.model, args.depth, classes, args.batch, mode, True, args.precision)
-                peak = probe_train_memory(config, args.device)
+                peak = probe_train_memory(config, args.device, clip)
             checkpoint_rows.append((label, timed["fast"] * 1e3 if mode == "auto" else None, peak))
         model.text_tower.transformer.grad_checkpointing = False  # the flag lives on the shared CLIP
         del model
@@ -590,7 +602,8 @@ def main(argv: list[str] | None = None) -> str:
             f"- Load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}",
             f"- Command: `{_command(argv)}`",
             f"- Batch {args.batch}, test batch {args.test_batch}; times are medians of {args.repeats} training "
-            f"steps and {max(1, args.repeats // 2)} evaluation passes after one warm-up each, naive and fast "
+            f"steps (after one warm-up step) and {max(1, args.repeats // 2)} evaluation passes (after a one-batch "
+            "warm-up), naive and fast "
             "alternating, same random weights in the same process.",
             "- naive: 77-token text (`text_encoding=full`, the official computation), re-encoded per test batch "
             "at evaluation; fast: `text_encoding=auto` (shared prefix), text encoded once per evaluation.",
