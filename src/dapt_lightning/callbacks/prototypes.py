@@ -81,7 +81,7 @@ class PrototypeCallback(L.Callback):
         """Hash of the split content, shots, seeds, CLIP identity, transform and image size."""
         return stable_hash(
             {
-                "version": 1,
+                "version": 2,  # 2: views seeded by (seed, i) again after the augment_seed change
                 "dataset": datamodule.dataset_name,
                 "train": [(item.impath, item.label) for item in datamodule.splits.train],
                 "num_shots": datamodule.num_shots,
