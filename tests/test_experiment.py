@@ -257,3 +257,72 @@ def test_zero_shot_template_defaults_to_the_datasets(
     assert cli.model.model.template == "a drawing of a {}."
     explicit = cli_main(["test", *args, "--model.template", "{}.", "--trainer.limit_test_batches", "1"])
     assert explicit.model.model.template == "{}."
+
+
+def test_analysis_helpers_on_a_tiny_model() -> None:
+    from dapt_lightning import analysis
+
+    classnames = ["red circle", "blue square", "green star"]
+    zero_shot = DAPTModule(classnames, method="zeroshot", clip_name="dapt-tiny", pretrained=None, template="a {}.")
+    # The analysis path (no prompts) equals the model's own zero-shot text features.
+    torch.testing.assert_close(analysis.zero_shot_text_features(zero_shot), zero_shot.model.encode_text())
+
+    tuned = DAPTModule(classnames, method="dapt", clip_name="dapt-tiny", pretrained=None)
+    words = analysis.nearest_words(tuned, k=3)
+    assert len(words) == 16 and all(len(row) == 3 and isinstance(row[0][0], str) for row in words)
+    assert all(row[0][1] >= row[1][1] for row in words)  # cosine: nearest first
+    embedding = tuned.model.text_tower.token_embedding.weight
+    tuned.model.text_prompt.txt_ctx.data[0] = embedding[320]  # token 320 is "a"
+    assert analysis.nearest_words(tuned, k=1, metric="l2")[0][0] == ("a", pytest.approx(0.0, abs=1e-5))
+    assert analysis.visual_prompt_norms(tuned).shape == (16,)
+    assert analysis.visual_prompt_norms(zero_shot).numel() == 0
+
+    labels = torch.tensor([0, 0, 1, 2])
+    images = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 2]), 3).float()
+    confusion, per_class = analysis.confusion_matrix(images, labels, torch.eye(3))
+    assert confusion.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert per_class.tolist() == [0.5, 1.0, 1.0]
+
+
+def test_dispersion_measures_against_direct_computation() -> None:
+    from dapt_lightning.callbacks.evaluation import DispersionStats, mean_pairwise_cosine
+
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    pairs = [(i, j) for i in range(5) for j in range(i + 1, 5)]
+    expected = sum(float(text[i] @ text[j]) for i, j in pairs) / len(pairs)
+    assert mean_pairwise_cosine(text) == pytest.approx(expected, rel=1e-6)
+
+    features, labels = torch.randn(12, 8), torch.tensor([0, 1, 2] * 4)
+    prototypes = torch.randn(3, 8)
+    stats = DispersionStats(3, 8, torch.device("cpu"))
+    stats.update(features[:5], labels[:5], prototypes)  # two batches: streaming sums
+    stats.update(features[5:], labels[5:], prototypes)
+    summary = stats.summary(with_prototypes=True)
+    means = torch.stack([features[labels == c].mean(0) for c in range(3)])
+    assert summary["image_sqdist_to_class_mean"] == pytest.approx(
+        float((features - means[labels]).square().sum(-1).mean())
+    )
+    assert summary["image_dist_to_prototype"] == pytest.approx(
+        float((features - prototypes[labels]).norm(dim=-1).mean())
+    )
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(trained_run: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(REPO / "notebooks" / "explore_checkpoint.ipynb", as_version=4)
+    monkeypatch.setenv("DAPT_CKPT", str(trained_run / "checkpoints" / "last.ckpt"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}
+    ).execute()
+    outputs = "\n".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
+    assert "accuracy on 72 test images" in outputs and "ctx 15:" in outputs and "norms:" in outputs

@@ -34,7 +34,10 @@ def load_checkpoint(
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (set DAPT_CKPT or the notebook's ckpt_path)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    data_args = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    # LightningCLI adds private keys such as ``_instantiator``; the DataModule takes only its own arguments.
+    data_args = {
+        k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")
+    }
     data_args.update(data_overrides or {})
     datamodule = DAPTDataModule(**data_args)
     module = DAPTModule.load_from_checkpoint(str(path), map_location="cpu", classnames=datamodule.classnames)
