@@ -82,7 +82,8 @@ def build_model(clip: torch.nn.Module, classes: int, checkpointing: bool = False
 
     torch.manual_seed(seed)
     device = next(clip.parameters()).device
-    model = PromptedCLIP(clip, load_classnames(classes), text_checkpointing=checkpointing).to(device)
+    # The prompt learner embeds its CPU token ids when built: build on the CPU, then move (shared) CLIP back.
+    model = PromptedCLIP(clip.cpu(), load_classnames(classes), text_checkpointing=checkpointing).to(device)
     model.clip.eval()
     return model
 
