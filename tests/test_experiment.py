@@ -326,3 +326,46 @@ def test_notebook_runs_top_to_bottom(trained_run: Path, tiny_weights: Path, monk
         for output in cell.get("outputs", [])
     )
     assert "accuracy on 72 test images" in outputs and "ctx 15:" in outputs and "norms:" in outputs
+
+
+@pytest.mark.slow
+def test_vit_b16_checkpoint_with_1000_classes_holds_no_clip(tmp_path: Path) -> None:
+    """Prompt-only checkpoints of ViT-B/16 with 1000 classes (random weights, built offline, one training step)."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    names = [n for n in (REPO / "src/dapt_lightning/assets/imagenet_classnames.txt").read_text().splitlines() if n]
+    assert len(names) == 1000
+    module = DAPTModule(names, method="dapt", clip_name="ViT-B-16", pretrained=None)
+    module.set_prototypes(torch.nn.functional.normalize(torch.randn(1000, 512), dim=-1))
+    data = TensorDataset(torch.randn(2, 3, 224, 224), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=2))
+
+    path = tmp_path / "dapt.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert set(checkpoint["state_dict"]) == {
+        "model.text_prompt.txt_ctx",
+        "model.visual_prompt.vis_ctx",
+        "prototypes",
+        "prototypes_ready",
+    }
+    assert checkpoint["optimizer_states"][0]["state"] and checkpoint["lr_schedulers"] and checkpoint["loops"]
+    assert len(checkpoint["classnames"]) == 1000 and checkpoint["clip_identity"]["name"] == "ViT-B-16"
+    # DAPT's fp32 prototypes alone are 1000 x 512 x 4 bytes = 2.05 MB; everything else stays under 1 MB.
+    prototype_bytes = 1000 * 512 * 4
+    assert path.stat().st_size - prototype_bytes < 1_000_000, path.stat().st_size
+
+    # Without prototypes (CoOp, VPT, CoOp+VPT never set them) the whole checkpoint is under 1 MB.
+    module.prototypes_ready.fill_(False)
+    trainer.save_checkpoint(tmp_path / "prompts.ckpt")
+    assert (tmp_path / "prompts.ckpt").stat().st_size < 1_000_000
+    assert "prototypes" not in torch.load(tmp_path / "prompts.ckpt", weights_only=True)["state_dict"]

@@ -205,3 +205,14 @@ def test_tiny_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert "| dapt |" in written["ablation"].read_text()
     assert sweep_main(["summarize", "--runs", str(runs), "--out", str(tmp_path / "results2")]) == 0
     assert (tmp_path / "results2" / "base2new.csv").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_parse_and_name_existing_configs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(path)
+    runs = plan(sweep)
+    assert runs and all(run.steps for run in runs)
+    configs = {arg for run in runs for step in run.steps for arg in step.args if arg.startswith("configs/")}
+    missing = sorted(c for c in configs if not (REPO / c).is_file())
+    assert not missing, f"{path.name} names configs that do not exist: {missing}"
