@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from dapt_lightning import analysis
+from dapt_lightning.callbacks.paths import output_folder
 
 
 class EmbeddingPlots(L.Callback):
@@ -33,12 +34,14 @@ class EmbeddingPlots(L.Callback):
         self.batch_size = batch_size
         self.paths: list[Path] = []
 
-    @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._plot(trainer, pl_module, output_folder(trainer) / "figures")
+
+    @rank_zero_only
+    def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
         datamodule = getattr(trainer, "datamodule", None)
         if not self.enabled or datamodule is None or not getattr(datamodule.splits, self.split, None):
             return
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
         name = f"{datamodule.dataset_name} {pl_module.hparams.method}"
         was_training = pl_module.training
         pl_module.eval()

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from dapt_lightning.cache import atomic_write_bytes
+from dapt_lightning.callbacks.paths import output_folder
 
 
 def mean_pairwise_cosine(text_features: torch.Tensor) -> float:
@@ -169,15 +170,14 @@ class PerClassAccuracy(L.Callback):
         if trainer.world_size > 1:
             confusion = trainer.strategy.reduce(confusion, reduce_op="sum")
         self.last_rows = per_class_rows(confusion.cpu(), list(pl_module.model.classnames))
-        self._publish(trainer, confusion.cpu())
+        self._publish(trainer, confusion.cpu(), output_folder(trainer))
 
     @rank_zero_only
-    def _publish(self, trainer: L.Trainer, confusion: torch.Tensor) -> None:
+    def _publish(self, trainer: L.Trainer, confusion: torch.Tensor, folder: Path) -> None:
         for logger in trainer.loggers:
             if hasattr(logger, "log_table"):
                 logger.log_table(self.table_key, columns=self.COLUMNS, data=self.last_rows)
         if self.write_files:
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
             text = io.StringIO()
             writer = csv.writer(text)
             writer.writerow(self.COLUMNS)
