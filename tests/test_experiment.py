@@ -273,7 +273,10 @@ def test_analysis_helpers_on_a_tiny_model() -> None:
     assert all(row[0][1] >= row[1][1] for row in words)  # cosine: nearest first
     embedding = tuned.model.text_tower.token_embedding.weight
     tuned.model.text_prompt.txt_ctx.data[0] = embedding[320]  # token 320 is "a"
-    assert analysis.nearest_words(tuned, k=1, metric="l2")[0][0] == ("a", pytest.approx(0.0, abs=1e-5))
+    assert analysis.nearest_words(tuned, k=1, metric="l2")[0][0] == (
+        "a",
+        pytest.approx(0.0, abs=1e-3),
+    )  # cdist: matmul-based, ~1e-4
     assert analysis.visual_prompt_norms(tuned).shape == (16,)
     assert analysis.visual_prompt_norms(zero_shot).numel() == 0
 
