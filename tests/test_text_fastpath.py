@@ -137,6 +137,18 @@ def test_auto_picks_shared_prefix_for_a_shared_context(perturbed_clip: nn.Module
     assert lengths[-1] - lengths[-2] >= 10
 
 
+@pytest.mark.parametrize("max_buckets", [1, 2, 3])
+def test_merged_buckets_are_exact(perturbed_clip: nn.Module, max_buckets: int) -> None:
+    """Fewer buckets (GPU default) pad short suffixes with their own following tokens: still exact."""
+    model = _model(perturbed_clip)
+    full = _outputs(model, "full")
+    model.encode_text("shared_prefix")
+    model._shared_prefix_encoder.max_buckets = max_buckets
+    merged = _outputs(model, "shared_prefix")
+    assert len(model._shared_prefix_encoder._plan.buckets) == max_buckets
+    _assert_close(merged, full)
+
+
 @pytest.mark.parametrize("kwargs", [{"class_specific_context": True}, {"text_prompts": False}])
 def test_fallback_is_truncated_and_exact(perturbed_clip: nn.Module, kwargs: dict) -> None:
     model = _model(perturbed_clip, **kwargs)
