@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -15,40 +16,42 @@ def demo_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dapt demo", description=__doc__)
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: configs/demo.yaml)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the config's epoch count")
-    parser.add_argument("--root-dir", default=None, help="where runs go (default: the config's default_root_dir)")
+    parser.add_argument("--out", default="runs/demo", help="where the two runs go (default: runs/demo)")
     args, extra = parser.parse_known_args(argv)
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config} does not exist (run the demo from the repository root)")
     os.environ.setdefault("WANDB_SILENT", "true")
 
     from dapt_lightning.cli import cli_main
+    from dapt_lightning.loggers import finish_wandb_runs
 
     common = ["--config", args.config, *extra]
     if args.max_epochs is not None:
         common += ["--trainer.max_epochs", str(args.max_epochs)]
-    if args.root_dir is not None:
-        common += ["--trainer.default_root_dir", args.root_dir, "--trainer.logger.init_args.save_dir", args.root_dir]
+    out = Path(args.out)
     start = time.time()
     print("== 1/2  zero-shot CLIP (hand-crafted prompt 'a photo of a {}.') on the test set", flush=True)
-    zero_shot = cli_main(["test", *common, "--model.method", "zeroshot"])
-    zero_shot_acc = float(zero_shot.trainer.callback_metrics["test/acc"])
+    zero_shot = cli_main(["test", *common, "--model.method", "zeroshot", "--run.dir", str(out / "zeroshot")])
+    finish_wandb_runs(zero_shot.trainer)  # the DAPT run gets its own W&B run
 
-    print("== 2/2  DAPT: fit on the few-shot training set, then test", flush=True)
-    fitted = cli_main(["fit", *common])
-    results = fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, ckpt_path=None, verbose=False)[0]
-    checkpoint = (
-        fitted.trainer.checkpoint_callback.last_model_path or fitted.trainer.checkpoint_callback.best_model_path
-    )
-    logger = fitted.trainer.logger
-    run_dir = getattr(getattr(logger, "experiment", None), "dir", None) if logger else None
+    print("== 2/2  DAPT: class prototypes, few-shot training, then the test set", flush=True)
+    fitted = cli_main(["fit", *common, "--run.dir", str(out / "dapt"), "--run.test_after_fit", "true"])
+    finish_wandb_runs(fitted.trainer)
+
+    zero = json.loads((out / "zeroshot" / "metrics.json").read_text())["test"]
+    tuned = json.loads((out / "dapt" / "metrics.json").read_text())["test"]
     classes = len(fitted.datamodule.classnames)
     print()
     print(f"Demo finished in {time.time() - start:.0f} s  ({classes} classes, chance {100 / classes:.1f}%)")
-    print(f"  zero-shot test accuracy : {100 * zero_shot_acc:.1f}%")
-    accuracy, macro_f1 = 100 * results["test/acc"], 100 * results["test/macro_f1"]
-    print(f"  DAPT test accuracy      : {accuracy:.1f}%   (macro-F1 {macro_f1:.1f}%)")
-    print(f"  checkpoint              : {checkpoint}")
-    print(f"  run folder              : {fitted.trainer.default_root_dir}")
-    if run_dir:
-        print(
-            f"  W&B run (offline)       : {Path(run_dir).parent}   -> upload with `wandb sync {Path(run_dir).parent}`"
-        )
+    print(f"  zero-shot CLIP test accuracy : {100 * zero['test/acc']:.1f}%")
+    macro_f1 = 100 * tuned["test/macro_f1"]
+    print(f"  DAPT test accuracy           : {100 * tuned['test/acc']:.1f}%  (macro-F1 {macro_f1:.1f}%)")
+    checkpoint = out / "dapt" / "checkpoints" / "last.ckpt"
+    print(f"  checkpoint                   : {checkpoint}")
+    print(f"  metrics                      : {out / 'dapt' / 'metrics.json'}, {out / 'zeroshot' / 'metrics.json'}")
+    print(f"  figures (t-SNE)              : {out / 'dapt' / 'figures'}")
+    wandb_runs = sorted((out / "dapt" / "wandb").glob("offline-run-*"))
+    if wandb_runs:
+        print(f"  W&B run (offline)            : {wandb_runs[-1]}\n    upload with: wandb sync {wandb_runs[-1]}")
+    print(f"  explore it: DAPT_CKPT={checkpoint} jupyter lab notebooks/explore_checkpoint.ipynb")
     return 0

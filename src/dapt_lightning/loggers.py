@@ -60,3 +60,11 @@ class DAPTWandbLogger(WandbLogger):
         if self.mode == "offline" and self._experiment is not None:
             run_dir = Path(self._experiment.dir).parent
             rank_zero_info(f"W&B run saved offline at {run_dir}\n  upload it with: wandb sync {run_dir}")
+
+
+def finish_wandb_runs(trainer: Any) -> None:
+    """End the W&B runs of a trainer: Lightning's WandbLogger would otherwise reuse them for the next in-process run."""
+    for logger in getattr(trainer, "loggers", None) or []:
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()

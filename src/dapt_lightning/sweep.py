@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from dapt_lightning.loggers import finish_wandb_runs
 from dapt_lightning.methods import METHODS
 from dapt_lightning.runs import METRICS_FILE, last_checkpoint, read_metrics
 
@@ -196,15 +197,6 @@ def plan(sweep: dict[str, Any]) -> list[Run]:
     return runs
 
 
-def _finish_wandb(cli: Any) -> None:
-    """End the W&B run of one in-process step: Lightning's WandbLogger would otherwise reuse it for the next."""
-    trainer = getattr(cli, "trainer", None)
-    for logger in getattr(trainer, "loggers", []):
-        experiment = getattr(logger, "_experiment", None)
-        if experiment is not None and hasattr(experiment, "finish"):
-            experiment.finish()
-
-
 def execute(run: Run) -> None:
     """Run the unfinished steps of ``run`` in this process (resuming a fit from its last checkpoint)."""
     from dapt_lightning.cli import cli_main
@@ -221,7 +213,7 @@ def execute(run: Run) -> None:
         try:
             cli = cli_main(args)
         finally:
-            _finish_wandb(cli)
+            finish_wandb_runs(getattr(cli, "trainer", None))
 
 
 def sweep_main(argv: list[str]) -> int:
