@@ -4,8 +4,10 @@ With a class-shared context, every prompt starts with the same ``1 + n_ctx`` tok
 The text transformer is causal, so the hidden states of those tokens are the same for every class at every
 layer: we compute them once (a batch of one, with gradient to the context) and run only each class's own
 tokens (name, '.', EOT), whose queries attend to the shared prefix's keys and values plus their own causal
-part. Classes are grouped into buckets of equal suffix length so that no token is padded. Token-wise work
-(layer norms, projections, MLP) runs on all tokens packed together, in one matrix product per weight.
+part. Classes are grouped into buckets of equal suffix length so that no token is padded (on GPUs, where
+every bucket costs kernel launches, into two buckets with the least padding; padding a suffix with the tokens
+after its EOT is exact too). Token-wise work (layer norms, projections, MLP) runs on all tokens packed
+together, in one matrix product per weight.
 
 The blocks' own weights are re-used (``ln_1``, ``attn.in_proj``/``out_proj``, ``ls_1``, ``ln_2``, ``mlp``,
 ``ls_2`` of open_clip's ``ResidualAttentionBlock``); only the attention is recomputed here, with
