@@ -30,7 +30,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dapt_lightning"
 
 
 def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
-    """Settings for a seconds-long run of the demo config on the tests' small synthetic data."""
+    """Settings for a seconds-long run of the demo config on the tests' small synthetic data.
+
+    The config comes first: jsonargparse applies arguments in order, so later flags override it.
+    """
     return [
         "--config",
         DEMO,
@@ -67,7 +70,7 @@ def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
 def run_dapt(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """The real console entry point in a fresh process (DDP re-launches it per rank)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-c", "from dapt_lightning.cli import main; main()", *args]
+    command = [sys.executable, "-m", "dapt_lightning.cli", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -90,9 +93,9 @@ def test_two_process_training_and_evaluation_equal_one_process(synthetic_root: P
     # 36 classes x 2 shots = 72 images: 9 global batches of 8 (4 per rank). The 144 test images with a test batch
     # of 50 are not divisible by 2 x 50, so padding or dropping would change the counts.
     one, two = tmp_path / "one", tmp_path / "two"
-    common = ["fit", "--trainer.max_epochs", "2", "--run.test_after_fit", "true"]
-    run_dapt([*common, *tiny_args(synthetic_root, one)])
-    run_dapt([*common, *tiny_args(synthetic_root, two), "--trainer.devices", "2", "--trainer.strategy", "ddp"])
+    common = ["--trainer.max_epochs", "2", "--run.test_after_fit", "true"]
+    run_dapt(["fit", *tiny_args(synthetic_root, one), *common])
+    run_dapt(["fit", *tiny_args(synthetic_root, two), *common, "--trainer.devices", "2", "--trainer.strategy", "ddp"])
 
     single, double = prompts_of(one / "checkpoints/last.ckpt"), prompts_of(two / "checkpoints/last.ckpt")
     assert single.keys() == double.keys() and "prototypes" in single
@@ -121,14 +124,14 @@ def test_two_process_training_and_evaluation_equal_one_process(synthetic_root: P
 
 @pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_same_result(synthetic_root: Path, tmp_path: Path) -> None:
-    epochs = ["fit", "--trainer.max_epochs", "4", "--run.test_after_fit", "true"]
+    epochs = ["--trainer.max_epochs", "4", "--run.test_after_fit", "true"]
     reference = tmp_path / "reference"
     # Two loader workers here, none in the interrupted run: augmentations must not depend on worker processes.
-    run_dapt([*epochs, *tiny_args(synthetic_root, reference), "--data.num_workers", "2"])
+    run_dapt(["fit", *tiny_args(synthetic_root, reference), *epochs, "--data.num_workers", "2"])
 
     killed = tmp_path / "killed"
-    args = [*epochs, *tiny_args(synthetic_root, killed)]
-    command = [sys.executable, "-c", "from dapt_lightning.cli import main; main()", *args]
+    args = ["fit", *tiny_args(synthetic_root, killed), *epochs]
+    command = [sys.executable, "-m", "dapt_lightning.cli", *args]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = killed / "checkpoints/last.ckpt"
     deadline = time.time() + 180
@@ -187,7 +190,7 @@ def test_non_finite_loss_stops_with_the_step_and_term_and_keeps_the_last_checkpo
     good = last.read_bytes()
     # A negative RBF bandwidth makes exp(-t * d^2) overflow: the inter-dispersion term becomes inf.
     with pytest.raises(SystemExit):
-        main(["fit", *tiny_args(synthetic_root, out), "--trainer.max_epochs", "2", "--model.rbf_t", "-1e6"])
+        main(["fit", *tiny_args(synthetic_root, out), "--trainer.max_epochs", "2", "--model.rbf_t=-1e6"])
     message = capsys.readouterr().err
     assert "'inter'" in message and "global step" in message and "--model.lr" in message and "16-mixed" in message
     assert last.read_bytes() == good
