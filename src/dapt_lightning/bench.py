@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -483,7 +484,7 @@ def _measure_class_count(
     model.eval()
     timed = _interleaved_medians(
         {"naive": lambda: eval_naive(model, batches, autocast), "fast": lambda: eval_fast(model, batches, autocast)},
-        max(1, args.repeats // 2),
+        _eval_repeats(args),
         device,
         # One batch warms up every kernel of a pass; a whole pass would double the (long) CPU run.
         warmups={
@@ -506,9 +507,13 @@ def _measure_class_count(
     return rows, measured
 
 
+def _eval_repeats(args: argparse.Namespace) -> int:
+    return max(1, (args.repeats + 1) // 2)  # evaluation passes are long: about half as many as steps
+
+
 def _command(argv: list[str] | None) -> str:
     shown = sys.argv[1:] if argv is None else argv
-    return " ".join(["python -m dapt_lightning.bench", *shown])
+    return shlex.join(["python", "-m", "dapt_lightning.bench", *shown])
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -603,7 +608,7 @@ def main(argv: list[str] | None = None) -> str:
             f"- Load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}",
             f"- Command: `{_command(argv)}`",
             f"- Batch {args.batch}, test batch {args.test_batch}; times are medians of {args.repeats} training "
-            f"steps (after one warm-up step) and {max(1, args.repeats // 2)} evaluation passes (after a one-batch "
+            f"steps (after one warm-up step) and {_eval_repeats(args)} evaluation passes (after a one-batch "
             "warm-up), naive and fast "
             "alternating, same random weights in the same process.",
             "- naive: 77-token text (`text_encoding=full`, the official computation), re-encoded per test batch "
