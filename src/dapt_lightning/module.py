@@ -44,6 +44,7 @@ class DAPTModule(L.LightningModule):
         template: the hand-crafted prompt for methods without text prompts; None: ``"a photo of a {}."`` (the
             CLI picks the dataset's CoOp template for ``zeroshot``, see ``templates.py``).
         text_encoding: ``auto`` (fastest exact path), ``truncated``, ``shared_prefix`` or ``full`` (official).
+        text_checkpointing: recompute text-tower activations in the backward pass (less memory, more time).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class DAPTModule(L.LightningModule):
         visual_dropout: float = 0.0,
         template: str | None = None,
         text_encoding: TextEncoding = "auto",
+        text_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -90,6 +92,7 @@ class DAPTModule(L.LightningModule):
             visual_dropout=visual_dropout,
             template=template or GENERIC_TEMPLATE,
             text_encoding=text_encoding,
+            text_checkpointing=text_checkpointing,
         )
         embed_dim = _embed_dim(clip)
         # Class prototypes (DAPT's intra-dispersion targets) are saved with the checkpoint.

@@ -74,10 +74,13 @@ class PromptedCLIP(nn.Module):
             if text_prompts
             else None
         )
-        self.visual_prompt = VisualPromptLearner(self.image_tower, visual_tokens, visual_dropout) if visual_prompts else None
+        self.visual_prompt = (
+            VisualPromptLearner(self.image_tower, visual_tokens, visual_dropout) if visual_prompts else None
+        )
         if self.text_prompt is None:
             tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=self.text_tower.context_length)
-            self.register_buffer("template_tokens", tokenizer([template.format(c.replace("_", " ")) for c in classnames]), persistent=False)
+            texts = [template.format(name.replace("_", " ")) for name in classnames]
+            self.register_buffer("template_tokens", tokenizer(texts), persistent=False)
 
     @property
     def logit_scale(self) -> torch.Tensor:
