@@ -49,6 +49,7 @@ class DAPTDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes per device.
         image_size: input resolution; None takes the CLIP's own (set by the LightningModule in ``setup``).
         cache_images: keep the decoded few-shot training images in memory.
+        train_crop_scale: area range of the training RandomResizedCrop; (0.08, 1.0) is the official setting.
         dataset_options: extra keyword arguments for the dataset reader (e.g. the ``custom`` dataset's path).
     """
 
@@ -64,6 +65,7 @@ class DAPTDataModule(L.LightningDataModule):
         num_workers: int = 4,
         image_size: int | None = None,
         cache_images: bool = False,
+        train_crop_scale: tuple[float, float] = (0.08, 1.0),
         dataset_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -77,6 +79,9 @@ class DAPTDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.image_size = image_size
         self.cache_images = cache_images
+        if not 0 < train_crop_scale[0] <= train_crop_scale[1] <= 1:
+            raise ValueError(f"--data.train_crop_scale must be 0 < low <= high <= 1, got {train_crop_scale}")
+        self.train_crop_scale = tuple(train_crop_scale)
         if batch_size < 1 or test_batch_size < 1:
             raise ValueError(
                 f"--data.batch_size and --data.test_batch_size must be >= 1, got {batch_size}, {test_batch_size}"
@@ -110,7 +115,7 @@ class DAPTDataModule(L.LightningDataModule):
         transform = transform or ("train" if split == "train" else "test")
         return ImageListDataset(
             items,
-            build_transform(transform, self.image_size or 224),
+            build_transform(transform, self.image_size or 224, self.train_crop_scale),
             self.dataset_name,
             cache_decoded=self.cache_images and split == "train",
             augment_seed=self.seed if split == "train" else None,

@@ -21,7 +21,7 @@ COLOURS = {
     "purple": (140, 50, 180),
     "orange": (245, 140, 30),
 }
-Style = Literal["clean", "cluttered"]
+Style = Literal["clean", "tinted", "cluttered"]
 
 
 def class_names() -> list[str]:
@@ -68,7 +68,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 
 
 def render(colour: str, shape: str, rng: random.Random, size: int = 64, style: Style = "clean") -> Image.Image:
-    """Draw one ``colour`` ``shape`` on a background; ``cluttered`` adds tinted noise, blur and a distractor."""
+    """Draw one ``colour`` ``shape``: ``clean`` on light grey, ``tinted`` on a random colour, ``cluttered`` on a
+    random colour with grey blobs and blur."""
     if style == "clean":
         grey = rng.randint(200, 255)
         background = (grey, grey, grey)

@@ -11,11 +11,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TransformName = Literal["train", "test"]
 
 
-def build_transform(name: TransformName, image_size: int = 224) -> T.Compose:
-    """``train``: RandomResizedCrop(scale 0.08-1, bicubic) + flip; ``test``: short-side resize + centre crop."""
+def build_transform(
+    name: TransformName, image_size: int = 224, crop_scale: tuple[float, float] = (0.08, 1.0)
+) -> T.Compose:
+    """``train``: RandomResizedCrop(``crop_scale``, bicubic) + flip; ``test``: short-side resize + centre crop."""
     bicubic = T.InterpolationMode.BICUBIC
     if name == "train":
-        steps = [T.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=bicubic), T.RandomHorizontalFlip()]
+        crop = T.RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=bicubic)
+        steps = [crop, T.RandomHorizontalFlip()]
     elif name == "test":
         steps = [T.Resize(image_size, interpolation=bicubic), T.CenterCrop(image_size)]
     else:

@@ -22,7 +22,7 @@ SPLIT_SIZES = {"train": 24, "val": 8, "test": 24}
 
 
 def write_synthetic_dataset(
-    folder: Path, seed: int = 0, image_size: int = 64, style: Style = "cluttered", sizes: dict[str, int] | None = None
+    folder: Path, seed: int = 0, image_size: int = 64, style: Style = "tinted", sizes: dict[str, int] | None = None
 ) -> Path:
     """Write every class's images and the split JSON under ``folder``; returns the split file's path."""
     sizes = sizes or SPLIT_SIZES
