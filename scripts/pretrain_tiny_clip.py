@@ -3,8 +3,9 @@
     python scripts/pretrain_tiny_clip.py --steps 1200 --out src/dapt_lightning/assets/dapt-tiny-synthetic.safetensors
 
 The model learns colour and shape words from *clean* renderings (plain grey backgrounds) only; the demo
-dataset uses *tinted* renderings (random background colours), so zero-shot accuracy there is above chance but far from perfect, and
-prompt tuning has something to improve. Uses open_clip's own ClipLoss. Deterministic for a seed on CPU.
+dataset uses *tinted* renderings (random background colours), so zero-shot accuracy there is above chance but
+far from perfect, and prompt tuning has something to improve. Uses open_clip's own ClipLoss; deterministic for a
+seed on CPU.
 """
 
 from __future__ import annotations
