@@ -306,3 +306,24 @@ def test_no_unsafe_deserialisation_on_any_load_path() -> None:
             if "torch.load(" in line and "weights_only=True" not in line:
                 offenders.append(f"{path}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.slow
+def test_resuming_fit_with_other_classes_is_refused(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    main(["fit", *tiny_args(synthetic_root, out), "--trainer.max_epochs", "1"])
+    split = json.loads((synthetic_root / "synthetic/split_zhou_Synthetic.json").read_text())
+    subset = {name: [e for e in entries if e[1] < 5] for name, entries in split.items()}  # 5 of the 36 classes
+    folder = tmp_path / "five"
+    folder.mkdir()
+    (folder / "split.json").write_text(json.dumps(subset))
+    images = str(synthetic_root / "synthetic")
+    options = json.dumps({"path": str(folder), "split_file": "split.json", "image_dir": images})
+    args = [*tiny_args(synthetic_root, tmp_path / "other"), "--data.dataset", "custom"]
+    args += ["--data.dataset_options", options]
+    with pytest.raises(SystemExit):
+        main(["fit", *args, "--ckpt_path", str(out / "checkpoints/last.ckpt")])
+    message = capsys.readouterr().err
+    assert "--ckpt_path" in message and "36" in message and "dapt test" in message

@@ -313,6 +313,12 @@ class DAPTModule(L.LightningModule):
         self, state: dict[str, torch.Tensor], saved_classes: list[str], checkpoint: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
         """The class-agnostic part of ``state`` (generic text context, visual prompts) for other classes."""
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            raise ValueError(
+                f"--ckpt_path: the checkpoint was trained on {len(saved_classes)} other classes than this run's "
+                f"{len(self.model.classnames)}; resuming training needs the same dataset, shots and subsample "
+                "settings. To evaluate those prompts on these classes use `dapt test`; to start anew, drop --ckpt_path."
+            )
         if self.hparams.class_specific_context or (
             "model.text_prompt.txt_ctx" in state and state["model.text_prompt.txt_ctx"].dim() == 3
         ):
