@@ -98,6 +98,13 @@ def trained_run(tiny_root: Path, tiny_weights: Path, tmp_path_factory: pytest.Te
             "true",
             "--embedding_plots.max_images",
             "40",
+            # The paper's prompt shapes, whatever the demo config tunes for its 64-pixel model.
+            "--model.text_tokens",
+            "16",
+            "--model.text_init",
+            "null",
+            "--model.visual_tokens",
+            "16",
             weights=tiny_weights,
         )
         cli = cli_main(["fit", *args])
