@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 CACHE_ENV = "DAPT_CACHE_DIR"
 
@@ -58,18 +58,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
     """Atomically save ``tensors`` as safetensors with the cache ``key`` and a content hash in the metadata."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, tmp, metadata={"key": key, "content_sha256": _content_hash(tensors)})
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    data = save(tensors, metadata={"key": key, "content_sha256": _content_hash(tensors)})
+    atomic_write_bytes(path, data)
 
 
 def load_tensors(path: Path, key: str) -> tuple[dict[str, torch.Tensor] | None, str]:

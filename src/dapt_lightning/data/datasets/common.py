@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dapt_lightning.cache import atomic_write_bytes
 from dapt_lightning.data.types import Datum
 
 SPLIT_SEED = 1
@@ -178,18 +178,8 @@ def split_to_json(items: Iterable[Datum], image_dir: Path) -> list[list[object]]
 
 
 def write_json_atomic(obj: object, path: Path) -> None:
-    """Write JSON to ``path`` so that readers never see a half-written file: temp file, fsync, ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=4, separators=(",", ": "))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON to ``path`` so that readers never see a half-written file (temp file, fsync, rename)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=4, separators=(",", ": ")).encode("utf-8"))
 
 
 def save_split(train: list[Datum], val: list[Datum], test: list[Datum], path: Path, image_dir: Path) -> None:

@@ -7,11 +7,10 @@ The demo trains on it; the reader writes it on first use, so it needs no downloa
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
+from dapt_lightning.data.datasets.common import write_json_atomic
 from dapt_lightning.data.registry import register_dataset
 from dapt_lightning.data.synthetic_render import COLOURS, SHAPES, Style, render
 from dapt_lightning.data.types import DatasetSplits, Datum
@@ -40,11 +39,7 @@ def write_synthetic_dataset(
                 render(colour, shape, rng, image_size, style).save(folder / relpath, quality=92)
                 split[split_name].append([relpath, label, classname])
     split_path = folder / SPLIT_FILE
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
-        json.dump(split, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, split_path)
+    write_json_atomic(split, split_path)
     return split_path
 
 
