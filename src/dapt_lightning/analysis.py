@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dapt_lightning.data.datamodule import DAPTDataModule
+from dapt_lightning.features import encode_images
 from dapt_lightning.module import DAPTModule
 from dapt_lightning.templates import dataset_template
 
@@ -85,14 +86,11 @@ def image_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised image features ``[N, D]`` and labels ``[N]``; ``zero_shot`` skips the visual prompts."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    features, labels = [], []
     was_training = module.training
     module.eval()
-    for images, batch_labels, _ in loader:
-        features.append(module.model.encode_image(images.to(module.device), use_prompts=not zero_shot).float().cpu())
-        labels.append(batch_labels)
+    features, labels = encode_images(module.model, loader, module.device, use_prompts=not zero_shot)
     module.train(was_training)
-    return torch.cat(features), torch.cat(labels)
+    return features.cpu(), labels.cpu()
 
 
 def confusion_matrix(

@@ -10,27 +10,12 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from dapt_lightning.cache import default_cache_dir, load_tensors, save_tensors, stable_hash
 from dapt_lightning.data.image_dataset import SeededViews
+from dapt_lightning.features import encode_images
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def zero_shot_features(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device, progress: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised zero-shot image features (no visual prompts) and labels for every image of ``loader``."""
-    features, labels = [], []
-    for images, batch_labels, _ in tqdm(loader, desc="Prototypes", disable=not progress, leave=False):
-        with torch.inference_mode():
-            features.append(model.encode_image(images.to(device), use_prompts=False).float())
-        labels.append(batch_labels.to(device))
-    if not features:  # a rank with no share of a tiny training set
-        return torch.zeros(0, 0, device=device), torch.zeros(0, dtype=torch.long, device=device)
-    return torch.cat(features), torch.cat(labels)
 
 
 def class_sums(
@@ -132,7 +117,8 @@ class PrototypeCallback(L.Callback):
         loader = DataLoader(shard, batch_size=self.batch_size, shuffle=False, num_workers=datamodule.num_workers)
         was_training = module.training
         module.eval()
-        features, labels = zero_shot_features(module.model, loader, module.device, progress=trainer.is_global_zero)
+        progress = "Prototypes" if trainer.is_global_zero else None
+        features, labels = encode_images(module.model, loader, module.device, use_prompts=False, progress=progress)
         module.train(was_training)
         num_classes, dim = module.prototypes.shape
         sums, counts = class_sums(features, labels, num_classes, dim)
