@@ -327,3 +327,12 @@ def test_resuming_fit_with_other_classes_is_refused(
         main(["fit", *args, "--ckpt_path", str(out / "checkpoints/last.ckpt")])
     message = capsys.readouterr().err
     assert "--ckpt_path" in message and "36" in message and "dapt test" in message
+
+
+def test_synthetic_dataset_rejects_options_and_names_a_malformed_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--data.dataset_options"):
+        get_dataset_reader("synthetic")(tmp_path, path="x")
+    (tmp_path / "synthetic").mkdir()
+    (tmp_path / "synthetic/split_zhou_Synthetic.json").write_text('{"train": [')
+    with pytest.raises(ValueError, match="split_zhou_Synthetic.json"):
+        get_dataset_reader("synthetic")(tmp_path)

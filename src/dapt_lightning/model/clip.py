@@ -159,7 +159,6 @@ def load_clip(
         cache_dir: where downloaded weights are cached.
     """
     _check_name(name)
-    weights_hash: str | None = None
     if pretrained == "tiny-synthetic":
         pretrained = str(TINY_CLIP_WEIGHTS)
     if pretrained is None:
@@ -180,5 +179,4 @@ def load_clip(
         model = _load_tag(name, pretrained, use_quick_gelu, cache_dir)
     model = model.float().eval()
     model.requires_grad_(False)
-    weights_hash = state_dict_sha256(model)
-    return model, ClipIdentity(name, pretrained, use_quick_gelu, weights_hash)
+    return model, ClipIdentity(name, pretrained, use_quick_gelu, state_dict_sha256(model))

@@ -6,14 +6,13 @@ The demo trains on it; the reader writes it on first use, so it needs no downloa
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import write_json_atomic
+from dapt_lightning.data.datasets.common import read_split, reject_options, write_json_atomic
 from dapt_lightning.data.registry import register_dataset
 from dapt_lightning.data.synthetic_render import COLOURS, SHAPES, Style, render
-from dapt_lightning.data.types import DatasetSplits, Datum
+from dapt_lightning.data.types import DatasetSplits
 
 FOLDER = "synthetic"
 SPLIT_FILE = "split_zhou_Synthetic.json"
@@ -44,16 +43,12 @@ def write_synthetic_dataset(
 
 
 @register_dataset("synthetic")
-def read_synthetic(root: Path) -> DatasetSplits:
+def read_synthetic(root: Path, **options: object) -> DatasetSplits:
     """Read (writing it first if absent) the synthetic shapes-and-colours dataset under ``root``."""
+    reject_options(FOLDER, options)
     folder = Path(root) / FOLDER
     split_path = folder / SPLIT_FILE
     if not split_path.exists():
         write_synthetic_dataset(folder)
-    with open(split_path) as handle:
-        split = json.load(handle)
-
-    def items(name: str) -> list[Datum]:
-        return [Datum(str(folder / relpath), int(label), classname) for relpath, label, classname in split[name]]
-
-    return DatasetSplits("synthetic", items("train"), items("val"), items("test"))
+    train, val, test = read_split(split_path, folder)
+    return DatasetSplits(FOLDER, train, val, test)
