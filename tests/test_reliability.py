@@ -61,6 +61,13 @@ def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
         "false",
         "--prototypes.use_cache",
         "false",
+        # The paper's prompt shapes and a moderate LR, whatever the demo config tunes for its 64-pixel model.
+        "--model.lr",
+        "0.02",
+        "--model.text_init",
+        "null",
+        "--model.visual_tokens",
+        "16",
         "--run.dir",
         str(out),
         *extra,
