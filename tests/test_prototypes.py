@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
 from dapt_lightning.data.datamodule import DAPTDataModule
-from dapt_lightning.data.image_dataset import SeededViews
+from dapt_lightning.data.image_dataset import seeded_views
 from dapt_lightning.module import DAPTModule
 
 
@@ -48,7 +48,7 @@ def fit_prototypes(
 @torch.no_grad()
 def direct_prototypes(module: DAPTModule, data: DAPTDataModule, transform: str, seed: int) -> torch.Tensor:
     """Per-class mean of the L2-normalised zero-shot features of one seeded view per image."""
-    views = SeededViews(data.dataset("train", transform=transform), seed)
+    views = seeded_views(data.dataset("train", transform=transform), seed)
     images, labels, _ = zip(*(views[index] for index in range(len(views))), strict=True)
     features = F.normalize(module.model.clip.encode_image(torch.stack(images)), dim=-1).double()
     sums: dict[int, torch.Tensor] = {}
@@ -77,9 +77,9 @@ def test_prototypes_match_direct_computation(synthetic_root: Path, tmp_path: Pat
 def test_train_views_are_seeded_and_augmented(synthetic_root: Path) -> None:
     data = make_data(synthetic_root)
     data.image_size = 64
-    train = SeededViews(data.dataset("train", transform="train"), seed=1)
+    train = seeded_views(data.dataset("train", transform="train"), seed=1)
     assert torch.equal(train[3][0], train[3][0])  # the same view every time: independent of call order
-    assert not torch.equal(train[3][0], SeededViews(data.dataset("train", transform="train"), seed=2)[3][0])
+    assert not torch.equal(train[3][0], seeded_views(data.dataset("train", transform="train"), seed=2)[3][0])
     assert not torch.equal(train[3][0], data.dataset("train", transform="test")[3][0])
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
 from dapt_lightning.cache import default_cache_dir, load_tensors, save_tensors, stable_hash
-from dapt_lightning.data.image_dataset import SeededViews
+from dapt_lightning.data.image_dataset import seeded_views
 from dapt_lightning.features import encode_images
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class PrototypeCallback(L.Callback):
         """Hash of the split content, shots, seeds, CLIP identity, transform and image size."""
         return stable_hash(
             {
-                "version": 2,  # 2: views seeded by (seed, i) again after the augment_seed change
+                "version": 3,  # 3: one seeding scheme (ImageListDataset.augment_seed) for training and prototype views
                 "dataset": datamodule.dataset_name,
                 "train": [(item.impath, item.label) for item in datamodule.splits.train],
                 "num_shots": datamodule.num_shots,
@@ -111,7 +111,7 @@ class PrototypeCallback(L.Callback):
     def _encode(
         self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, seed: int
     ) -> torch.Tensor:
-        dataset = SeededViews(datamodule.dataset("train", transform=self.transform), seed)
+        dataset = seeded_views(datamodule.dataset("train", transform=self.transform), seed)
         # Rank r takes images r, r + W, r + 2W, ...: every image exactly once, no padding duplicates.
         shard = Subset(dataset, list(range(trainer.global_rank, len(dataset), trainer.world_size)))
         loader = DataLoader(shard, batch_size=self.batch_size, shuffle=False, num_workers=datamodule.num_workers)

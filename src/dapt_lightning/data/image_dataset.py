@@ -83,24 +83,11 @@ class ImageListDataset(Dataset):
             return self.transform(self.image(index)), self.items[index].label, index
 
 
-class SeededViews(Dataset):
-    """Wraps a dataset so that item ``i``'s random augmentation depends only on ``(seed, i)``.
+def seeded_views(dataset: ImageListDataset, seed: int) -> ImageListDataset:
+    """A copy of ``dataset`` whose item ``i`` is always the same augmented view, seeded by ``(seed, i)`` alone.
 
-    Used for prototypes: every process count and worker count then gives the same augmented view of an image.
+    Used for prototypes: every process count and worker count then gives the same view of an image.
     """
-
-    def __init__(self, dataset: ImageListDataset, seed: int) -> None:
-        if dataset.augment_seed is not None:
-            # Its own per-item seeding would override ``seed``: use a shallow copy without it.
-            dataset = copy.copy(dataset)
-            dataset.augment_seed = None
-        self.dataset = dataset
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + index)
-            return self.dataset[index]
+    views = copy.copy(dataset)  # shares the items and the decoded-image cache
+    views.augment_seed = seed
+    return views
