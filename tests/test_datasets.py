@@ -284,3 +284,11 @@ def test_custom_split_json_and_option_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no entry for the class folder"):
         (tmp_path / "tree/names.txt").write_text("a apple\n")
         get_dataset_reader("custom")(tmp_path, path="tree", classnames="names.txt")
+
+
+def test_malformed_class_name_file_is_named(tmp_path: Path) -> None:
+    make_fake_dataset("oxford_flowers", tmp_path)
+    (tmp_path / "oxford_flowers/split_zhou_OxfordFlowers.json").unlink()  # generating the split reads the names
+    (tmp_path / "oxford_flowers/cat_to_name.json").write_text('{"1": "pink primrose",', encoding="utf-8")
+    with pytest.raises(DatasetError, match="class-name file .*cat_to_name.json is not valid JSON"):
+        get_dataset_reader("oxford_flowers")(tmp_path)

@@ -130,6 +130,15 @@ def read_classnames_txt(path: Path) -> dict[str, str]:
     return mapping
 
 
+def load_json(path: Path, what: str) -> object:
+    """Parse a JSON file; invalid JSON raises a DatasetError naming ``what`` and the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{what} {path} is not valid JSON ({err}); delete it or download it again") from err
+
+
 def read_split(path: Path, image_dir: Path) -> tuple[list[Datum], list[Datum], list[Datum]]:
     """Read a split_zhou JSON: ``{"train"|"val"|"test": [[relpath, label, classname], ...]}``.
 
@@ -138,11 +147,7 @@ def read_split(path: Path, image_dir: Path) -> tuple[list[Datum], list[Datum], l
     Raises:
         DatasetError: the file is not valid JSON or not in the split_zhou format; the message names the file.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            split = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"split file {path} is not valid JSON ({err}); delete it or download it again") from err
+    split = load_json(path, "split file")
     if not isinstance(split, dict):
         raise DatasetError(f"split file {path}: expected a JSON object with train/val/test, got {type(split).__name__}")
     out = []

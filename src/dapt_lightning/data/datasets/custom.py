@@ -8,7 +8,6 @@ Options arrive as ``--data.dataset_options`` (a dict passed as keyword arguments
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from dapt_lightning.data.datasets.common import (
     DatasetError,
+    load_json,
     read_classnames_txt,
     read_split,
     save_split,
@@ -74,11 +74,7 @@ def _load_classnames(opts: CustomDatasetOptions, dataset_dir: Path, folders: lis
             "use 'folder' or a JSON/text file inside the dataset folder"
         )
     if source.suffix.lower() == ".json":
-        try:
-            with open(source, encoding="utf-8") as handle:
-                mapping = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"class-name file {source} is not valid JSON ({err})") from err
+        mapping = load_json(source, "class-name file")
         if not isinstance(mapping, dict):
             raise DatasetError(f"class-name file {source} must hold a JSON object {{folder: class name}}")
         mapping = {str(k): str(v) for k, v in mapping.items()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -12,6 +11,7 @@ from dapt_lightning.data.datasets.common import (
     DatasetError,
     DatasetLayout,
     Requirement,
+    load_json,
     read_or_generate_split,
     reject_options,
 )
@@ -46,8 +46,7 @@ def _generate(dataset_dir: Path) -> tuple[list[Datum], list[Datum], list[Datum]]
     tracker: dict[int, list[str]] = {}
     for i, label in enumerate(loadmat(str(dataset_dir / "imagelabels.mat"))["labels"][0]):
         tracker.setdefault(int(label), []).append(os.path.join(image_dir, f"image_{i + 1:05d}.jpg"))
-    with open(dataset_dir / "cat_to_name.json", encoding="utf-8") as handle:
-        lab2cname = json.load(handle)
+    lab2cname = load_json(dataset_dir / "cat_to_name.json", "class-name file")
     train: list[Datum] = []
     val: list[Datum] = []
     test: list[Datum] = []
