@@ -8,41 +8,13 @@ import open_clip
 import pytest
 import torch
 from open_clip.transformer import Transformer
+from prompt_steps import CLASSNAMES, assert_all_close, perturb, step_outputs
 from torch import nn
 
 from dapt_lightning import bench
-from dapt_lightning.losses import dapt_loss
 from dapt_lightning.model.clip import load_clip
 from dapt_lightning.model.dapt import PromptedCLIP
 from dapt_lightning.model.text_fastpath import resolve_text_encoding, unsupported_block_reason
-
-# Suffix lengths of 2 to 22 tokens, several sharing a length (buckets of more than one class); the last
-# name is more than 10 tokens longer than any other.
-CLASSNAMES = [
-    "cat",
-    "dog",
-    "red fox",
-    "great_white_shark",
-    "golden retriever",
-    "Chesapeake Bay Retriever",
-    "St. Bernard",
-    "a",
-    "yellow lady's slipper",
-    "bell or wind chime",
-    "an extraordinarily long made up class name that keeps going on and on for many more tokens than the rest",
-]
-REL_TOL = 1e-5
-
-
-def _perturb(clip: nn.Module, seed: int) -> nn.Module:
-    """Move every LayerNorm and bias away from its default init (ones and zeros hide mistakes)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in clip.named_parameters():
-            if name.endswith("bias") or ".ln_" in name or name.startswith(("ln_", "visual.ln_")):
-                noise = torch.randn(parameter.shape, generator=generator)
-                parameter.add_(0.2 * noise)
-    return clip
 
 
 def _make_clip(activation: str) -> nn.Module:
@@ -54,7 +26,7 @@ def _make_clip(activation: str) -> nn.Module:
         clip.requires_grad_(False)
     expected = open_clip.transformer.QuickGELU if activation == "quickgelu" else nn.GELU
     assert isinstance(clip.transformer.resblocks[0].mlp.gelu, expected)
-    return _perturb(clip, seed=1)
+    return perturb(clip, seed=1)
 
 
 @pytest.fixture(scope="module", params=["quickgelu", "gelu"])
@@ -80,49 +52,13 @@ def _model(clip: nn.Module, **kwargs) -> PromptedCLIP:
     return copy.deepcopy(_MODELS[key])
 
 
-def _outputs(model: PromptedCLIP, mode: str) -> dict[str, torch.Tensor]:
-    """Features, logits, every loss term and the prompt gradients of one training step."""
-    generator = torch.Generator().manual_seed(3)
-    size = model.image_tower.image_size
-    images = torch.randn(4, 3, size, size, generator=generator)
-    labels = torch.tensor([0, 3, 5, len(CLASSNAMES) - 1])
-    dim = model.clip.text_projection.shape[1]
-    prototypes = torch.randn(len(CLASSNAMES), dim, generator=generator) * 0.1
-    model.zero_grad(set_to_none=True)
-    image_features = model.encode_image(images)
-    text_features = model.encode_text(mode)
-    logits = model.logit_scale * image_features @ text_features.t()
-    terms = dapt_loss(logits, labels, image_features, text_features, prototypes, beta_v=10.0, beta_t=0.1)
-    terms.total.backward()
-    out = {
-        "text_features": text_features.detach(),
-        "image_features": image_features.detach(),
-        "logits": logits.detach(),
-        "ce": terms.ce.detach(),
-        "inter": terms.inter.detach(),
-        "intra": terms.intra.detach(),
-        "total": terms.total.detach(),
-    }
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            out[f"grad:{name}"] = parameter.grad.detach().clone()
-    return out
-
-
-def _assert_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert actual.keys() == expected.keys()
-    for key, reference in expected.items():
-        error = (actual[key] - reference).norm() / reference.norm().clamp_min(1e-30)
-        assert error <= REL_TOL, f"{key}: relative error {error:.2e}"
-
-
 @pytest.mark.parametrize("mode", ["truncated", "shared_prefix", "auto"])
 def test_fast_paths_equal_full(perturbed_clip: nn.Module, mode: str) -> None:
     model = _model(perturbed_clip)
-    full = _outputs(model, "full")
+    full = step_outputs(model, "full")
     assert {"grad:text_prompt.txt_ctx", "grad:visual_prompt.vis_ctx"} <= full.keys()
     assert full["grad:text_prompt.txt_ctx"].norm() > 0
-    _assert_close(_outputs(model, mode), full)
+    assert_all_close(step_outputs(model, mode), full)
 
 
 def test_auto_picks_shared_prefix_for_a_shared_context(perturbed_clip: nn.Module) -> None:
@@ -141,19 +77,19 @@ def test_auto_picks_shared_prefix_for_a_shared_context(perturbed_clip: nn.Module
 def test_merged_buckets_are_exact(perturbed_clip: nn.Module, max_buckets: int) -> None:
     """Fewer buckets (GPU default) pad short suffixes with their own following tokens: still exact."""
     model = _model(perturbed_clip)
-    full = _outputs(model, "full")
+    full = step_outputs(model, "full")
     model.encode_text("shared_prefix")
     model._shared_prefix_encoder.max_buckets = max_buckets
-    merged = _outputs(model, "shared_prefix")
+    merged = step_outputs(model, "shared_prefix")
     assert len(model._shared_prefix_encoder._plan.buckets) == max_buckets
-    _assert_close(merged, full)
+    assert_all_close(merged, full)
 
 
 @pytest.mark.parametrize("kwargs", [{"class_specific_context": True}, {"text_prompts": False}])
 def test_fallback_is_truncated_and_exact(perturbed_clip: nn.Module, kwargs: dict) -> None:
     model = _model(perturbed_clip, **kwargs)
     assert resolve_text_encoding("auto", model.text_tower, model.text_prompt) == "truncated"
-    _assert_close(_outputs(model, "auto"), _outputs(model, "full"))
+    assert_all_close(step_outputs(model, "auto"), step_outputs(model, "full"))
     assert model._shared_prefix_encoder is None
     with pytest.raises(ValueError, match="text_encoding shared_prefix"):
         model.encode_text("shared_prefix")
@@ -176,22 +112,22 @@ def test_custom_blocks_fall_back_to_truncated(perturbed_clip: nn.Module) -> None
 def test_sequence_first_layout(perturbed_clip: nn.Module) -> None:
     """A transformer run as (L, N, D) gives the same full features, and the shared prefix still matches."""
     model = _model(perturbed_clip)
-    batch_first = _outputs(model, "full")
+    batch_first = step_outputs(model, "full")
     transformer = model.text_tower.transformer
     transformer.batch_first = False
     for block in transformer.resblocks:
         block.attn.batch_first = False
-    full = _outputs(model, "full")
-    _assert_close(full, batch_first)
-    _assert_close(_outputs(model, "shared_prefix"), full)
+    full = step_outputs(model, "full")
+    assert_all_close(full, batch_first)
+    assert_all_close(step_outputs(model, "shared_prefix"), full)
 
 
 @pytest.mark.parametrize("mode", ["full", "shared_prefix"])
 def test_text_checkpointing_is_exact(perturbed_clip: nn.Module, mode: str) -> None:
-    reference = _outputs(_model(perturbed_clip), mode)
+    reference = step_outputs(_model(perturbed_clip), mode)
     checkpointed = _model(perturbed_clip, text_checkpointing=True)
     assert checkpointed.text_tower.transformer.grad_checkpointing
-    _assert_close(_outputs(checkpointed, mode), reference)
+    assert_all_close(step_outputs(checkpointed, mode), reference)
 
 
 def test_inference_mode_first_then_training(perturbed_clip: nn.Module) -> None:
@@ -199,7 +135,7 @@ def test_inference_mode_first_then_training(perturbed_clip: nn.Module) -> None:
     model = _model(perturbed_clip)
     with torch.inference_mode():
         evaluated = model.encode_text("shared_prefix")
-    trained = _outputs(model, "shared_prefix")
+    trained = step_outputs(model, "shared_prefix")
     torch.testing.assert_close(trained["text_features"], evaluated.clone(), rtol=0, atol=0)
     keys = set(model.state_dict())
     assert keys == set(_model(perturbed_clip).state_dict())  # the encoder adds nothing to checkpoints

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from dapt_lightning.losses import LossTerms, dapt_loss
 from dapt_lightning.methods import Method, method_spec
 from dapt_lightning.model.clip import ClipIdentity, load_clip
+from dapt_lightning.model.compilation import CompileMode
 from dapt_lightning.model.dapt import PromptedCLIP, TextEncoding
 from dapt_lightning.schedule import warmup_cosine
 from dapt_lightning.templates import GENERIC_TEMPLATE
@@ -45,6 +46,8 @@ class DAPTModule(L.LightningModule):
             CLI picks the dataset's CoOp template for ``zeroshot``, see ``templates.py``).
         text_encoding: ``auto`` (fastest exact path), ``truncated``, ``shared_prefix`` or ``full`` (official).
         text_checkpointing: recompute text-tower activations in the backward pass (less memory, more time).
+        compile: ``torch.compile`` the image tower and text encoder: ``off`` (eager), ``default``,
+            ``reduce-overhead`` (CUDA graphs on GPUs), ``max-autotune`` or ``max-autotune-no-cudagraphs``.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class DAPTModule(L.LightningModule):
         template: str | None = None,
         text_encoding: TextEncoding = "auto",
         text_checkpointing: bool = False,
+        compile: CompileMode = "off",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -93,6 +97,7 @@ class DAPTModule(L.LightningModule):
             template=template or GENERIC_TEMPLATE,
             text_encoding=text_encoding,
             text_checkpointing=text_checkpointing,
+            compile=compile,
         )
         embed_dim = _embed_dim(clip)
         # Class prototypes (DAPT's intra-dispersion targets) are saved with the checkpoint.

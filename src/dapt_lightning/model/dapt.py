@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dapt_lightning.model.compilation import CompileMode, check_compile_mode, compile_module, may_use_cuda_graphs
 from dapt_lightning.model.prompts import TextPromptLearner, VisualPromptLearner
 from dapt_lightning.model.text_fastpath import SharedPrefixTextEncoder, resolve_text_encoding
 from dapt_lightning.model.towers import ImageTower, TextTower
@@ -38,6 +39,8 @@ class PromptedCLIP(nn.Module):
             ``model/text_fastpath.py``); ``auto`` picks ``shared_prefix`` when possible, else ``truncated``.
         text_checkpointing: recompute the text transformer's activations in the backward pass (less memory,
             more compute).
+        compile: ``torch.compile`` mode for the image tower and the text encoder (``off``: eager; see
+            ``model/compilation.py``). The same numbers up to float rounding order; the first steps compile.
     """
 
     def __init__(
@@ -54,8 +57,10 @@ class PromptedCLIP(nn.Module):
         template: str = "a photo of a {}.",
         text_encoding: TextEncoding = "auto",
         text_checkpointing: bool = False,
+        compile: CompileMode = "off",
     ) -> None:
         super().__init__()
+        check_compile_mode(compile)
         if not classnames:
             raise ValueError("PromptedCLIP needs at least one class name")
         self.clip = clip
@@ -65,6 +70,9 @@ class PromptedCLIP(nn.Module):
         self.template = template
         self.text_encoding = text_encoding
         self.text_checkpointing = text_checkpointing
+        self.compile_mode = compile
+        # CUDA-graph replays reuse their output memory: features that outlive the call are cloned (they are small).
+        self._clone_outputs = may_use_cuda_graphs(compile)
         # open_clip's own flag checkpoints the full and truncated paths; the shared-prefix encoder has its own.
         self.text_tower.transformer.grad_checkpointing = text_checkpointing
         self._shared_prefix_encoder: SharedPrefixTextEncoder | None = None
@@ -77,6 +85,9 @@ class PromptedCLIP(nn.Module):
         self.visual_prompt = (
             VisualPromptLearner(self.image_tower, visual_tokens, visual_dropout) if visual_prompts else None
         )
+        # The views are compiled, not the CLIP: zero-shot calls on `clip` itself stay eager.
+        compile_module(self.image_tower, compile)
+        compile_module(self.text_tower, compile)
         if self.text_prompt is None:
             tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=self.text_tower.context_length)
             texts = [template.format(name.replace("_", " ")) for name in classnames]
@@ -94,7 +105,9 @@ class PromptedCLIP(nn.Module):
         mode = self._resolved_encodings[requested]
         if mode == "shared_prefix":
             if self._shared_prefix_encoder is None:
-                self._shared_prefix_encoder = SharedPrefixTextEncoder(self.text_tower, self.text_checkpointing)
+                self._shared_prefix_encoder = SharedPrefixTextEncoder(
+                    self.text_tower, self.text_checkpointing, compile_mode=self.compile_mode
+                )
             features = self._shared_prefix_encoder.encode_prompts(self.text_prompt)
         elif self.text_prompt is None:
             tokens = self.template_tokens
@@ -105,12 +118,17 @@ class PromptedCLIP(nn.Module):
             eot = self.text_prompt.eot_positions
             length = None if mode == "full" else int(eot.max()) + 1
             features = self.text_tower(self.text_prompt(length), eot)
+        if self._clone_outputs:
+            features = features.clone()
         return F.normalize(features, dim=-1)
 
     def encode_image(self, images: torch.Tensor, use_prompts: bool = True) -> torch.Tensor:
         """L2-normalised image features ``[B, D]``; ``use_prompts=False`` gives zero-shot CLIP features."""
         prompts = self.visual_prompt() if (use_prompts and self.visual_prompt is not None) else None
-        return F.normalize(self.image_tower(images, prompts), dim=-1)
+        features = self.image_tower(images, prompts)
+        if self._clone_outputs:
+            features = features.clone()
+        return F.normalize(features, dim=-1)
 
     def forward(
         self, images: torch.Tensor, text_features: torch.Tensor | None = None

@@ -26,6 +26,8 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dapt_lightning.model.compilation import CompileMode, compile_function
+
 if TYPE_CHECKING:
     from dapt_lightning.model.prompts import TextPromptLearner
     from dapt_lightning.model.towers import TextTower
@@ -151,6 +153,7 @@ class SharedPrefixTextEncoder:
     Args:
         text_tower: the frozen text tower whose blocks are re-used.
         checkpointing: recompute each layer in the backward pass instead of storing its activations.
+        compile_mode: ``torch.compile`` mode for the layer stack (see ``model/compilation.py``); ``off``: eager.
         max_buckets: merge suffix lengths into at most this many buckets (padding shorter suffixes with their
             own following tokens, which is exact); None: one bucket per length, no padding. ``"auto"``: None on
             the CPU, where compute dominates; 2 on GPUs, where each bucket's kernel launches dominate at
@@ -158,7 +161,11 @@ class SharedPrefixTextEncoder:
     """
 
     def __init__(
-        self, text_tower: TextTower, checkpointing: bool = False, max_buckets: int | None | str = "auto"
+        self,
+        text_tower: TextTower,
+        checkpointing: bool = False,
+        max_buckets: int | None | str = "auto",
+        compile_mode: CompileMode = "off",
     ) -> None:
         reason = unsupported_block_reason(text_tower.transformer)
         if reason is not None:
@@ -166,6 +173,8 @@ class SharedPrefixTextEncoder:
         self.tower = text_tower
         self.checkpointing = checkpointing
         self.max_buckets = max_buckets
+        # Only the layer stack is compiled: the plan and masks are built eagerly (Python lists, caches).
+        self._run_layers = compile_function(self._layers, compile_mode)
         self._plan_key: tuple | None = None
         self._plan: _SuffixPlan | None = None
         self._masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
@@ -197,7 +206,14 @@ class SharedPrefixTextEncoder:
                 self._masks[key] = torch.cat([shared, own], dim=1)
         return self._masks[key]
 
-    def _attention(self, block: ResidualAttentionBlock, h: torch.Tensor, prefix_length: int, plan: _SuffixPlan):
+    def _attention(
+        self,
+        block: ResidualAttentionBlock,
+        h: torch.Tensor,
+        prefix_length: int,
+        buckets: tuple[tuple[int, int], ...],
+        masks: tuple[torch.Tensor, ...],
+    ) -> torch.Tensor:
         """Multi-head self-attention of the packed tokens ``h`` ``[P + T, W]`` (prefix first)."""
         attn = block.attn
         width = h.shape[-1]
@@ -207,7 +223,7 @@ class SharedPrefixTextEncoder:
         P = prefix_length
         # One split into the prefix and the buckets (slicing per bucket would make the backward pass
         # allocate and fill a full-size gradient per slice).
-        chunks = qkv.split([P, *(length * count for length, count in plan.buckets)], dim=0)
+        chunks = qkv.split([P, *(length * count for length, count in buckets)], dim=0)
 
         def split_heads(chunk: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
             # [batch * length, 3 * width] -> q, k, v each [batch, heads, length, head_dim]
@@ -216,18 +232,35 @@ class SharedPrefixTextEncoder:
         q_prefix, k_prefix, v_prefix = split_heads(chunks[0], 1)
         # The prefix alone is an ordinary square causal attention.
         outputs = [F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, is_causal=True)]
-        for chunk, (length, count) in zip(chunks[1:], plan.buckets, strict=True):
+        for chunk, (_, count), mask in zip(chunks[1:], buckets, masks, strict=True):
             q_b, k_b, v_b = split_heads(chunk, count)
             k_b = torch.cat([k_prefix.expand(count, -1, -1, -1), k_b], dim=2)
             v_b = torch.cat([v_prefix.expand(count, -1, -1, -1), v_b], dim=2)
-            mask = self._mask(P, length, h.device)
             outputs.append(F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask))
         merged = torch.cat([o.transpose(1, 2).reshape(-1, width) for o in outputs], dim=0)
         return attn.out_proj(merged)
 
-    def _layer(self, block: ResidualAttentionBlock, x: torch.Tensor, prefix_length: int, plan: _SuffixPlan):
-        x = x + block.ls_1(self._attention(block, block.ln_1(x), prefix_length, plan))
+    def _layer(
+        self,
+        block: ResidualAttentionBlock,
+        x: torch.Tensor,
+        prefix_length: int,
+        buckets: tuple[tuple[int, int], ...],
+        masks: tuple[torch.Tensor, ...],
+    ) -> torch.Tensor:
+        x = x + block.ls_1(self._attention(block, block.ln_1(x), prefix_length, buckets, masks))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    def _layers(
+        self, x: torch.Tensor, prefix_length: int, buckets: tuple[tuple[int, int], ...], masks: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """All text blocks over the packed tokens ``x`` ``[P + T, W]``."""
+        for block in self.tower.transformer.resblocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(self._layer, block, x, prefix_length, buckets, masks, use_reentrant=False)
+            else:
+                x = self._layer(block, x, prefix_length, buckets, masks)
+        return x
 
     def encode_prompts(self, text_prompt: TextPromptLearner) -> torch.Tensor:
         """Unnormalised text features ``[C, D]`` of a class-shared CoOp prompt learner."""
@@ -252,11 +285,8 @@ class SharedPrefixTextEncoder:
         positional = tower.positional_embedding.to(prefix.dtype)
         packed = suffix[plan.rows, plan.cols].to(prefix.dtype) + positional[P + plan.cols]
         x = torch.cat([prefix + positional[:P], packed], dim=0)
-        for block in tower.transformer.resblocks:
-            if self.checkpointing and torch.is_grad_enabled():
-                x = checkpoint(self._layer, block, x, P, plan, use_reentrant=False)
-            else:
-                x = self._layer(block, x, P, plan)
+        masks = tuple(self._mask(P, length, x.device) for length, _ in plan.buckets)
+        x = self._run_layers(x, P, plan.buckets, masks)
         pooled = tower.ln_final(x[P + plan.eot])
         return tower.project(pooled)
 

@@ -1,0 +1,74 @@
+"""Shared by the fast-path and compile tests: class names of very different lengths, perturbed tiny CLIPs, and
+the outputs of one DAPT training step (features, logits, loss terms, prompt gradients) to compare paths by."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dapt_lightning.losses import dapt_loss
+from dapt_lightning.model.dapt import PromptedCLIP
+
+# Suffix lengths of 2 to 22 tokens, several sharing a length (buckets of more than one class); the last
+# name is more than 10 tokens longer than any other.
+CLASSNAMES = [
+    "cat",
+    "dog",
+    "red fox",
+    "great_white_shark",
+    "golden retriever",
+    "Chesapeake Bay Retriever",
+    "St. Bernard",
+    "a",
+    "yellow lady's slipper",
+    "bell or wind chime",
+    "an extraordinarily long made up class name that keeps going on and on for many more tokens than the rest",
+]
+REL_TOL = 1e-5
+
+
+def perturb(clip: nn.Module, seed: int) -> nn.Module:
+    """Move every LayerNorm and bias away from its default init (ones and zeros hide mistakes)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in clip.named_parameters():
+            if name.endswith("bias") or ".ln_" in name or name.startswith(("ln_", "visual.ln_")):
+                noise = torch.randn(parameter.shape, generator=generator)
+                parameter.add_(0.2 * noise)
+    return clip
+
+
+def step_outputs(model: PromptedCLIP, mode: str) -> dict[str, torch.Tensor]:
+    """Features, logits, every loss term and the prompt gradients of one training step."""
+    generator = torch.Generator().manual_seed(3)
+    size = model.image_tower.image_size
+    images = torch.randn(4, 3, size, size, generator=generator)
+    labels = torch.tensor([0, 3, 5, len(CLASSNAMES) - 1])
+    dim = model.clip.text_projection.shape[1]
+    prototypes = torch.randn(len(CLASSNAMES), dim, generator=generator) * 0.1
+    model.zero_grad(set_to_none=True)
+    image_features = model.encode_image(images)
+    text_features = model.encode_text(mode)
+    logits = model.logit_scale * image_features @ text_features.t()
+    terms = dapt_loss(logits, labels, image_features, text_features, prototypes, beta_v=10.0, beta_t=0.1)
+    terms.total.backward()
+    out = {
+        "text_features": text_features.detach(),
+        "image_features": image_features.detach(),
+        "logits": logits.detach(),
+        "ce": terms.ce.detach(),
+        "inter": terms.inter.detach(),
+        "intra": terms.intra.detach(),
+        "total": terms.total.detach(),
+    }
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            out[f"grad:{name}"] = parameter.grad.detach().clone()
+    return out
+
+
+def assert_all_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for key, reference in expected.items():
+        error = (actual[key] - reference).norm() / reference.norm().clamp_min(1e-30)
+        assert error <= REL_TOL, f"{key}: relative error {error:.2e}"

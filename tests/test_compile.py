@@ -1,0 +1,118 @@
+"""``--model.compile``: the compiled towers give the eager numbers (features, loss terms, prompt gradients)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from prompt_steps import CLASSNAMES, assert_all_close, perturb, step_outputs
+from test_reliability import prompts_of, read_test_metrics, tiny_args
+from torch import nn
+from torch._dynamo.utils import counters
+
+from dapt_lightning.cli import main
+from dapt_lightning.model.clip import load_clip
+from dapt_lightning.model.compilation import may_use_cuda_graphs
+from dapt_lightning.model.dapt import PromptedCLIP
+
+
+@pytest.fixture(scope="module")
+def perturbed_clip() -> nn.Module:
+    torch.manual_seed(0)
+    clip, _ = load_clip("dapt-tiny", None)
+    return perturb(clip, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles from scratch, so a recompile limit hit by an earlier test cannot make one run eager."""
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _pair(clip: nn.Module, compile_mode: str, **kwargs) -> tuple[PromptedCLIP, PromptedCLIP]:
+    """An eager and a compiled model with the same prompts over copies of ``clip``."""
+    torch.manual_seed(2)
+    eager = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, **kwargs)
+    with torch.no_grad():  # larger than the init, so the prompts really move the features
+        if eager.text_prompt is not None:
+            eager.text_prompt.txt_ctx.normal_(std=0.5)
+        eager.visual_prompt.vis_ctx.normal_(std=0.5)
+    compiled = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, compile=compile_mode, **kwargs)
+    compiled.load_state_dict(eager.state_dict())
+    return eager, compiled
+
+
+def _compiled_graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "kwargs"),
+    [("shared_prefix", {}), ("truncated", {"class_specific_context": True})],
+    ids=["shared_prefix", "truncated"],
+)
+def test_compiled_training_step_equals_eager(perturbed_clip: nn.Module, mode: str, kwargs: dict) -> None:
+    eager, compiled = _pair(perturbed_clip, "default", **kwargs)
+    reference = step_outputs(eager, mode)
+    assert _compiled_graphs() == 0
+    first = step_outputs(compiled, mode)
+    assert _compiled_graphs() >= 2, "the image tower and the text encoder should both have been compiled"
+    assert_all_close(first, reference)
+    # A second step re-uses the compiled graphs (no recompilation) and still agrees.
+    graphs = _compiled_graphs()
+    assert_all_close(step_outputs(compiled, mode), reference)
+    assert _compiled_graphs() == graphs
+
+
+def test_compiled_evaluation_equals_eager(perturbed_clip: nn.Module) -> None:
+    """Evaluation runs under inference_mode with other batch sizes than training (a last, smaller batch too)."""
+    eager, compiled = _pair(perturbed_clip, "default")
+    size = eager.image_tower.image_size
+    batches = [torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(n)) for n in (5, 5, 3)]
+    with torch.inference_mode():
+        text_eager, text_compiled = eager.encode_text(), compiled.encode_text()
+        for images in batches:
+            torch.testing.assert_close(compiled.encode_image(images), eager.encode_image(images), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(text_compiled, text_eager, rtol=1e-5, atol=1e-6)
+    assert _compiled_graphs() >= 2
+
+
+def test_compile_keeps_checkpoint_keys(perturbed_clip: nn.Module) -> None:
+    eager, compiled = _pair(perturbed_clip, "reduce-overhead")
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    assert compiled.prompt_state().keys() == eager.prompt_state().keys()
+
+
+def test_cuda_graph_modes_clone_outputs_only_on_cuda() -> None:
+    assert not may_use_cuda_graphs("default")
+    assert not may_use_cuda_graphs("max-autotune-no-cudagraphs")
+    assert may_use_cuda_graphs("reduce-overhead") == torch.cuda.is_available()
+
+
+def test_unknown_compile_mode_names_the_setting(perturbed_clip: nn.Module) -> None:
+    with pytest.raises(ValueError, match="--model.compile must be one of off, default, reduce-overhead"):
+        PromptedCLIP(perturbed_clip, CLASSNAMES, compile="fast")
+
+
+@pytest.mark.slow
+def test_compiled_fit_and_test_match_eager(synthetic_root: Path, tmp_path: Path) -> None:
+    """`dapt fit --model.compile default` trains to the eager prompts (float order aside) and tests the same."""
+    runs = {}
+    for mode in ("off", "default"):
+        out = tmp_path / mode
+        args = tiny_args(synthetic_root, out, "--trainer.max_epochs", "2", "--run.test_after_fit", "true")
+        main(["fit", *args, "--model.compile", mode])
+        runs[mode] = out
+    assert _compiled_graphs() >= 2
+    eager, compiled = (prompts_of(runs[m] / "checkpoints" / "last.ckpt") for m in ("off", "default"))
+    assert eager.keys() == compiled.keys() and len(eager) >= 3
+    for name, reference in eager.items():
+        torch.testing.assert_close(compiled[name], reference, rtol=1e-4, atol=1e-5, msg=name)
+    eager_metrics, compiled_metrics = (read_test_metrics(runs[m]) for m in ("off", "default"))
+    # 144 test images: rounding differences may flip at most a near-tie prediction.
+    assert abs(compiled_metrics["test/acc"] - eager_metrics["test/acc"]) <= 1 / 144 + 1e-9
