@@ -176,6 +176,8 @@ def test_bench_tiny_table(tmp_path) -> None:
         "2",
         "--workers",
         "0",
+        "--compile",
+        "default",
         "--output",
         str(output),
     ]
@@ -183,7 +185,13 @@ def test_bench_tiny_table(tmp_path) -> None:
     for classes in ("3", "5"):
         for measure in ("train step (ms)", "eval pass, 4 images (s)"):
             assert any(row.startswith(f"| {classes} | {measure} |") for row in report.splitlines())
-    assert "| classes | measurement | naive | fast | fast / naive |" in report
+    header = "| classes | measurement | naive | fast | fast / naive | fast, compile default | compiled / naive |"
+    assert header in report
+    train_rows = [
+        row.split("|")[1:-1] for row in report.splitlines() if row.startswith(("| 3 | train step", "| 5 | train step"))
+    ]
+    assert len(train_rows) == 2 and all(float(cells[5]) > 0 and float(cells[6]) > 0 for cells in train_rows)
+    assert "Fast path (compile default) throughput" in report
     assert "train img/s (model)" in report and "eval img/s (end to end)" in report
     written = output.read_text()
     assert "kept text" in written and written.count(bench.section_marker("cpu")) == 1

@@ -10,8 +10,10 @@ For each class count it times, on the same random weights in the same process:
 * the peak memory of one training step (CPU: peak RSS of a fresh subprocess per configuration; CUDA: the
   caching allocator's peak).
 
-With ``--throughput`` (default on CUDA) it also measures images/s of the fast path, model-only and end to end
-with a DataLoader over in-memory decoded images, and the achieved fraction of the card's peak matmul rate.
+With ``--compile MODE`` it also times the fast path with ``--model.compile MODE`` (``torch.compile`` of the towers).
+With ``--throughput`` (default on CUDA) it also measures images/s of the fast path (compiled, if asked), model-only
+and end to end with a DataLoader over in-memory decoded images, and the achieved fraction of the card's peak
+matmul rate.
 The CLIP is open_clip's ViT-B-16 with random weights and ``--depth`` layers in both towers.
 """
 
@@ -34,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from dapt_lightning.model.compilation import COMPILE_MODES
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -77,14 +81,19 @@ def build_clip(model: str, depth: int, device: torch.device, seed: int = 0) -> t
     return clip
 
 
-def build_model(clip: torch.nn.Module, classes: int, checkpointing: bool = False, seed: int = 0):
-    """A DAPT ``PromptedCLIP`` (class-shared text context + visual prompts) over ``classes`` real class names."""
+def build_model(
+    clip: torch.nn.Module, classes: int, checkpointing: bool = False, seed: int = 0, compile_mode: str = "off"
+):
+    """A DAPT ``PromptedCLIP`` (class-shared text context + visual prompts) over ``classes`` real class names;
+    the same ``seed`` gives the same prompts whatever the other settings."""
     from dapt_lightning.model.dapt import PromptedCLIP
 
     torch.manual_seed(seed)
     device = next(clip.parameters()).device
     # The prompt learner embeds its CPU token ids when built: build on the CPU, then move (shared) CLIP back.
-    model = PromptedCLIP(clip.cpu(), load_classnames(classes), text_checkpointing=checkpointing).to(device)
+    model = PromptedCLIP(
+        clip.cpu(), load_classnames(classes), text_checkpointing=checkpointing, compile=compile_mode
+    ).to(device)
     model.clip.eval()
     return model
 
@@ -393,6 +402,10 @@ def machine_description(device: torch.device) -> str:
     return text
 
 
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "n/a"
@@ -426,6 +439,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32")
     parser.add_argument("--repeats", type=int, help="timed repeats, median reported (default 3 CPU, 10 CUDA)")
     parser.add_argument("--memory", choices=["on", "off"], default="on", help="measure peak training-step memory")
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="also time the fast path with --model.compile MODE (and measure its throughput)",
+    )
     parser.add_argument(
         "--checkpointing",
         choices=["on", "off"],
@@ -462,7 +481,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-Row = tuple[int, str, float | None, float | None]
+Row = tuple[int, str, float | None, float | None, float | None]  # classes, measure, naive, fast, fast compiled
 
 
 def _measure_class_count(
@@ -471,40 +490,53 @@ def _measure_class_count(
     """Naive-vs-fast rows (train step, evaluation pass, peak memory) and the throughput of one class count."""
     autocast = _autocast(device, args.precision)
     model = build_model(clip, classes)
+    # Same seed, same prompts; only its towers are compiled (the naive and fast paths stay eager).
+    compiled = build_model(clip, classes, compile_mode=args.compile) if args.compile != "off" else None
     inputs = make_inputs(model, args.batch, device)
-    naive_step, fast_step = (make_train_step(model, mode, autocast) for mode in ("full", "auto"))
-    timed = _interleaved_medians(
-        {"naive": lambda: naive_step(inputs), "fast": lambda: fast_step(inputs)}, args.repeats, device
-    )
-    rows: list[Row] = [(classes, "train step (ms)", timed["naive"] * 1e3, timed["fast"] * 1e3)]
+    steps = {"naive": make_train_step(model, "full", autocast), "fast": make_train_step(model, "auto", autocast)}
+    if compiled is not None:
+        steps["compiled"] = make_train_step(compiled, "auto", autocast)
+    timed = _interleaved_medians({name: (lambda s=s: s(inputs)) for name, s in steps.items()}, args.repeats, device)
+    rows: list[Row] = [(classes, "train step (ms)", *(_ms(timed.get(name)) for name in ("naive", "fast", "compiled")))]
     batches = [
         make_inputs(model, args.test_batch, device, seed=1 + i).images
         for i in range(-(-args.eval_images // args.test_batch))
     ]
     model.eval()
+    passes = {
+        "naive": lambda batches: eval_naive(model, batches, autocast),
+        "fast": lambda batches: eval_fast(model, batches, autocast),
+    }
+    if compiled is not None:
+        compiled.eval()
+        passes["compiled"] = lambda batches: eval_fast(compiled, batches, autocast)
     timed = _interleaved_medians(
-        {"naive": lambda: eval_naive(model, batches, autocast), "fast": lambda: eval_fast(model, batches, autocast)},
+        {name: (lambda run=run: run(batches)) for name, run in passes.items()},
         _eval_repeats(args),
         device,
         # One batch warms up every kernel of a pass; a whole pass would double the (long) CPU run.
-        warmups={
-            "naive": lambda: eval_naive(model, batches[:1], autocast),
-            "fast": lambda: eval_fast(model, batches[:1], autocast),
-        },
+        warmups={name: (lambda run=run: run(batches[:1])) for name, run in passes.items()},
     )
-    rows.append((classes, f"eval pass, {args.eval_images} images (s)", timed["naive"], timed["fast"]))
+    rows.append(
+        (classes, f"eval pass, {args.eval_images} images (s)", timed["naive"], timed["fast"], timed.get("compiled"))
+    )
     if args.memory == "on":
         peaks = []
         for mode in ("full", "auto"):
             config = ProbeConfig(args.model, args.depth, classes, args.batch, mode, False, args.precision)
             peaks.append(probe_train_memory(config, args.device, clip))
-        rows.append((classes, "train step peak memory (MiB)", *peaks))
+        rows.append((classes, "train step peak memory (MiB)", *peaks, None))
     measured = None
     if args.throughput:
-        model.train()
-        model.clip.eval()
-        measured = throughput(model, args, device)
+        measured_model = compiled if compiled is not None else model
+        measured_model.train()
+        measured_model.clip.eval()
+        measured = throughput(measured_model, args, device)
     return rows, measured
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
 
 
 def _eval_repeats(args: argparse.Namespace) -> int:
@@ -557,13 +589,16 @@ def main(argv: list[str] | None = None) -> str:
         del model
 
     load_after = os.getloadavg()[0]
+    compiled_header = f" fast, compile {args.compile} | compiled / naive |" if args.compile != "off" else ""
     lines = [
-        "| classes | measurement | naive | fast | fast / naive |",
-        "|---:|---|---:|---:|---:|",
+        "| classes | measurement | naive | fast | fast / naive |" + compiled_header,
+        "|---:|---|---:|---:|---:|" + ("---:|---:|" if compiled_header else ""),
     ]
-    for classes, measure, naive, fast in rows:
-        ratio = fast / naive if naive and fast is not None else None
-        lines.append(f"| {classes} | {measure} | {_fmt(naive)} | {_fmt(fast)} | {_fmt(ratio, 2)} |")
+    for classes, measure, naive, fast, compiled in rows:
+        line = f"| {classes} | {measure} | {_fmt(naive)} | {_fmt(fast)} | {_fmt(_ratio(fast, naive), 2)} |"
+        if compiled_header:
+            line += f" {_fmt(compiled)} | {_fmt(_ratio(compiled, naive), 2)} |"
+        lines.append(line)
     if checkpoint_rows:
         classes = max(args.class_counts)
         lines += [
@@ -575,10 +610,11 @@ def main(argv: list[str] | None = None) -> str:
         ]
         lines += [f"| {label} | {_fmt(ms)} | {_fmt(peak)} |" for label, ms, peak in checkpoint_rows]
     if extra:
+        compiled_note = f" (compile {args.compile})" if args.compile != "off" else ""
         lines += [
             "",
-            f"Fast path throughput (batch {args.batch}, test batch {args.test_batch}, {args.workers} DataLoader "
-            f"workers; % of a {args.peak_tflops:g} TFLOP/s peak):",
+            f"Fast path{compiled_note} throughput (batch {args.batch}, test batch {args.test_batch}, "
+            f"{args.workers} DataLoader workers; % of a {args.peak_tflops:g} TFLOP/s peak):",
             "",
             "| classes | train img/s (model) | train img/s (end to end) | eval img/s (model) | "
             "eval img/s (end to end) | train TFLOP/s (% peak) | eval TFLOP/s (% peak) |",
@@ -609,10 +645,14 @@ def main(argv: list[str] | None = None) -> str:
             f"- Command: `{_command(argv)}`",
             f"- Batch {args.batch}, test batch {args.test_batch}; times are medians of {args.repeats} training "
             f"steps (after one warm-up step) and {_eval_repeats(args)} evaluation passes (after a one-batch "
-            "warm-up), naive and fast "
-            "alternating, same random weights in the same process.",
+            "warm-up), the paths alternating, same random weights in the same process.",
             "- naive: 77-token text (`text_encoding=full`, the official computation), re-encoded per test batch "
-            "at evaluation; fast: `text_encoding=auto` (shared prefix), text encoded once per evaluation.",
+            "at evaluation; fast: `text_encoding=auto` (shared prefix), text encoded once per evaluation"
+            + (
+                f"; compiled: the fast path with `--model.compile {args.compile}` (warm-up includes compiling)."
+                if args.compile != "off"
+                else "."
+            ),
             f"- Memory: {memory_how}.",
             *([f"- Note: {args.note}"] if args.note else []),
             "",
