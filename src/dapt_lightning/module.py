@@ -187,7 +187,11 @@ class DAPTModule(L.LightningModule):
 
     def _stop_on_non_finite(self, terms: LossTerms) -> None:
         """Stop with a message naming the step, the term and the usual causes; the last good checkpoint stays."""
-        for name in ("ce", "inter", "intra", "total"):  # the terms first: they say where it came from
+        names = ("ce", "inter", "intra", "total")  # the terms first: they say where it came from
+        # One device-to-host sync per step (reading a GPU bool waits for the step's kernels), not one per term.
+        if bool(torch.isfinite(torch.stack([getattr(terms, name).detach().float() for name in names])).all()):
+            return
+        for name in names:
             value = getattr(terms, name)
             if not torch.isfinite(value).all():
                 precision = self.trainer.precision if self._trainer is not None else "32"
