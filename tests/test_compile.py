@@ -116,3 +116,16 @@ def test_compiled_fit_and_test_match_eager(synthetic_root: Path, tmp_path: Path)
     eager_metrics, compiled_metrics = (read_test_metrics(runs[m]) for m in ("off", "default"))
     # 144 test images: rounding differences may flip at most a near-tie prediction.
     assert abs(compiled_metrics["test/acc"] - eager_metrics["test/acc"]) <= 1 / 144 + 1e-9
+
+
+def test_models_compiled_in_one_process_each_use_their_own_weights(perturbed_clip: nn.Module) -> None:
+    """`dapt sweep` builds one model per run in the same process: compiled code is shared, weights are not."""
+    size = perturbed_clip.visual.image_size[0]
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(4))
+    for seed in (1, 2):
+        clip = perturb(copy.deepcopy(perturbed_clip), seed=10 + seed)
+        eager, compiled = _pair(clip, "default")
+        with torch.inference_mode():
+            torch.testing.assert_close(compiled.encode_image(images), eager.encode_image(images), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(compiled.encode_text(), eager.encode_text(), rtol=1e-5, atol=1e-6)
+    assert _compiled_graphs() >= 2
