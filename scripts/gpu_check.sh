@@ -14,8 +14,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, open_clip; print('torch', torch.__version__, 'lightning', lightning.__version__, 'open_clip', open_clip.__version__)"
 
 echo "== benchmark (eager fast path and --model.compile reduce-overhead, i.e. compiled towers replayed from CUDA graphs)"
-timeout 330 python3 -m dapt_lightning.bench --device cuda --depth 12 --precision bf16-mixed --classes 37,1000 --repeats 5 \
-  --compile reduce-overhead --output BENCHMARKS.md --note "37 and 1000 classes only (device time)"
+timeout 360 python3 -m dapt_lightning.bench --device cuda --depth 12 --precision bf16-mixed --classes 37,1000 --repeats 5 \
+  --compile reduce-overhead --profile --output BENCHMARKS.md --note "37 and 1000 classes only (device time)"
 cp BENCHMARKS.md "$OUT/"
 
 echo "== dapt fit + test on the GPU, bf16-mixed, demo config, eager then compiled (reduce-overhead)"

@@ -178,6 +178,7 @@ def test_bench_tiny_table(tmp_path) -> None:
         "0",
         "--compile",
         "default",
+        "--profile",
         "--output",
         str(output),
     ]
@@ -192,6 +193,9 @@ def test_bench_tiny_table(tmp_path) -> None:
     ]
     assert len(train_rows) == 2 and all(float(cells[5]) > 0 and float(cells[6]) > 0 for cells in train_rows)
     assert "Fast path (compile default) throughput" in report
+    profile_table = report.split("Profile of 3 fast training steps")[1]
+    profiled = [row for row in profile_table.splitlines() if row.startswith(("| fast |", "| fast, compile default |"))]
+    assert len(profiled) == 2 and all(float(row.split("|")[2]) > 0 for row in profiled)
     assert "train img/s (model)" in report and "eval img/s (end to end)" in report
     written = output.read_text()
     assert "kept text" in written and written.count(bench.section_marker("cpu")) == 1

@@ -382,6 +382,47 @@ def throughput(model, args: argparse.Namespace, device: torch.device) -> dict[st
     }
 
 
+# ------------------------------------------------------------------------------------------------- profile
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """Where a training step's time goes: wall time, time the GPU spends in kernels, and how many kernels."""
+
+    wall_ms: float
+    kernel_ms: float | None  # None on the CPU
+    kernels: float | None
+    top_ops: str
+
+
+def profile_train_step(
+    step: Callable[[StepInputs], torch.Tensor], inputs: StepInputs, device: torch.device, steps: int = 3
+) -> StepProfile:
+    """Profile ``steps`` training steps (after a warm-up). A step whose kernel time is far below its wall time is
+    host-bound: Python and launch overhead, which compilation and CUDA graphs remove."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    step(inputs)
+    _sync(device)
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(inputs)
+        _sync(device)
+        wall = time.perf_counter() - start
+    kernels = [event for event in prof.events() if event.device_type == DeviceType.CUDA]
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return StepProfile(
+        wall_ms=wall * 1e3 / steps,
+        kernel_ms=sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / steps if cuda else None,
+        kernels=len(kernels) / steps if cuda else None,
+        top_ops=prof.key_averages().table(sort_by=sort_by, row_limit=12, max_name_column_width=60),
+    )
+
+
 # -------------------------------------------------------------------------------------------------- report
 
 
@@ -458,6 +499,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="images/s (model-only and with a DataLoader) and peak fraction (default: on CUDA only)",
     )
     parser.add_argument("--throughput-steps", type=int, default=20, help="steps per throughput measurement")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile fast training steps at the largest class count: wall vs GPU kernel time, kernels per step",
+    )
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: min(8, CPUs - 1))")
     parser.add_argument(
         "--peak-tflops",
@@ -588,6 +634,19 @@ def main(argv: list[str] | None = None) -> str:
         model.text_tower.transformer.grad_checkpointing = False  # the flag lives on the shared CLIP
         del model
 
+    profiles: dict[str, StepProfile] = {}
+    if args.profile:
+        classes = max(args.class_counts)
+        for label, compile_mode in (("fast", "off"), (f"fast, compile {args.compile}", args.compile)):
+            if label != "fast" and compile_mode == "off":
+                continue
+            model = build_model(clip, classes, compile_mode=compile_mode)
+            model.clip.eval()
+            step = make_train_step(model, "auto", autocast)
+            profiles[label] = profile_train_step(step, make_inputs(model, args.batch, device), device)
+            print(f"Top operators, {label}, {classes} classes:\n{profiles[label].top_ops}")
+            del model, step
+
     load_after = os.getloadavg()[0]
     compiled_header = f" fast, compile {args.compile} | compiled / naive |" if args.compile != "off" else ""
     lines = [
@@ -628,6 +687,20 @@ def main(argv: list[str] | None = None) -> str:
                 f"{_fmt(m['eval_e2e'])} | {m['train_tflops']:.3g} ({train_pct:.1f}%) | "
                 f"{m['eval_tflops']:.3g} ({eval_pct:.1f}%) |"
             )
+    if profiles:
+        lines += [
+            "",
+            f"Profile of 3 fast training steps, {max(args.class_counts)} classes (under the profiler, so wall times "
+            "are inflated; GPU kernels include copies and memsets; kernel time far below wall time means the step is "
+            "host-bound):",
+            "",
+            "| path | wall ms/step | GPU kernel ms/step | kernels/step |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {label} | {_fmt(p.wall_ms)} | {_fmt(p.kernel_ms)} | {_fmt(p.kernels)} |"
+            for label, p in profiles.items()
+        ]
     table = "\n".join(lines)
     memory_how = (
         "peak of the CUDA caching allocator during one step (after a warm-up step), above what was allocated before"
