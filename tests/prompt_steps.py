@@ -3,10 +3,14 @@ the outputs of one DAPT training step (features, logits, loss terms, prompt grad
 
 from __future__ import annotations
 
+import copy
+
+import open_clip
 import torch
 from torch import nn
 
 from dapt_lightning.losses import dapt_loss
+from dapt_lightning.model.clip import load_clip
 from dapt_lightning.model.dapt import PromptedCLIP
 
 # Suffix lengths of 2 to 22 tokens, several sharing a length (buckets of more than one class); the last
@@ -36,6 +40,31 @@ def perturb(clip: nn.Module, seed: int) -> nn.Module:
                 noise = torch.randn(parameter.shape, generator=generator)
                 parameter.add_(0.2 * noise)
     return clip
+
+
+def perturbed_tiny_clip(activation: str = "quickgelu") -> nn.Module:
+    """The random-weight tiny CLIP with QuickGELU (as its config asks) or plain GELU, perturbed."""
+    torch.manual_seed(0)
+    if activation == "quickgelu":
+        clip, _ = load_clip("dapt-tiny", None)
+    else:  # the tiny config asks for QuickGELU; the keyword override builds plain GELU
+        clip = open_clip.create_model("dapt-tiny", pretrained=None, quick_gelu=False).float().eval()
+        clip.requires_grad_(False)
+    expected = open_clip.transformer.QuickGELU if activation == "quickgelu" else nn.GELU
+    assert isinstance(clip.transformer.resblocks[0].mlp.gelu, expected)
+    return perturb(clip, seed=1)
+
+
+def prompted_model(clip: nn.Module, **kwargs) -> PromptedCLIP:
+    """A PromptedCLIP over a copy of ``clip`` whose prompts are seeded and large enough to matter."""
+    torch.manual_seed(2)
+    model = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, **kwargs)
+    with torch.no_grad():  # larger than the N(0, 0.02^2) init, so the context really moves the features
+        if model.text_prompt is not None:
+            model.text_prompt.txt_ctx.normal_(std=0.5)
+        if model.visual_prompt is not None:
+            model.visual_prompt.vis_ctx.normal_(std=0.5)
+    return model
 
 
 def step_outputs(model: PromptedCLIP, mode: str) -> dict[str, torch.Tensor]:

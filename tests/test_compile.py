@@ -7,22 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from prompt_steps import CLASSNAMES, assert_all_close, perturb, step_outputs
+from prompt_steps import CLASSNAMES, assert_all_close, perturb, perturbed_tiny_clip, prompted_model, step_outputs
 from test_reliability import prompts_of, read_test_metrics, tiny_args
 from torch import nn
 from torch._dynamo.utils import counters
 
 from dapt_lightning.cli import main
-from dapt_lightning.model.clip import load_clip
 from dapt_lightning.model.compilation import may_use_cuda_graphs
 from dapt_lightning.model.dapt import PromptedCLIP
 
 
 @pytest.fixture(scope="module")
 def perturbed_clip() -> nn.Module:
-    torch.manual_seed(0)
-    clip, _ = load_clip("dapt-tiny", None)
-    return perturb(clip, seed=1)
+    return perturbed_tiny_clip()
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +33,7 @@ def fresh_dynamo():
 
 def _pair(clip: nn.Module, compile_mode: str, **kwargs) -> tuple[PromptedCLIP, PromptedCLIP]:
     """An eager and a compiled model with the same prompts over copies of ``clip``."""
-    torch.manual_seed(2)
-    eager = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, **kwargs)
-    with torch.no_grad():  # larger than the init, so the prompts really move the features
-        if eager.text_prompt is not None:
-            eager.text_prompt.txt_ctx.normal_(std=0.5)
-        eager.visual_prompt.vis_ctx.normal_(std=0.5)
+    eager = prompted_model(clip, **kwargs)
     compiled = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, compile=compile_mode, **kwargs)
     compiled.load_state_dict(eager.state_dict())
     return eager, compiled

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import copy
 
-import open_clip
 import pytest
 import torch
 from open_clip.transformer import Transformer
-from prompt_steps import CLASSNAMES, assert_all_close, perturb, step_outputs
+from prompt_steps import CLASSNAMES, assert_all_close, perturbed_tiny_clip, prompted_model, step_outputs
 from torch import nn
 
 from dapt_lightning import bench
-from dapt_lightning.model.clip import load_clip
 from dapt_lightning.model.dapt import PromptedCLIP
 from dapt_lightning.model.text_fastpath import resolve_text_encoding, unsupported_block_reason
 
 
-def _make_clip(activation: str) -> nn.Module:
-    torch.manual_seed(0)
-    if activation == "quickgelu":
-        clip, _ = load_clip("dapt-tiny", None)
-    else:  # the tiny config asks for QuickGELU; the keyword override builds plain GELU
-        clip = open_clip.create_model("dapt-tiny", pretrained=None, quick_gelu=False).float().eval()
-        clip.requires_grad_(False)
-    expected = open_clip.transformer.QuickGELU if activation == "quickgelu" else nn.GELU
-    assert isinstance(clip.transformer.resblocks[0].mlp.gelu, expected)
-    return perturb(clip, seed=1)
-
-
 @pytest.fixture(scope="module", params=["quickgelu", "gelu"])
 def perturbed_clip(request: pytest.FixtureRequest) -> nn.Module:
-    return _make_clip(request.param)
+    return perturbed_tiny_clip(request.param)
 
 
 _MODELS: dict[tuple[int, tuple], PromptedCLIP] = {}
@@ -41,14 +27,7 @@ def _model(clip: nn.Module, **kwargs) -> PromptedCLIP:
     """A fresh copy of a prompted model over ``clip`` (built once per configuration: tokenizing is slow)."""
     key = (id(clip), tuple(sorted(kwargs.items())))
     if key not in _MODELS:
-        torch.manual_seed(2)
-        model = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, **kwargs)
-        with torch.no_grad():  # larger than the N(0, 0.02^2) init, so the context really moves the features
-            if model.text_prompt is not None:
-                model.text_prompt.txt_ctx.normal_(std=0.5)
-            if model.visual_prompt is not None:
-                model.visual_prompt.vis_ctx.normal_(std=0.5)
-        _MODELS[key] = model
+        _MODELS[key] = prompted_model(clip, **kwargs)
     return copy.deepcopy(_MODELS[key])
 
 
