@@ -532,8 +532,9 @@ Row = tuple[int, str, float | None, float | None, float | None]  # classes, meas
 
 def _measure_class_count(
     clip: torch.nn.Module, classes: int, args: argparse.Namespace, device: torch.device
-) -> tuple[list[Row], dict[str, float] | None]:
-    """Naive-vs-fast rows (train step, evaluation pass, peak memory) and the throughput of one class count."""
+) -> tuple[list[Row], dict[str, float] | None, dict[str, StepProfile]]:
+    """Naive-vs-fast rows (train step, evaluation pass, peak memory), the throughput and, at the largest class
+    count with ``--profile``, the profiles of the fast training steps (eager and compiled) of one class count."""
     autocast = _autocast(device, args.precision)
     model = build_model(clip, classes)
     # Same seed, same prompts; only its towers are compiled (the naive and fast paths stay eager).
@@ -544,6 +545,12 @@ def _measure_class_count(
         steps["compiled"] = make_train_step(compiled, "auto", autocast)
     timed = _interleaved_medians({name: (lambda s=s: s(inputs)) for name, s in steps.items()}, args.repeats, device)
     rows: list[Row] = [(classes, "train step (ms)", *(_ms(timed.get(name)) for name in ("naive", "fast", "compiled")))]
+    profiles: dict[str, StepProfile] = {}
+    if args.profile and classes == max(args.class_counts):
+        labels = {"fast": "fast", "compiled": f"fast, compile {args.compile}"}
+        for name in ("fast", "compiled") if compiled is not None else ("fast",):
+            profiles[labels[name]] = profile_train_step(steps[name], inputs, device)
+            print(f"Top operators, {labels[name]}, {classes} classes:\n{profiles[labels[name]].top_ops}")
     batches = [
         make_inputs(model, args.test_batch, device, seed=1 + i).images
         for i in range(-(-args.eval_images // args.test_batch))
@@ -578,7 +585,7 @@ def _measure_class_count(
         measured_model.train()
         measured_model.clip.eval()
         measured = throughput(measured_model, args, device)
-    return rows, measured
+    return rows, measured, profiles
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -607,9 +614,11 @@ def main(argv: list[str] | None = None) -> str:
     autocast = _autocast(device, args.precision)
     rows: list[Row] = []
     extra: dict[int, dict[str, float]] = {}
+    profiles: dict[str, StepProfile] = {}
     for classes in args.class_counts:
-        class_rows, measured = _measure_class_count(clip, classes, args, device)
+        class_rows, measured, class_profiles = _measure_class_count(clip, classes, args, device)
         rows += class_rows
+        profiles.update(class_profiles)
         if measured is not None:
             extra[classes] = measured
         if device.type == "cuda":
@@ -633,19 +642,6 @@ def main(argv: list[str] | None = None) -> str:
             checkpoint_rows.append((label, timed["fast"] * 1e3 if mode == "auto" else None, peak))
         model.text_tower.transformer.grad_checkpointing = False  # the flag lives on the shared CLIP
         del model
-
-    profiles: dict[str, StepProfile] = {}
-    if args.profile:
-        classes = max(args.class_counts)
-        for label, compile_mode in (("fast", "off"), (f"fast, compile {args.compile}", args.compile)):
-            if label != "fast" and compile_mode == "off":
-                continue
-            model = build_model(clip, classes, compile_mode=compile_mode)
-            model.clip.eval()
-            step = make_train_step(model, "auto", autocast)
-            profiles[label] = profile_train_step(step, make_inputs(model, args.batch, device), device)
-            print(f"Top operators, {label}, {classes} classes:\n{profiles[label].top_ops}")
-            del model, step
 
     load_after = os.getloadavg()[0]
     compiled_header = f" fast, compile {args.compile} | compiled / naive |" if args.compile != "off" else ""

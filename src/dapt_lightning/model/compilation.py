@@ -28,19 +28,24 @@ def check_compile_mode(mode: str) -> None:
         raise ValueError(f"--model.compile must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
 
 
+def _torch_mode(mode: CompileMode) -> str | None:
+    """torch.compile's ``mode`` argument for one of ours (its default mode is spelled None)."""
+    return None if mode == "default" else mode
+
+
 def compile_function(function: F, mode: CompileMode) -> F:
     """``function`` compiled with ``torch.compile`` in ``mode``, or unchanged when ``mode`` is ``off``."""
     check_compile_mode(mode)
     if mode == "off":
         return function
-    return torch.compile(function, mode=None if mode == "default" else mode)
+    return torch.compile(function, mode=_torch_mode(mode))
 
 
 def compile_module(module: torch.nn.Module, mode: CompileMode) -> None:
     """Compile ``module``'s forward in place (``nn.Module.compile``: same parameters, same ``state_dict`` keys)."""
     check_compile_mode(mode)
     if mode != "off":
-        module.compile(mode=None if mode == "default" else mode)
+        module.compile(mode=_torch_mode(mode))
 
 
 def may_use_cuda_graphs(mode: str) -> bool:
