@@ -7,9 +7,7 @@ from pathlib import Path
 from dapt_lightning.data.datasets.common import (
     DatasetLayout,
     Requirement,
-    read_and_split_data,
-    read_or_generate_split,
-    reject_options,
+    read_class_folder_dataset,
 )
 from dapt_lightning.data.registry import register_dataset
 from dapt_lightning.data.types import DatasetSplits
@@ -37,10 +35,4 @@ LAYOUT = DatasetLayout(
 @register_dataset("caltech101")
 def read_caltech101(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/caltech-101`` from its split file (or split the class folders 50/20/30 if absent)."""
-    reject_options(LAYOUT.name, options)
-    root = Path(root)
-    image_dir = root / "caltech-101/101_ObjectCategories"
-    train, val, test = read_or_generate_split(
-        LAYOUT, root, lambda: read_and_split_data(image_dir, ignored=IGNORED, new_cnames=NEW_CNAMES)
-    )
-    return DatasetSplits(LAYOUT.name, train, val, test)
+    return read_class_folder_dataset(LAYOUT, root, options, ignored=IGNORED, new_cnames=NEW_CNAMES)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dapt_lightning.cache import atomic_write_bytes
-from dapt_lightning.data.types import Datum
+from dapt_lightning.data.types import DatasetSplits, Datum
 
 SPLIT_SEED = 1
 """Seed of the generator that makes a split when its split file is absent (see :func:`split_trainval`)."""
@@ -270,3 +270,22 @@ def read_or_generate_split(layout: DatasetLayout, root: Path, generate: Callable
     train, val, test = generate()
     save_split(train, val, test, split_path, image_dir)
     return train, val, test
+
+
+def read_class_folder_dataset(
+    layout: DatasetLayout,
+    root: Path,
+    options: Mapping[str, object],
+    ignored: Sequence[str] = (),
+    new_cnames: Mapping[str, str] | None = None,
+) -> DatasetSplits:
+    """A dataset of one folder per class (``layout.image_dir``): read its split file, or split the folders
+    50/20/30 per class and save the split when the file is absent (CoOp's DTD, Food101, Caltech101, EuroSAT)."""
+    reject_options(layout.name, options)
+    root = Path(root)
+    assert layout.image_dir is not None
+    image_dir = root / layout.image_dir
+    train, val, test = read_or_generate_split(
+        layout, root, lambda: read_and_split_data(image_dir, ignored=ignored, new_cnames=new_cnames)
+    )
+    return DatasetSplits(layout.name, train, val, test)

@@ -7,9 +7,7 @@ from pathlib import Path
 from dapt_lightning.data.datasets.common import (
     DatasetLayout,
     Requirement,
-    read_and_split_data,
-    read_or_generate_split,
-    reject_options,
+    read_class_folder_dataset,
 )
 from dapt_lightning.data.registry import register_dataset
 from dapt_lightning.data.types import DatasetSplits
@@ -36,7 +34,4 @@ LAYOUT = DatasetLayout(
 @register_dataset("food101")
 def read_food101(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/food-101`` from its split file (or split the class folders 50/20/30 if absent)."""
-    reject_options(LAYOUT.name, options)
-    root = Path(root)
-    train, val, test = read_or_generate_split(LAYOUT, root, lambda: read_and_split_data(root / "food-101/images"))
-    return DatasetSplits(LAYOUT.name, train, val, test)
+    return read_class_folder_dataset(LAYOUT, root, options)
