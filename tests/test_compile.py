@@ -121,3 +121,33 @@ def test_models_compiled_in_one_process_each_use_their_own_weights(perturbed_cli
             torch.testing.assert_close(compiled.encode_image(images), eager.encode_image(images), rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(compiled.encode_text(), eager.encode_text(), rtol=1e-5, atol=1e-6)
     assert _compiled_graphs() >= 2
+
+
+def test_bench_reports_a_failed_compile_and_keeps_the_other_measurements(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A lent GPU run must not lose its eager numbers because the compiler is missing or breaks."""
+    import torch._inductor.compile_fx
+
+    from dapt_lightning import bench
+
+    calls = []
+
+    def broken_backend(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no working C++ compiler (simulated)")
+
+    # The real failure point: inductor's entry, which the "inductor" backend looks up on every compile.
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken_backend)
+    argv = "--model dapt-tiny --depth 1 --classes 3,5 --batch 2 --test-batch 2 --eval-images 4 --repeats 1"
+    argv += " --memory off --checkpointing off --throughput --throughput-steps 1 --workers 0 --compile default"
+    report = bench.main(argv.split())
+    assert len(calls) == 1  # after the failure, the second class count is not compiled again
+    assert "3 classes: **failed** (training step: " in report and "no working C++ compiler (simulated)" in report
+    train_rows = [row.split("|")[1:-1] for row in report.splitlines() if "| train step (ms) |" in row]
+    assert [cells[0].strip() for cells in train_rows] == ["3", "5"]
+    assert all(float(cells[2]) > 0 and float(cells[3]) > 0 and cells[5].strip() == "n/a" for cells in train_rows)
+    throughput_rows = [row for row in report.splitlines() if row.startswith(("| 3 | fast |", "| 5 | fast |"))]
+    assert len(throughput_rows) == 2  # measured on the eager fast path, and labelled so
+    # Each row was also printed when measured, for runs that a timeout cuts short.
+    assert "[bench] 5 classes, train step (ms): naive " in capsys.readouterr().err

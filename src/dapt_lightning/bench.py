@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -530,27 +530,85 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 Row = tuple[int, str, float | None, float | None, float | None]  # classes, measure, naive, fast, fast compiled
 
 
+@dataclass
+class ClassCountResult:
+    """What one class count measured: table rows, throughput, profiles, and how compiling went."""
+
+    rows: list[Row]
+    throughput: dict[str, float] | None = None
+    throughput_path: str = "fast"
+    profiles: dict[str, StepProfile] = field(default_factory=dict)
+    compile_seconds: dict[str, float] = field(default_factory=dict)  # first call (compiling) per compiled use
+    compile_error: str | None = None
+
+
+def _first_call(fn: Callable[[], object], device: torch.device) -> tuple[float | None, str | None]:
+    """Seconds of the first call of ``fn`` (which compiles), or None and the error that stopped it.
+
+    A benchmark run on a lent GPU is scarce: a failed compile is reported in the table instead of losing every
+    other measurement of the run.
+    """
+    try:
+        return _time(fn, device), None
+    except Exception as error:  # noqa: BLE001 - reported in the written section, see the docstring
+        return None, _describe(error)
+
+
+def _describe(error: BaseException) -> str:
+    """One line naming an error and its root cause (torch.compile wraps the compiler's own error)."""
+
+    def line(e: BaseException) -> str:
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+
+    root = error
+    for _ in range(10):  # a bounded walk: cause chains are short, but nothing forbids a cycle
+        inner = root.__cause__ or getattr(root, "inner_exception", None)
+        if inner is None:
+            break
+        root = inner
+    return line(error) if root is error else f"{line(error)} caused by {line(root)}"
+
+
+def _progress(row: Row) -> None:
+    """One measured row on stderr as soon as it exists, so that an interrupted run still shows what it measured."""
+    classes, measure, naive, fast, compiled = row
+    print(
+        f"[bench] {classes} classes, {measure}: naive {_fmt(naive)}, fast {_fmt(fast)}, compiled {_fmt(compiled)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _measure_class_count(
-    clip: torch.nn.Module, classes: int, args: argparse.Namespace, device: torch.device
-) -> tuple[list[Row], dict[str, float] | None, dict[str, StepProfile]]:
+    clip: torch.nn.Module, classes: int, args: argparse.Namespace, device: torch.device, compile_mode: str
+) -> ClassCountResult:
     """Naive-vs-fast rows (train step, evaluation pass, peak memory), the throughput and, at the largest class
-    count with ``--profile``, the profiles of the fast training steps (eager and compiled) of one class count."""
+    count with ``--profile``, the profiles of the fast training steps (eager and compiled) of one class count.
+    ``compile_mode`` ``off`` skips the compiled column (also after a failed compile)."""
     autocast = _autocast(device, args.precision)
     model = build_model(clip, classes)
-    # Same seed, same prompts; only its towers are compiled (the naive and fast paths stay eager).
-    compiled = build_model(clip, classes, compile_mode=args.compile) if args.compile != "off" else None
+    result = ClassCountResult(rows=[])
     inputs = make_inputs(model, args.batch, device)
     steps = {"naive": make_train_step(model, "full", autocast), "fast": make_train_step(model, "auto", autocast)}
+    # Same seed, same prompts; only its towers are compiled (the naive and fast paths stay eager).
+    compiled = build_model(clip, classes, compile_mode=compile_mode) if compile_mode != "off" else None
     if compiled is not None:
-        steps["compiled"] = make_train_step(compiled, "auto", autocast)
+        compiled_step = make_train_step(compiled, "auto", autocast)
+        seconds, error = _first_call(lambda: compiled_step(inputs), device)
+        if error is None:
+            steps["compiled"] = compiled_step
+            result.compile_seconds["training step"] = seconds
+        else:
+            result.compile_error, compiled = f"training step: {error}", None
     timed = _interleaved_medians({name: (lambda s=s: s(inputs)) for name, s in steps.items()}, args.repeats, device)
-    rows: list[Row] = [(classes, "train step (ms)", *(_ms(timed.get(name)) for name in ("naive", "fast", "compiled")))]
-    profiles: dict[str, StepProfile] = {}
+    rows = result.rows
+    rows.append((classes, "train step (ms)", *(_ms(timed.get(name)) for name in ("naive", "fast", "compiled"))))
+    _progress(rows[-1])
     if args.profile and classes == max(args.class_counts):
-        labels = {"fast": "fast", "compiled": f"fast, compile {args.compile}"}
+        labels = {"fast": "fast", "compiled": f"fast, compile {compile_mode}"}
         for name in ("fast", "compiled") if compiled is not None else ("fast",):
-            profiles[labels[name]] = profile_train_step(steps[name], inputs, device)
-            print(f"Top operators, {labels[name]}, {classes} classes:\n{profiles[labels[name]].top_ops}")
+            result.profiles[labels[name]] = profile_train_step(steps[name], inputs, device)
+            print(f"Top operators, {labels[name]}, {classes} classes:\n{result.profiles[labels[name]].top_ops}")
     batches = [
         make_inputs(model, args.test_batch, device, seed=1 + i).images
         for i in range(-(-args.eval_images // args.test_batch))
@@ -562,7 +620,12 @@ def _measure_class_count(
     }
     if compiled is not None:
         compiled.eval()
-        passes["compiled"] = lambda batches: eval_fast(compiled, batches, autocast)
+        seconds, error = _first_call(lambda: eval_fast(compiled, batches[:1], autocast), device)
+        if error is None:
+            passes["compiled"] = lambda batches: eval_fast(compiled, batches, autocast)
+            result.compile_seconds["evaluation batch"] = seconds
+        else:
+            result.compile_error, compiled = f"evaluation: {error}", None
     timed = _interleaved_medians(
         {name: (lambda run=run: run(batches)) for name, run in passes.items()},
         _eval_repeats(args),
@@ -573,19 +636,22 @@ def _measure_class_count(
     rows.append(
         (classes, f"eval pass, {args.eval_images} images (s)", timed["naive"], timed["fast"], timed.get("compiled"))
     )
+    _progress(rows[-1])
     if args.memory == "on":
         peaks = []
         for mode in ("full", "auto"):
             config = ProbeConfig(args.model, args.depth, classes, args.batch, mode, False, args.precision)
             peaks.append(probe_train_memory(config, args.device, clip))
         rows.append((classes, "train step peak memory (MiB)", *peaks, None))
-    measured = None
+        _progress(rows[-1])
     if args.throughput:
         measured_model = compiled if compiled is not None else model
+        result.throughput_path = f"fast, compile {compile_mode}" if compiled is not None else "fast"
         measured_model.train()
         measured_model.clip.eval()
-        measured = throughput(measured_model, args, device)
-    return rows, measured, profiles
+        result.throughput = throughput(measured_model, args, device)
+        print(f"[bench] {classes} classes, throughput ({result.throughput_path}): {result.throughput}", file=sys.stderr)
+    return result
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -613,14 +679,22 @@ def main(argv: list[str] | None = None) -> str:
     clip = build_clip(args.model, args.depth, device)
     autocast = _autocast(device, args.precision)
     rows: list[Row] = []
-    extra: dict[int, dict[str, float]] = {}
+    extra: dict[int, tuple[str, dict[str, float]]] = {}
     profiles: dict[str, StepProfile] = {}
+    compile_notes: list[str] = []
+    compile_mode = args.compile
     for classes in args.class_counts:
-        class_rows, measured, class_profiles = _measure_class_count(clip, classes, args, device)
-        rows += class_rows
-        profiles.update(class_profiles)
-        if measured is not None:
-            extra[classes] = measured
+        result = _measure_class_count(clip, classes, args, device, compile_mode)
+        rows += result.rows
+        profiles.update(result.profiles)
+        if result.throughput is not None:
+            extra[classes] = (result.throughput_path, result.throughput)
+        if result.compile_seconds:
+            firsts = ", ".join(f"{what} {seconds:.1f} s" for what, seconds in result.compile_seconds.items())
+            compile_notes.append(f"{classes} classes: {firsts}")
+        if result.compile_error is not None:
+            compile_notes.append(f"{classes} classes: **failed** ({result.compile_error}); not compiled from here on")
+            compile_mode = "off"  # the same failure would repeat: spend the time on the other measurements
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -665,21 +739,20 @@ def main(argv: list[str] | None = None) -> str:
         ]
         lines += [f"| {label} | {_fmt(ms)} | {_fmt(peak)} |" for label, ms, peak in checkpoint_rows]
     if extra:
-        compiled_note = f" (compile {args.compile})" if args.compile != "off" else ""
         lines += [
             "",
-            f"Fast path{compiled_note} throughput (batch {args.batch}, test batch {args.test_batch}, "
+            f"Throughput (batch {args.batch}, test batch {args.test_batch}, "
             f"{args.workers} DataLoader workers; % of a {args.peak_tflops:g} TFLOP/s peak):",
             "",
-            "| classes | train img/s (model) | train img/s (end to end) | eval img/s (model) | "
+            "| classes | path | train img/s (model) | train img/s (end to end) | eval img/s (model) | "
             "eval img/s (end to end) | train TFLOP/s (% peak) | eval TFLOP/s (% peak) |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for classes, m in extra.items():
+        for classes, (path, m) in extra.items():
             train_pct = 100 * m["train_tflops"] / args.peak_tflops
             eval_pct = 100 * m["eval_tflops"] / args.peak_tflops
             lines.append(
-                f"| {classes} | {_fmt(m['train_model'])} | {_fmt(m['train_e2e'])} | {_fmt(m['eval_model'])} | "
+                f"| {classes} | {path} | {_fmt(m['train_model'])} | {_fmt(m['train_e2e'])} | {_fmt(m['eval_model'])} | "
                 f"{_fmt(m['eval_e2e'])} | {m['train_tflops']:.3g} ({train_pct:.1f}%) | "
                 f"{m['eval_tflops']:.3g} ({eval_pct:.1f}%) |"
             )
@@ -723,6 +796,11 @@ def main(argv: list[str] | None = None) -> str:
                 else "."
             ),
             f"- Memory: {memory_how}.",
+            *(
+                [f"- Compiling (`--compile {args.compile}`), first calls: " + "; ".join(compile_notes) + "."]
+                if compile_notes
+                else []
+            ),
             *([f"- Note: {args.note}"] if args.note else []),
             "",
             table,
