@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 from dapt_lightning.cli import main
 from dapt_lightning.model.compilation import may_use_cuda_graphs
 from dapt_lightning.model.dapt import PromptedCLIP
+from dapt_lightning.model.text_fastpath import SharedPrefixTextEncoder
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +45,25 @@ def _compiled_graphs() -> int:
 
 
 @pytest.mark.parametrize(
-    ("mode", "kwargs"),
-    [("shared_prefix", {}), ("truncated", {"class_specific_context": True})],
-    ids=["shared_prefix", "truncated"],
+    ("mode", "kwargs", "max_buckets"),
+    [("shared_prefix", {}, "auto"), ("shared_prefix", {}, 0), ("truncated", {"class_specific_context": True}, "auto")],
+    ids=["shared_prefix", "shared_prefix_single_attention", "truncated"],
 )
-def test_compiled_training_step_equals_eager(perturbed_clip: nn.Module, mode: str, kwargs: dict) -> None:
+def test_compiled_training_step_equals_eager(
+    perturbed_clip: nn.Module, mode: str, kwargs: dict, max_buckets: int | str
+) -> None:
     eager, compiled = _pair(perturbed_clip, "default", **kwargs)
+    if max_buckets != "auto":  # the GPU layouts, forced on the CPU
+        for model in (eager, compiled):
+            model._shared_prefix_encoder = SharedPrefixTextEncoder(
+                model.text_tower, max_buckets=max_buckets, compile_mode=model.compile_mode
+            )
     reference = step_outputs(eager, mode)
     assert _compiled_graphs() == 0
     first = step_outputs(compiled, mode)
     assert _compiled_graphs() >= 2, "the image tower and the text encoder should both have been compiled"
+    if max_buckets == 0:
+        assert compiled._shared_prefix_encoder._plan.buckets == ()  # really the single block-masked attention
     assert_all_close(first, reference)
     # A second step re-uses the compiled graphs (no recompilation) and still agrees.
     graphs = _compiled_graphs()

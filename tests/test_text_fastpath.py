@@ -12,7 +12,12 @@ from torch import nn
 
 from dapt_lightning import bench
 from dapt_lightning.model.dapt import PromptedCLIP
-from dapt_lightning.model.text_fastpath import resolve_text_encoding, unsupported_block_reason
+from dapt_lightning.model.text_fastpath import (
+    SINGLE_ATTENTION_MAX_TOKENS,
+    auto_max_buckets,
+    resolve_text_encoding,
+    unsupported_block_reason,
+)
 
 
 @pytest.fixture(scope="module", params=["quickgelu", "gelu"])
@@ -52,9 +57,10 @@ def test_auto_picks_shared_prefix_for_a_shared_context(perturbed_clip: nn.Module
     assert lengths[-1] - lengths[-2] >= 10
 
 
-@pytest.mark.parametrize("max_buckets", [1, 2, 3])
+@pytest.mark.parametrize("max_buckets", [0, 1, 2, 3])
 def test_merged_buckets_are_exact(perturbed_clip: nn.Module, max_buckets: int) -> None:
-    """Fewer buckets (GPU default) pad short suffixes with their own following tokens: still exact."""
+    """Fewer buckets pad short suffixes with their own following tokens, and no buckets (0) runs one attention over
+    all packed tokens under a block mask (both GPU defaults): still exact."""
     model = _model(perturbed_clip)
     full = step_outputs(model, "full")
     model.encode_text("shared_prefix")
@@ -62,6 +68,28 @@ def test_merged_buckets_are_exact(perturbed_clip: nn.Module, max_buckets: int) -
     merged = step_outputs(model, "shared_prefix")
     assert len(model._shared_prefix_encoder._plan.buckets) == max_buckets
     assert_all_close(merged, full)
+
+
+def test_auto_buckets_by_device_and_size() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert auto_max_buckets(cpu, 100) is None  # compute dominates: no padding at all
+    assert auto_max_buckets(gpu, SINGLE_ATTENTION_MAX_TOKENS) == 0  # launches dominate: one attention call
+    assert auto_max_buckets(gpu, SINGLE_ATTENTION_MAX_TOKENS + 1) == 2  # the quadratic mask would cost more
+
+
+def test_block_mask_lets_a_token_see_the_prefix_and_its_own_class_only(perturbed_clip: nn.Module) -> None:
+    model = _model(perturbed_clip)
+    model.encode_text("shared_prefix")
+    encoder = model._shared_prefix_encoder
+    encoder.max_buckets = 0
+    model.encode_text("shared_prefix")
+    plan, prefix = encoder._plan, model.text_prompt.num_tokens + 1
+    mask = encoder._block_mask(plan, prefix)
+    a, b = plan.eot[0].item() + prefix, plan.eot[1].item() + prefix  # the EOT rows of classes 0 and 1
+    assert mask[:prefix, :prefix].equal(torch.ones(prefix, prefix, dtype=torch.bool).tril())
+    assert not mask[:prefix, prefix:].any()  # the prefix never sees a class's tokens
+    assert mask[a, :prefix].all() and mask[a, prefix : a + 1].all() and not mask[a, a + 1 :].any()
+    assert mask[b, :prefix].all() and not mask[b, prefix : a + 1].any() and mask[b, a + 1 : b + 1].all()
 
 
 @pytest.mark.parametrize("kwargs", [{"class_specific_context": True}, {"text_prompts": False}])

@@ -4,9 +4,11 @@ With a class-shared context, every prompt starts with the same ``1 + n_ctx`` tok
 The text transformer is causal, so the hidden states of those tokens are the same for every class at every
 layer: we compute them once (a batch of one, with gradient to the context) and run only each class's own
 tokens (name, '.', EOT), whose queries attend to the shared prefix's keys and values plus their own causal
-part. Classes are grouped into buckets of equal suffix length so that no token is padded (on GPUs, where
-every bucket costs kernel launches, into two buckets with the least padding; padding a suffix with the tokens
-after its EOT is exact too). Token-wise work (layer norms, projections, MLP) runs on all tokens packed
+part. On the CPU, where compute dominates, classes are grouped into buckets of equal suffix length so that no
+token is padded. On GPUs, where every attention call costs kernel launches and autograd bookkeeping, a few hundred
+packed tokens run as one attention call whose block mask lets each token see the prefix and its own class's
+earlier tokens; more tokens than that run in two buckets with the least padding (padding a suffix with the
+tokens after its EOT is exact too). Token-wise work (layer norms, projections, MLP) runs on all tokens packed
 together, in one matrix product per weight.
 
 The blocks' own weights are re-used (``ln_1``, ``attn.in_proj``/``out_proj``, ``ls_1``, ``ln_2``, ``mlp``,
@@ -79,7 +81,8 @@ class _SuffixPlan:
     rows: torch.Tensor  # [T] class of each packed token
     cols: torch.Tensor  # [T] position of each packed token inside its class's suffix
     eot: torch.Tensor  # [C] packed index of each class's EOT token, in class order
-    buckets: tuple[tuple[int, int], ...]  # (suffix length, number of classes), in packing order
+    # (suffix length, number of classes), in packing order; empty: one attention over all packed tokens
+    buckets: tuple[tuple[int, int], ...]
 
 
 def _group_lengths(counts: dict[int, int], max_buckets: int | None) -> dict[int, int]:
@@ -113,9 +116,33 @@ def _group_lengths(counts: dict[int, int], max_buckets: int | None) -> dict[int,
     return mapping
 
 
+# Above this many packed tokens (prefix + every class's suffix), the single attention's quadratic cost outgrows the
+# launches that buckets add. 1024 tokens are about 240 ImageNet class names (37 are 172 tokens, 397 are 1637): every
+# benchmark dataset of about 100 classes or fewer gets the single attention.
+SINGLE_ATTENTION_MAX_TOKENS = 1024
+
+
+def auto_max_buckets(device: torch.device, packed_tokens: int) -> int | None:
+    """``max_buckets`` for ``"auto"``: per-length buckets on the CPU, one attention or two buckets on GPUs."""
+    if device.type == "cpu":
+        return None
+    return 0 if packed_tokens <= SINGLE_ATTENTION_MAX_TOKENS else 2
+
+
 def _make_plan(suffix_lengths: torch.Tensor, max_buckets: int | None = None) -> _SuffixPlan:
+    """Pack the suffixes: into at most ``max_buckets`` length buckets (None: one per length), or, with
+    ``max_buckets=0``, unpadded one after another for a single block-masked attention."""
     lengths = suffix_lengths.tolist()
     device = suffix_lengths.device
+    as_long = {"dtype": torch.long, "device": device}
+    if max_buckets == 0:
+        starts = [sum(lengths[:c]) for c in range(len(lengths))]
+        return _SuffixPlan(
+            rows=torch.tensor([c for c, length in enumerate(lengths) for _ in range(length)], **as_long),
+            cols=torch.tensor([col for length in lengths for col in range(length)], **as_long),
+            eot=torch.tensor([start + length - 1 for start, length in zip(starts, lengths, strict=True)], **as_long),
+            buckets=(),
+        )
     counts: dict[int, int] = {}
     for length in lengths:
         counts[length] = counts.get(length, 0) + 1
@@ -134,7 +161,6 @@ def _make_plan(suffix_lengths: torch.Tensor, max_buckets: int | None = None) -> 
         eot[c] = len(rows) + lengths[c] - 1
         rows.extend([c] * length)
         cols.extend(range(length))
-    as_long = {"dtype": torch.long, "device": device}
     return _SuffixPlan(
         rows=torch.tensor(rows, **as_long),
         cols=torch.tensor(cols, **as_long),
@@ -155,9 +181,11 @@ class SharedPrefixTextEncoder:
         checkpointing: recompute each layer in the backward pass instead of storing its activations.
         compile_mode: ``torch.compile`` mode for the layer stack (see ``model/compilation.py``); ``off``: eager.
         max_buckets: merge suffix lengths into at most this many buckets (padding shorter suffixes with their
-            own following tokens, which is exact); None: one bucket per length, no padding. ``"auto"``: None on
-            the CPU, where compute dominates; 2 on GPUs, where each bucket's kernel launches dominate at
-            CLIP's sizes (measured on an H100: 10 buckets were slower than 77 padded tokens).
+            own following tokens, which is exact); None: one bucket per length, no padding; 0: no buckets, one
+            attention over all packed tokens with a block mask (quadratic in their number). ``"auto"``: None on
+            the CPU, where compute dominates; on GPUs, where each attention call's kernel launches dominate at
+            CLIP's sizes (measured on an H100: 10 buckets were slower than 77 padded tokens), 0 up to
+            ``SINGLE_ATTENTION_MAX_TOKENS`` packed tokens and 2 beyond.
     """
 
     def __init__(
@@ -178,6 +206,7 @@ class SharedPrefixTextEncoder:
         self._plan_key: tuple | None = None
         self._plan: _SuffixPlan | None = None
         self._masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self._block_mask_key: tuple[_SuffixPlan, torch.Tensor] | None = None
 
     def _get_plan(self, tokens: torch.Tensor, prefix_length: int) -> _SuffixPlan:
         key = (tokens, tokens._version, prefix_length, self.max_buckets)
@@ -187,14 +216,27 @@ class SharedPrefixTextEncoder:
             # Built outside inference mode even when first used there (Lightning validates under
             # inference_mode): the index tensors are saved for backward in later training steps.
             with torch.inference_mode(False):
-                eot_positions = tokens.argmax(dim=-1)
+                suffix_lengths = tokens.argmax(dim=-1) - prefix_length + 1
                 max_buckets = self.max_buckets
                 if max_buckets == "auto":
-                    max_buckets = None if tokens.device.type == "cpu" else 2
-                self._plan = _make_plan(eot_positions - prefix_length + 1, max_buckets)
+                    max_buckets = auto_max_buckets(tokens.device, prefix_length + int(suffix_lengths.sum()))
+                self._plan = _make_plan(suffix_lengths, max_buckets)
             self._plan_key = key
         assert self._plan is not None
         return self._plan
+
+    def _block_mask(self, plan: _SuffixPlan, prefix_length: int) -> torch.Tensor:
+        """Boolean mask ``[P + T, P + T]`` of the single attention (True = may attend): the prefix is causal,
+        and each suffix token sees the whole prefix and its own class's tokens up to itself."""
+        if self._block_mask_key is None or self._block_mask_key[0] is not plan:
+            with torch.inference_mode(False):  # cached across steps: see _get_plan
+                device = plan.rows.device
+                owner = torch.cat([torch.full((prefix_length,), -1, device=device), plan.rows])  # -1: prefix
+                position = torch.cat([torch.arange(prefix_length, device=device), prefix_length + plan.cols])
+                causal = position[None, :] <= position[:, None]
+                visible = (owner[None, :] == owner[:, None]) | (owner[None, :] == -1)
+                self._block_mask_key = (plan, causal & visible)
+        return self._block_mask_key[1]
 
     def _mask(self, prefix_length: int, suffix_length: int, device: torch.device) -> torch.Tensor:
         """Boolean mask ``[S, P + S]`` (True = may attend): the whole prefix, then causal within the suffix."""
@@ -220,6 +262,10 @@ class SharedPrefixTextEncoder:
         heads = attn.num_heads
         head_dim = width // heads
         qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        if not buckets:  # one attention over every packed token, under the block mask
+            q, k, v = qkv.reshape(1, -1, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            merged = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[0])
+            return attn.out_proj(merged.transpose(1, 2).reshape(-1, width))
         P = prefix_length
         # One split into the prefix and the buckets (slicing per bucket would make the backward pass
         # allocate and fill a full-size gradient per slice).
@@ -285,7 +331,10 @@ class SharedPrefixTextEncoder:
         positional = tower.positional_embedding.to(prefix.dtype)
         packed = suffix[plan.rows, plan.cols].to(prefix.dtype) + positional[P + plan.cols]
         x = torch.cat([prefix + positional[:P], packed], dim=0)
-        masks = tuple(self._mask(P, length, x.device) for length, _ in plan.buckets)
+        if plan.buckets:
+            masks = tuple(self._mask(P, length, x.device) for length, _ in plan.buckets)
+        else:
+            masks = (self._block_mask(plan, P),)
         x = self._run_layers(x, P, plan.buckets, masks)
         pooled = tower.ln_final(x[P + plan.eot])
         return tower.project(pooled)
