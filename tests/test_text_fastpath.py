@@ -9,6 +9,7 @@ import torch
 from open_clip.transformer import Transformer
 from prompt_steps import CLASSNAMES, assert_all_close, perturbed_tiny_clip, prompted_model, step_outputs
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dapt_lightning import bench
 from dapt_lightning.model.dapt import PromptedCLIP
@@ -75,6 +76,32 @@ def test_auto_buckets_by_device_and_size() -> None:
     assert auto_max_buckets(cpu, 100) is None  # compute dominates: no padding at all
     assert auto_max_buckets(gpu, SINGLE_ATTENTION_MAX_TOKENS) == 0  # launches dominate: one attention call
     assert auto_max_buckets(gpu, SINGLE_ATTENTION_MAX_TOKENS + 1) == 2  # the quadratic mask would cost more
+
+
+class _CountOperators(TorchDispatchMode):
+    """Counts the aten operators dispatched: each is host work (and on a GPU, mostly a kernel launch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_single_attention_dispatches_far_fewer_operators_than_buckets(perturbed_clip: nn.Module) -> None:
+    """Why GPUs use it: a DAPT step at CLIP's sizes is bound by per-operator host work, not by attention FLOPs."""
+    model = _model(perturbed_clip)
+    model.encode_text("shared_prefix")
+    counts = {}
+    for max_buckets in (0, 2):
+        model._shared_prefix_encoder.max_buckets = max_buckets
+        model.encode_text("shared_prefix").sum().backward()  # builds the plan and masks outside the count
+        with _CountOperators() as counter:
+            model.encode_text("shared_prefix").sum().backward()
+        counts[max_buckets] = counter.count
+    assert counts[0] < 0.6 * counts[2], counts
 
 
 def test_block_mask_lets_a_token_see_the_prefix_and_its_own_class_only(perturbed_clip: nn.Module) -> None:
