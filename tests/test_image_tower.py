@@ -1,4 +1,4 @@
-"""The class-token-only last block gives the same image features and prompt gradients as the full tower."""
+"""The lean blocks and the class-token-only last block give open_clip's image features and prompt gradients."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from dapt_lightning.bench import OperatorCounter
+from dapt_lightning.model.blocks import block_forward, class_token_block_forward
 from dapt_lightning.model.towers import ImageTower
 
 
@@ -36,3 +38,20 @@ def test_cls_only_last_block_equals_the_full_tower(tiny_clip: nn.Module, with_pr
         assert ((fast_grad - full_grad).norm() / full_grad.norm()).item() < 5e-5
     else:
         torch.testing.assert_close(fast, tower.visual(images), rtol=1e-5, atol=1e-6)
+
+
+def test_lean_blocks_equal_open_clip_blocks_with_fewer_operators(tiny_clip: nn.Module) -> None:
+    block = _perturbed(tiny_clip).visual.transformer.resblocks[0]
+    x = torch.randn(3, 17, block.attn.embed_dim, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    counts = {}
+    outputs = {}
+    for name, run in (("open_clip", block), ("lean", lambda x: block_forward(block, x))):
+        with OperatorCounter() as counter:
+            out = run(x)
+            grad = torch.autograd.grad(out.square().sum(), x)[0]
+        counts[name], outputs[name] = counter.count, (out, grad)
+    (lean, lean_grad), (reference, reference_grad) = outputs["lean"], outputs["open_clip"]
+    torch.testing.assert_close(lean, reference, rtol=1e-5, atol=1e-6)
+    assert ((lean_grad - reference_grad).norm() / reference_grad.norm()).item() < 1e-5
+    assert counts["lean"] < 0.7 * counts["open_clip"], counts  # the host work a batch-32 GPU step is bound by
+    torch.testing.assert_close(class_token_block_forward(block, x), block(x)[:, :1], rtol=1e-5, atol=1e-6)

@@ -7,18 +7,20 @@ import copy
 import pytest
 import torch
 from open_clip.transformer import Transformer
-from prompt_steps import CLASSNAMES, assert_all_close, perturbed_tiny_clip, prompted_model, step_outputs
+from prompt_steps import (
+    CLASSNAMES,
+    assert_all_close,
+    perturbed_tiny_clip,
+    prompted_model,
+    step_outputs,
+)
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dapt_lightning import bench
+from dapt_lightning.bench import OperatorCounter
+from dapt_lightning.model.blocks import unsupported_block_reason
 from dapt_lightning.model.dapt import PromptedCLIP
-from dapt_lightning.model.text_fastpath import (
-    SINGLE_ATTENTION_MAX_TOKENS,
-    auto_max_buckets,
-    resolve_text_encoding,
-    unsupported_block_reason,
-)
+from dapt_lightning.model.text_fastpath import SINGLE_ATTENTION_MAX_TOKENS, auto_max_buckets, resolve_text_encoding
 
 
 @pytest.fixture(scope="module", params=["quickgelu", "gelu"])
@@ -78,18 +80,6 @@ def test_auto_buckets_by_device_and_size() -> None:
     assert auto_max_buckets(gpu, SINGLE_ATTENTION_MAX_TOKENS + 1) == 2  # the quadratic mask would cost more
 
 
-class _CountOperators(TorchDispatchMode):
-    """Counts the aten operators dispatched: each is host work (and on a GPU, mostly a kernel launch)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_single_attention_dispatches_far_fewer_operators_than_buckets(perturbed_clip: nn.Module) -> None:
     """Why GPUs use it: a DAPT step at CLIP's sizes is bound by per-operator host work, not by attention FLOPs."""
     model = _model(perturbed_clip)
@@ -98,7 +88,7 @@ def test_single_attention_dispatches_far_fewer_operators_than_buckets(perturbed_
     for max_buckets in (0, 2):
         model._shared_prefix_encoder.max_buckets = max_buckets
         model.encode_text("shared_prefix").sum().backward()  # builds the plan and masks outside the count
-        with _CountOperators() as counter:
+        with OperatorCounter() as counter:
             model.encode_text("shared_prefix").sum().backward()
         counts[max_buckets] = counter.count
     assert counts[0] < 0.6 * counts[2], counts
@@ -232,6 +222,8 @@ def test_bench_tiny_table(tmp_path) -> None:
     profile_table = report.split("Profile of 3 fast training steps")[1]
     profiled = [row for row in profile_table.splitlines() if row.startswith(("| fast |", "| fast, compile default |"))]
     assert len(profiled) == 2 and all(float(row.split("|")[2]) > 0 for row in profiled)
+    eager_operators = int(profiled[0].split("|")[5])  # counted for the eager step only
+    assert eager_operators > 100 and profiled[1].split("|")[5].strip() == "n/a"
     assert "train img/s (model)" in report and "eval img/s (end to end)" in report
     written = output.read_text()
     assert "kept text" in written and written.count(bench.section_marker("cpu")) == 1

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dapt_lightning.model.compilation import COMPILE_MODES
 
@@ -385,27 +386,52 @@ def throughput(model, args: argparse.Namespace, device: torch.device) -> dict[st
 # ------------------------------------------------------------------------------------------------- profile
 
 
+class OperatorCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched while active: each is host work (on a GPU, mostly a kernel launch), which
+    is what bounds an eager batch-32 step on a fast GPU. Eager code only: compiled code is traced anew under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 @dataclass(frozen=True)
 class StepProfile:
-    """Where a training step's time goes: wall time, time the GPU spends in kernels, and how many kernels."""
+    """Where a training step's time goes: wall time, time the GPU spends in kernels, how many kernels, and how many
+    aten operators the host dispatched (eager steps)."""
 
     wall_ms: float
     kernel_ms: float | None  # None on the CPU
     kernels: float | None
+    operators: int | None  # None for compiled steps
     top_ops: str
 
 
 def profile_train_step(
-    step: Callable[[StepInputs], torch.Tensor], inputs: StepInputs, device: torch.device, steps: int = 3
+    step: Callable[[StepInputs], torch.Tensor],
+    inputs: StepInputs,
+    device: torch.device,
+    steps: int = 3,
+    count_operators: bool = True,
 ) -> StepProfile:
     """Profile ``steps`` training steps (after a warm-up). A step whose kernel time is far below its wall time is
-    host-bound: Python and launch overhead, which compilation and CUDA graphs remove."""
+    host-bound: Python and launch overhead, which fewer operators, compilation and CUDA graphs remove."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     step(inputs)
     _sync(device)
+    operators = None
+    if count_operators:
+        with OperatorCounter() as counter:
+            step(inputs)
+        _sync(device)
+        operators = counter.count
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     with profile(activities=activities) as prof:
         start = time.perf_counter()
@@ -419,6 +445,7 @@ def profile_train_step(
         wall_ms=wall * 1e3 / steps,
         kernel_ms=sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / steps if cuda else None,
         kernels=len(kernels) / steps if cuda else None,
+        operators=operators,
         top_ops=prof.key_averages().table(sort_by=sort_by, row_limit=12, max_name_column_width=60),
     )
 
@@ -607,7 +634,9 @@ def _measure_class_count(
     if args.profile and classes == max(args.class_counts):
         labels = {"fast": "fast", "compiled": f"fast, compile {compile_mode}"}
         for name in ("fast", "compiled") if compiled is not None else ("fast",):
-            result.profiles[labels[name]] = profile_train_step(steps[name], inputs, device)
+            result.profiles[labels[name]] = profile_train_step(
+                steps[name], inputs, device, count_operators=name == "fast"
+            )
             print(f"Top operators, {labels[name]}, {classes} classes:\n{result.profiles[labels[name]].top_ops}")
     batches = [
         make_inputs(model, args.test_batch, device, seed=1 + i).images
@@ -763,11 +792,12 @@ def main(argv: list[str] | None = None) -> str:
             "are inflated; GPU kernels include copies and memsets; kernel time far below wall time means the step is "
             "host-bound):",
             "",
-            "| path | wall ms/step | GPU kernel ms/step | kernels/step |",
-            "|---|---:|---:|---:|",
+            "| path | wall ms/step | GPU kernel ms/step | kernels/step | aten operators/step |",
+            "|---|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {label} | {_fmt(p.wall_ms)} | {_fmt(p.kernel_ms)} | {_fmt(p.kernels)} |"
+            f"| {label} | {_fmt(p.wall_ms)} | {_fmt(p.kernel_ms)} | {_fmt(p.kernels)} | "
+            f"{p.operators if p.operators is not None else 'n/a'} |"
             for label, p in profiles.items()
         ]
     table = "\n".join(lines)

@@ -25,33 +25,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dapt_lightning.model.blocks import mlp_residual, split_heads, unsupported_block_reason
 from dapt_lightning.model.compilation import CompileMode, compile_function
 
 if TYPE_CHECKING:
     from dapt_lightning.model.prompts import TextPromptLearner
     from dapt_lightning.model.towers import TextTower
-
-
-def unsupported_block_reason(transformer: nn.Module) -> str | None:
-    """Why the shared-prefix path cannot run this text transformer, or None when it can."""
-    blocks = getattr(transformer, "resblocks", None)
-    if blocks is None or len(blocks) == 0:
-        return "the text transformer has no resblocks"
-    for index, block in enumerate(blocks):
-        # Exact type: a subclass (or CustomResidualAttentionBlock) may compute something we do not replicate.
-        if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
-            return f"text block {index} is a {type(block).__name__}, not a plain ResidualAttentionBlock"
-        attn = block.attn
-        if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
-            return f"text block {index} has no packed q/k/v input projection"
-        if attn.bias_k is not None or attn.bias_v is not None or attn.add_zero_attn:
-            return f"text block {index} uses bias_k/bias_v/add_zero_attn"
-        if attn.dropout != 0.0 and attn.training:
-            return f"text block {index} has attention dropout in training mode"
-    return None
 
 
 def _is_causal_mask(mask: torch.Tensor | None) -> bool:
@@ -260,26 +241,20 @@ class SharedPrefixTextEncoder:
         attn = block.attn
         width = h.shape[-1]
         heads = attn.num_heads
-        head_dim = width // heads
         qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
         if not buckets:  # one attention over every packed token, under the block mask
-            q, k, v = qkv.reshape(1, -1, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = split_heads(qkv, 1, heads)
             merged = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[0])
             return attn.out_proj(merged.transpose(1, 2).reshape(-1, width))
         P = prefix_length
         # One split into the prefix and the buckets (slicing per bucket would make the backward pass
         # allocate and fill a full-size gradient per slice).
         chunks = qkv.split([P, *(length * count for length, count in buckets)], dim=0)
-
-        def split_heads(chunk: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
-            # [batch * length, 3 * width] -> q, k, v each [batch, heads, length, head_dim]
-            return chunk.reshape(batch, -1, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-
-        q_prefix, k_prefix, v_prefix = split_heads(chunks[0], 1)
+        q_prefix, k_prefix, v_prefix = split_heads(chunks[0], 1, heads)
         # The prefix alone is an ordinary square causal attention.
         outputs = [F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, is_causal=True)]
         for chunk, (_, count), mask in zip(chunks[1:], buckets, masks, strict=True):
-            q_b, k_b, v_b = split_heads(chunk, count)
+            q_b, k_b, v_b = split_heads(chunk, count, heads)
             k_b = torch.cat([k_prefix.expand(count, -1, -1, -1), k_b], dim=2)
             v_b = torch.cat([v_prefix.expand(count, -1, -1, -1), v_b], dim=2)
             outputs.append(F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask))
@@ -295,7 +270,7 @@ class SharedPrefixTextEncoder:
         masks: tuple[torch.Tensor, ...],
     ) -> torch.Tensor:
         x = x + block.ls_1(self._attention(block, block.ln_1(x), prefix_length, buckets, masks))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
+        return mlp_residual(block, x)
 
     def _layers(
         self, x: torch.Tensor, prefix_length: int, buckets: tuple[tuple[int, int], ...], masks: tuple[torch.Tensor, ...]

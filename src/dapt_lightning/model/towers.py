@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dapt_lightning.model.blocks import block_forward, class_token_block_forward, unsupported_block_reason
+
 
 class TextTower(nn.Module):
     """The text transformer of a CLIP, fed with token embeddings instead of token ids."""
@@ -96,13 +98,11 @@ class ImageTower(nn.Module):
 
     @property
     def cls_only_last_block(self) -> bool:
-        """Whether the last block can be run for the class token alone (an exact saving, see ``forward``)."""
+        """Whether the blocks can run lean (``model/blocks.py``) and the last one for the class token alone (exact
+        savings, see ``forward``); otherwise open_clip's own transformer runs."""
         visual = self.visual
-        last = visual.transformer.resblocks[-1]
         return (
-            type(last).__name__ == "ResidualAttentionBlock"
-            and isinstance(last.attn, nn.MultiheadAttention)
-            and not hasattr(last, "ln_1_kv")
+            unsupported_block_reason(visual.transformer, "image") is None
             and getattr(visual.transformer, "batch_first", False)
             and not visual.transformer.grad_checkpointing
             and getattr(visual, "attn_pool", None) is None
@@ -115,7 +115,8 @@ class ImageTower(nn.Module):
         """Unnormalised image features; ``prompts`` ``[P, width]`` go between CLS and the patches.
 
         Only the class token's output is pooled, so the last block computes attention and MLP for that one query
-        (attending to every token) instead of for all of them: the same features with ~1/depth less compute.
+        (attending to every token) instead of for all of them: the same features with ~1/depth less compute. The
+        other blocks run lean, with fewer operators than open_clip's ``nn.MultiheadAttention`` path.
         """
         visual = self.visual
         x = visual._embeds(images)  # conv1, CLS, positional embedding, patch dropout, ln_pre
@@ -127,10 +128,6 @@ class ImageTower(nn.Module):
         else:
             blocks = visual.transformer.resblocks
             for block in blocks[:-1]:
-                x = block(x)
-            last = blocks[-1]
-            hidden = last.ln_1(x)
-            cls = x[:, :1] + last.ls_1(last.attn(hidden[:, :1], hidden, hidden, need_weights=False)[0])
-            cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
-            pooled = visual.ln_post(cls[:, 0])
+                x = block_forward(block, x)
+            pooled = visual.ln_post(class_token_block_forward(blocks[-1], x)[:, 0])
         return pooled @ visual.proj if visual.proj is not None else pooled
