@@ -128,9 +128,10 @@ def test_vpt_insertion_position(tiny_clip: nn.Module) -> None:
     model = PromptedCLIP(tiny_clip, CLASSNAMES)
     visual = tiny_clip.visual
     captured: list[torch.Tensor] = []
-    # The input of the first block: the tower may run the blocks itself rather than through visual.transformer.
-    first_block = visual.transformer.resblocks[0]
-    handle = first_block.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach()))
+    # The input of the first block, as its first LayerNorm sees it: the tower computes the blocks itself (lean, from
+    # their weights) rather than through visual.transformer or the blocks' own forward.
+    first_norm = visual.transformer.resblocks[0].ln_1
+    handle = first_norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach()))
     images = torch.randn(2, 3, 64, 64)
     try:
         model.encode_image(images)
