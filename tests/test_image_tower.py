@@ -45,7 +45,8 @@ def test_lean_blocks_equal_open_clip_blocks_with_fewer_operators(tiny_clip: nn.M
     x = torch.randn(3, 17, block.attn.embed_dim, generator=torch.Generator().manual_seed(3), requires_grad=True)
     counts = {}
     outputs = {}
-    for name, run in (("open_clip", block), ("lean", lambda x: block_forward(block, x))):
+    flat = lambda x: block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0]).reshape(x.shape)  # noqa: E731
+    for name, run in (("open_clip", block), ("lean", flat)):
         with OperatorCounter() as counter:
             out = run(x)
             grad = torch.autograd.grad(out.square().sum(), x)[0]
@@ -53,5 +54,6 @@ def test_lean_blocks_equal_open_clip_blocks_with_fewer_operators(tiny_clip: nn.M
     (lean, lean_grad), (reference, reference_grad) = outputs["lean"], outputs["open_clip"]
     torch.testing.assert_close(lean, reference, rtol=1e-5, atol=1e-6)
     assert ((lean_grad - reference_grad).norm() / reference_grad.norm()).item() < 1e-5
-    assert counts["lean"] < 0.7 * counts["open_clip"], counts  # the host work a batch-32 GPU step is bound by
-    torch.testing.assert_close(class_token_block_forward(block, x), block(x)[:, :1], rtol=1e-5, atol=1e-6)
+    assert counts["lean"] < 0.6 * counts["open_clip"], counts  # the host work a batch-32 GPU step is bound by
+    class_token = class_token_block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0])
+    torch.testing.assert_close(class_token, block(x)[:, 0], rtol=1e-5, atol=1e-6)

@@ -138,6 +138,7 @@ def test_vpt_insertion_position(tiny_clip: nn.Module) -> None:
     finally:
         handle.remove()
     (x,) = captured
+    x = x.reshape(2, -1, x.shape[-1])  # the lean blocks take the tokens of all images flattened to [B * L, W]
     assert visual.transformer.batch_first
     prompts = model.visual_prompt.vis_ctx.detach()
     patches = visual.conv1(images).flatten(2).transpose(1, 2)

@@ -36,16 +36,9 @@ def unsupported_block_reason(transformer: nn.Module, tower: str = "text") -> str
 
 
 def split_heads(qkv: torch.Tensor, batch: int, heads: int) -> tuple[torch.Tensor, ...]:
-    """``[batch * length, 3 * width]`` (or ``[batch, length, 3 * width]``) packed projections -> q, k, v, each
-    ``[batch, heads, length, head_dim]``."""
+    """Packed projections ``[batch * length, 3 * width]`` -> q, k, v, each ``[batch, heads, length, head_dim]``."""
     head_dim = qkv.shape[-1] // (3 * heads)
     return qkv.reshape(batch, -1, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-
-
-def merge_heads(attended: torch.Tensor) -> torch.Tensor:
-    """``[batch, heads, length, head_dim]`` -> ``[batch, length, width]``."""
-    batch, heads, length, head_dim = attended.shape
-    return attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
 def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
@@ -53,23 +46,27 @@ def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def block_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)`` for batch-first tokens ``x`` ``[B, L, W]`` with full (unmasked) attention."""
+def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``block`` over ``batch`` sequences of tokens flattened to ``x`` ``[batch * length, width]`` (full, unmasked
+    attention). Flat tokens make every projection one plain matrix product, without views around it."""
     attn = block.attn
-    q, k, v = split_heads(F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias), x.shape[0], attn.num_heads)
-    x = x + block.ls_1(attn.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v))))
-    return mlp_residual(block, x)
+    q, k, v = split_heads(F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias), batch, attn.num_heads)
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
+    return mlp_residual(block, x + block.ls_1(attn.out_proj(attended)))
 
 
-def class_token_block_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
-    """The output ``[B, 1, W]`` of ``block(x)`` at the first (class) token only: one query attending to every token."""
+def class_token_block_forward(block: ResidualAttentionBlock, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """The output ``[batch, width]`` of ``block`` at each sequence's first (class) token only, for flat tokens ``x``
+    ``[batch * length, width]``: one query per sequence, attending to every token."""
     attn = block.attn
     width, heads = x.shape[-1], attn.num_heads
+    head_dim = width // heads
     hidden = block.ln_1(x)
     q_weight, kv_weight = attn.in_proj_weight.split([width, 2 * width])
     q_bias, kv_bias = (None, None) if attn.in_proj_bias is None else attn.in_proj_bias.split([width, 2 * width])
-    batch, head_dim = x.shape[0], width // heads
-    q = F.linear(hidden[:, :1], q_weight, q_bias).reshape(batch, 1, heads, head_dim).transpose(1, 2)
+    cls_hidden = hidden.reshape(batch, -1, width)[:, 0]
+    q = F.linear(cls_hidden, q_weight, q_bias).reshape(batch, heads, 1, head_dim)
     k, v = F.linear(hidden, kv_weight, kv_bias).reshape(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    cls = x[:, :1] + block.ls_1(attn.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v))))
-    return mlp_residual(block, cls)
+    attended = F.scaled_dot_product_attention(q, k, v).reshape(batch, width)
+    cls = x.reshape(batch, -1, width)[:, 0]
+    return mlp_residual(block, cls + block.ls_1(attn.out_proj(attended)))

@@ -127,7 +127,9 @@ class ImageTower(nn.Module):
             pooled, _ = visual._pool(visual.transformer(x))
         else:
             blocks = visual.transformer.resblocks
+            batch = x.shape[0]
+            x = x.reshape(-1, x.shape[-1])  # flat tokens: see model/blocks.py
             for block in blocks[:-1]:
-                x = block_forward(block, x)
-            pooled = visual.ln_post(class_token_block_forward(blocks[-1], x)[:, 0])
+                x = block_forward(block, x, batch)
+            pooled = visual.ln_post(class_token_block_forward(blocks[-1], x, batch))
         return pooled @ visual.proj if visual.proj is not None else pooled
