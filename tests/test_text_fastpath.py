@@ -237,3 +237,23 @@ def test_bench_memory_probe_runs_in_a_subprocess() -> None:
     )
     peak = bench.probe_train_memory(config, device="cpu")
     assert peak > 0
+
+
+def test_lean_text_blocks_equal_open_clip_transformer(perturbed_clip: nn.Module) -> None:
+    """The full and truncated paths run the blocks lean with causal attention; open_clip's transformer agrees."""
+    model = _model(perturbed_clip)
+    tower = model.text_tower
+    assert tower.causal and tower.lean_blocks
+    embeddings = model.text_prompt(None).detach().requires_grad_()
+    eot = model.text_prompt.eot_positions
+    lean = tower(embeddings, eot)
+    lean_grad = torch.autograd.grad(lean.square().sum(), embeddings)[0]
+    tower.transformer.grad_checkpointing = True  # open_clip's own path (it handles checkpointing)
+    try:
+        assert not tower.lean_blocks
+        reference = tower(embeddings, eot)
+        reference_grad = torch.autograd.grad(reference.square().sum(), embeddings)[0]
+    finally:
+        tower.transformer.grad_checkpointing = False
+    torch.testing.assert_close(lean, reference, rtol=1e-5, atol=1e-6)
+    assert ((lean_grad - reference_grad).norm() / reference_grad.norm()).item() < 1e-5

@@ -46,12 +46,22 @@ def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, batch: int) -> torch.Tensor:
-    """``block`` over ``batch`` sequences of tokens flattened to ``x`` ``[batch * length, width]`` (full, unmasked
-    attention). Flat tokens make every projection one plain matrix product, without views around it."""
+def is_causal_mask(mask: torch.Tensor | None) -> bool:
+    """Whether ``mask`` (additive, or boolean with True = masked out) is the square causal mask."""
+    if mask is None or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+        return False
+    upper = torch.ones_like(mask, dtype=torch.bool).triu(1)
+    if mask.dtype == torch.bool:  # True means "masked out" for nn.MultiheadAttention
+        return bool(torch.equal(mask, upper))
+    return bool(torch.isneginf(mask[upper]).all() and (mask[~upper] == 0).all())
+
+
+def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, batch: int, causal: bool = False) -> torch.Tensor:
+    """``block`` over ``batch`` sequences of tokens flattened to ``x`` ``[batch * length, width]``, with full or
+    ``causal`` attention. Flat tokens make every projection one plain matrix product, without views around it."""
     attn = block.attn
     q, k, v = split_heads(F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias), batch, attn.num_heads)
-    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
+    attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(x.shape)
     return mlp_residual(block, x + block.ls_1(attn.out_proj(attended)))
 
 

@@ -35,22 +35,13 @@ if TYPE_CHECKING:
     from dapt_lightning.model.towers import TextTower
 
 
-def _is_causal_mask(mask: torch.Tensor | None) -> bool:
-    if mask is None or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
-        return False
-    upper = torch.ones_like(mask, dtype=torch.bool).triu(1)
-    if mask.dtype == torch.bool:  # True means "masked out" for nn.MultiheadAttention
-        return bool(torch.equal(mask, upper))
-    return bool(torch.isneginf(mask[upper]).all() and (mask[~upper] == 0).all())
-
-
 def shared_prefix_unsupported(text_tower: TextTower, text_prompt: TextPromptLearner | None) -> str | None:
     """Why ``text_encoding="shared_prefix"`` cannot be used for these prompts, or None when it can."""
     if text_prompt is None:
         return "text prompts are off (the template path has no learned shared prefix)"
     if text_prompt.class_specific:
         return "the context is class-specific, so the prefix differs between classes"
-    if not _is_causal_mask(text_tower.attn_mask):
+    if not text_tower.causal:
         return "the text transformer's attention mask is not the standard causal mask"
     return unsupported_block_reason(text_tower.transformer)
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dapt_lightning.model.blocks import block_forward, class_token_block_forward, unsupported_block_reason
+from dapt_lightning.model.blocks import (
+    block_forward,
+    class_token_block_forward,
+    is_causal_mask,
+    unsupported_block_reason,
+)
 
 
 class TextTower(nn.Module):
@@ -35,6 +40,8 @@ class TextTower(nn.Module):
         self.ln_final = text.ln_final
         self.text_projection = text.text_projection
         self.register_buffer("attn_mask", text.attn_mask, persistent=False)
+        # Checked once here: reading the mask on a GPU would synchronise every step.
+        self.causal = is_causal_mask(text.attn_mask)
 
     @property
     def width(self) -> int:
@@ -54,18 +61,35 @@ class TextTower(nn.Module):
             return self.text_projection(pooled)
         return pooled @ self.text_projection
 
+    @property
+    def lean_blocks(self) -> bool:
+        """Whether the blocks run lean with causal attention (``model/blocks.py``); else open_clip's transformer."""
+        transformer = self.transformer
+        return (
+            self.causal
+            and getattr(transformer, "batch_first", False)
+            and not transformer.grad_checkpointing
+            and unsupported_block_reason(transformer) is None
+        )
+
     def forward(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         """Unnormalised text features from prompt embeddings ``[N, L, width]``, pooled at ``eot_positions``.
 
         ``L`` may be shorter than the context length: the mask is causal, so positions after the EOT cannot
         change the EOT row.
         """
-        length = embeddings.shape[1]
+        batch, length, width = embeddings.shape
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
-        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
-        x = self.transformer(x, attn_mask=mask)
-        x = self.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot_positions]
+        if self.lean_blocks:
+            x = x.reshape(-1, width)  # flat tokens: see model/blocks.py
+            for block in self.transformer.resblocks:
+                x = block_forward(block, x, batch, causal=True)
+            x = x.reshape(batch, length, width)
+        else:
+            mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+            x = self.transformer(x, attn_mask=mask)
+        # LayerNorm is per token: normalising only the pooled EOT rows is the same.
+        pooled = self.ln_final(x[torch.arange(batch, device=x.device), eot_positions])
         return self.project(pooled)
 
 
