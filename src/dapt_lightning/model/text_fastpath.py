@@ -5,11 +5,11 @@ The text transformer is causal, so the hidden states of those tokens are the sam
 layer: we compute them once (a batch of one, with gradient to the context) and run only each class's own
 tokens (name, '.', EOT), whose queries attend to the shared prefix's keys and values plus their own causal
 part. On the CPU, where compute dominates, classes are grouped into buckets of equal suffix length so that no
-token is padded. On GPUs, where every attention call costs kernel launches and autograd bookkeeping, a few hundred
-packed tokens run as one attention call whose block mask lets each token see the prefix and its own class's
-earlier tokens; more tokens than that run in two buckets with the least padding (padding a suffix with the
-tokens after its EOT is exact too). Token-wise work (layer norms, projections, MLP) runs on all tokens packed
-together, in one matrix product per weight.
+token is padded. On GPUs, where every attention call costs kernel launches and autograd bookkeeping, up to
+``SINGLE_ATTENTION_MAX_TOKENS`` packed tokens run as one attention call whose block mask lets each token see the
+prefix and its own class's earlier tokens; more tokens than that run in two buckets with the least padding
+(padding a suffix with the tokens after its EOT is exact too). Token-wise work (layer norms, projections, MLP)
+runs on all tokens packed together, in one matrix product per weight.
 
 The blocks' own weights are re-used (``ln_1``, ``attn.in_proj``/``out_proj``, ``ls_1``, ``ln_2``, ``mlp``,
 ``ls_2`` of open_clip's ``ResidualAttentionBlock``); only the attention is recomputed here, with
@@ -19,6 +19,7 @@ The blocks' own weights are re-used (``ln_1``, ``attn.in_proj``/``out_proj``, ``
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -108,7 +109,7 @@ def _make_plan(suffix_lengths: torch.Tensor, max_buckets: int | None = None) -> 
     device = suffix_lengths.device
     as_long = {"dtype": torch.long, "device": device}
     if max_buckets == 0:
-        starts = [sum(lengths[:c]) for c in range(len(lengths))]
+        starts = [0, *itertools.accumulate(lengths)][:-1]
         return _SuffixPlan(
             rows=torch.tensor([c for c, length in enumerate(lengths) for _ in range(length)], **as_long),
             cols=torch.tensor([col for length in lengths for col in range(length)], **as_long),
