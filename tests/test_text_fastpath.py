@@ -218,7 +218,7 @@ def test_bench_tiny_table(tmp_path) -> None:
     assert len(train_rows) == 2 and all(float(cells[5]) > 0 and float(cells[6]) > 0 for cells in train_rows)
     throughput_rows = [row for row in report.splitlines() if row.startswith(("| 3 | fast", "| 5 | fast"))]
     assert len(throughput_rows) == 2 and all("| fast, compile default |" in row for row in throughput_rows)
-    assert "- Compiling (`--compile default`), first calls: 3 classes: training step" in report
+    assert "the graphs): 3 classes: training step" in report
     profile_table = report.split("Profile of 3 fast training steps")[1]
     profiled = [row for row in profile_table.splitlines() if row.startswith(("| fast |", "| fast, compile default |"))]
     assert len(profiled) == 2 and all(float(row.split("|")[2]) > 0 for row in profiled)

@@ -827,7 +827,10 @@ def main(argv: list[str] | None = None) -> str:
             ),
             f"- Memory: {memory_how}.",
             *(
-                [f"- Compiling (`--compile {args.compile}`), first calls: " + "; ".join(compile_notes) + "."]
+                [
+                    f"- Compiling (`--compile {args.compile}`), first calls (shorter when inductor's on-disk cache "
+                    "already holds the graphs): " + "; ".join(compile_notes) + "."
+                ]
                 if compile_notes
                 else []
             ),
