@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,14 @@ def test_a_config_with_a_typo_does_not_parse(tmp_path: Path, capsys: pytest.Capt
         cli_main(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code not in (0, None)
     assert "beta_vv" in capsys.readouterr().err
+
+
+def test_demo_lists_only_the_wandb_runs_it_wrote(tmp_path: Path) -> None:
+    from dapt_lightning.demo import offline_wandb_runs_since
+
+    old, new = tmp_path / "offline-run-20260101_000000-old", tmp_path / "offline-run-20260101_000001-new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(old, (1_000, 1_000))  # an earlier demo's run
+    assert offline_wandb_runs_since(tmp_path, since=2_000) == [new]
+    assert offline_wandb_runs_since(tmp_path / "missing", since=0) == []

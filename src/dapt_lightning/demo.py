@@ -50,8 +50,15 @@ def demo_main(argv: list[str]) -> int:
     print(f"  checkpoint                   : {checkpoint}")
     print(f"  metrics                      : {out / 'dapt' / 'metrics.json'}, {out / 'zeroshot' / 'metrics.json'}")
     print(f"  figures (t-SNE)              : {out / 'dapt' / 'figures'}")
-    wandb_runs = sorted((out / "dapt" / "wandb").glob("offline-run-*"))
+    wandb_runs = offline_wandb_runs_since(out / "dapt" / "wandb", start)
     if wandb_runs:
         print(f"  W&B run (offline)            : {wandb_runs[-1]}\n    upload with: wandb sync {wandb_runs[-1]}")
     print(f"  explore it: DAPT_CKPT={checkpoint} jupyter lab notebooks/explore_checkpoint.ipynb")
     return 0
+
+
+def offline_wandb_runs_since(directory: Path, since: float) -> list[Path]:
+    """The offline W&B runs under ``directory`` written at or after ``since`` (a ``time.time()``), oldest first: a
+    demo run with W&B disabled must not point at an earlier run's files."""
+    runs = [path for path in directory.glob("offline-run-*") if path.stat().st_mtime >= since]
+    return sorted(runs, key=lambda path: path.stat().st_mtime)
