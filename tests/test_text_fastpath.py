@@ -203,6 +203,7 @@ def test_bench_tiny_table(tmp_path) -> None:
         "--compile",
         "default",
         "--profile",
+        "--text-layouts",
         "--output",
         str(output),
     ]
@@ -223,6 +224,9 @@ def test_bench_tiny_table(tmp_path) -> None:
     profiled = [row for row in profile_table.splitlines() if row.startswith(("| fast |", "| fast, compile default |"))]
     assert len(profiled) == 2 and all(float(row.split("|")[2]) > 0 for row in profiled)
     eager_operators = int(profiled[0].split("|")[5])  # counted for the eager step only
+    layout_table = report.split("Shared-prefix text layouts")[1]
+    layout_rows = [row.split("|")[1:-1] for row in layout_table.splitlines() if row.startswith(("| 3 |", "| 5 |"))]
+    assert len(layout_rows) == 2 and all(float(cell) > 0 for cells in layout_rows for cell in cells[1:])
     assert eager_operators > 100 and profiled[1].split("|")[5].strip() == "n/a"
     assert "train img/s (model)" in report and "eval img/s (end to end)" in report
     written = output.read_text()

@@ -547,6 +547,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--throughput-steps", type=int, default=20, help="steps per throughput measurement")
     parser.add_argument(
+        "--text-layouts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time the eager fast step with each shared-prefix layout (one attention, two buckets, per-length "
+        "buckets) to check the auto choice (default: on CUDA only)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="profile fast training steps at the largest class count: wall vs GPU kernel time, kernels per step",
@@ -566,6 +573,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.eval_images = args.eval_images or (5000 if cuda else 200)
     args.repeats = args.repeats or (10 if cuda else 3)
     args.throughput = cuda if args.throughput is None else args.throughput
+    args.text_layouts = cuda if args.text_layouts is None else args.text_layouts
     args.workers = min(8, max((os.cpu_count() or 1) - 1, 0)) if args.workers is None else args.workers
     args.peak_tflops = args.peak_tflops or (989.0 if args.precision == "bf16-mixed" else 67.0)
     args.class_counts = [int(c) for c in args.classes.split(",") if c.strip()]
@@ -587,6 +595,7 @@ class ClassCountResult:
     profiles: dict[str, StepProfile] = field(default_factory=dict)
     compile_seconds: dict[str, float] = field(default_factory=dict)  # first call (compiling) per compiled use
     compile_error: str | None = None
+    layouts: dict[str, float] = field(default_factory=dict)  # eager fast train step (ms) per text layout
 
 
 def _first_call(fn: Callable[[], object], device: torch.device) -> tuple[float | None, str | None]:
@@ -651,6 +660,9 @@ def _measure_class_count(
     rows = result.rows
     rows.append((classes, "train step (ms)", *(_ms(timed.get(name)) for name in ("naive", "fast", "compiled"))))
     _progress(rows[-1])
+    if args.text_layouts:
+        result.layouts = _time_text_layouts(model, steps["fast"], inputs, args.repeats, device)
+        print(f"[bench] {classes} classes, text layouts (ms): {result.layouts}", file=sys.stderr, flush=True)
     if args.profile and classes == max(args.class_counts):
         labels = {"fast": "fast", "compiled": f"fast, compile {compile_mode}"}
         for name in ("fast", "compiled") if compiled is not None else ("fast",):
@@ -703,6 +715,35 @@ def _measure_class_count(
     return result
 
 
+# Shared-prefix layouts (``SharedPrefixTextEncoder.max_buckets``) compared by --text-layouts.
+TEXT_LAYOUTS = {"one attention": 0, "two buckets": 2, "per-length buckets": None}
+
+
+def _time_text_layouts(model, step: Callable, inputs: StepInputs, repeats: int, device: torch.device) -> dict:
+    """The eager fast training step (ms) with each shared-prefix layout, to check what ``auto`` picks here."""
+    from dapt_lightning.model.text_fastpath import SharedPrefixTextEncoder
+
+    original = model._shared_prefix_encoder  # built by the fast step's warm-up
+    # One encoder per layout, each keeping its own packing plan and masks (rebuilding them would be timed too).
+    encoders = {
+        name: SharedPrefixTextEncoder(model.text_tower, model.text_checkpointing, max_buckets=max_buckets)
+        for name, max_buckets in TEXT_LAYOUTS.items()
+    }
+    fns = {}
+    for name, encoder in encoders.items():
+
+        def run(encoder=encoder) -> None:
+            model._shared_prefix_encoder = encoder
+            step(inputs)
+
+        fns[name] = run
+    try:
+        timed = _interleaved_medians(fns, repeats, device)
+    finally:
+        model._shared_prefix_encoder = original
+    return {name: seconds * 1e3 for name, seconds in timed.items()}
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
 
@@ -731,6 +772,7 @@ def main(argv: list[str] | None = None) -> str:
     extra: dict[int, tuple[str, dict[str, float]]] = {}
     profiles: dict[str, StepProfile] = {}
     compile_notes: list[str] = []
+    layouts: dict[int, dict[str, float]] = {}
     compile_mode = args.compile
     for classes in args.class_counts:
         result = _measure_class_count(clip, classes, args, device, compile_mode)
@@ -738,6 +780,8 @@ def main(argv: list[str] | None = None) -> str:
         profiles.update(result.profiles)
         if result.throughput is not None:
             extra[classes] = (result.throughput_path, result.throughput)
+        if result.layouts:
+            layouts[classes] = result.layouts
         if result.compile_seconds:
             firsts = ", ".join(f"{what} {seconds:.1f} s" for what, seconds in result.compile_seconds.items())
             compile_notes.append(f"{classes} classes: {firsts}")
@@ -806,6 +850,21 @@ def main(argv: list[str] | None = None) -> str:
                 f"{_fmt(m['eval_e2e'])} | {m['train_tflops']:.3g} ({train_pct:.1f}%) | "
                 f"{m['eval_tflops']:.3g} ({eval_pct:.1f}%) |"
             )
+    if layouts:
+        from dapt_lightning.model.text_fastpath import SINGLE_ATTENTION_MAX_TOKENS
+
+        lines += [
+            "",
+            "Shared-prefix text layouts, eager fast training step (ms); `auto` picks per-length buckets on the CPU "
+            f"and, on a GPU, one attention up to {SINGLE_ATTENTION_MAX_TOKENS} packed tokens, two buckets beyond:",
+            "",
+            "| classes | " + " | ".join(TEXT_LAYOUTS) + " |",
+            "|---:|" + "---:|" * len(TEXT_LAYOUTS),
+        ]
+        lines += [
+            f"| {classes} | " + " | ".join(_fmt(timed.get(name)) for name in TEXT_LAYOUTS) + " |"
+            for classes, timed in layouts.items()
+        ]
     if profiles:
         lines += [
             "",
