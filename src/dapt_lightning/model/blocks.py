@@ -1,10 +1,12 @@
 """Lean forward passes of open_clip's plain ``ResidualAttentionBlock``, re-using its own weights.
 
-``nn.MultiheadAttention`` in training mode spends about 40 extra operators per block on layout changes and checks
-(batch-first transposes, the packed projection's unflatten/squeeze/contiguous, per-head views). On a GPU every
-operator is host work, and a batch-32 DAPT step is bound by that host work, so the blocks of both towers are
-computed here with one projection, one ``F.scaled_dot_product_attention`` and one reshape: the same arithmetic,
-equal to open_clip's forward to float rounding (``tests/test_image_tower.py``, ``tests/test_equivalence.py``).
+Through ``nn.MultiheadAttention`` in training mode, a block's forward and backward dispatch about twice the
+operators they need (111 instead of 54): batch-first transposes, the packed projection's
+unflatten/squeeze/contiguous, per-head views, and views around every projection of 3-d tokens. On a GPU every
+operator is host work, and a batch-32 DAPT step is bound by that host work, so the blocks are computed here on flat
+tokens with one projection, one ``F.scaled_dot_product_attention`` and one reshape: the same arithmetic, equal to
+open_clip's forward to float rounding (``tests/test_image_tower.py``, ``tests/test_text_fastpath.py``,
+``tests/test_equivalence.py``).
 Only blocks that ``unsupported_block_reason`` accepts may be run this way.
 """
 
