@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -57,3 +59,39 @@ def test_lean_blocks_equal_open_clip_blocks_with_fewer_operators(tiny_clip: nn.M
     assert counts["lean"] < 0.6 * counts["open_clip"], counts  # the host work a batch-32 GPU step is bound by
     class_token = class_token_block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0])
     torch.testing.assert_close(class_token, block(x)[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_weights_are_cast_once_under_autocast_with_the_same_results(tiny_clip: nn.Module) -> None:
+    """Autocast re-casts weights that need no grad at every call; the lean blocks cast them once, to the same values."""
+    block = _perturbed(tiny_clip).visual.transformer.resblocks[0]
+    x = torch.randn(3 * 17, block.attn.embed_dim, generator=torch.Generator().manual_seed(4))
+    # Reference: the same block with weights that require grad, which autocast itself casts (and never caches).
+    reference_block = copy.deepcopy(block).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        block_forward(block, x, batch=3)  # the first call makes the copies
+        with OperatorCounter() as counter:
+            cast_once = block_forward(block, x, batch=3)
+        with OperatorCounter() as reference_counter:
+            reference = block_forward(reference_block, x, batch=3)
+    torch.testing.assert_close(cast_once, reference, rtol=0, atol=0)  # bitwise: the same rounding of the same weights
+    assert counter.count <= reference_counter.count - 8  # in_proj, out_proj, c_fc and c_proj: weights and biases
+
+    with torch.no_grad():
+        block.mlp.c_fc.weight.mul_(2)  # a changed weight (its version moves on) is cast again
+        reference_block.mlp.c_fc.weight.mul_(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(block_forward(block, x, 3), block_forward(reference_block, x, 3), rtol=0, atol=0)
+    assert not torch.equal(block_forward(block, x, 3), cast_once)  # outside autocast: fp32 weights, no cached copy
+
+
+def test_cast_once_copies_made_under_inference_mode_serve_training(tiny_clip: nn.Module) -> None:
+    """Lightning validates under inference_mode before training: the cached copies must not be inference tensors."""
+    block = _perturbed(tiny_clip).visual.transformer.resblocks[0]
+    x = torch.randn(2 * 5, block.attn.embed_dim)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        block_forward(block, x, batch=2)
+    prompts = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block_forward(block, prompts, batch=2)
+    out.float().square().sum().backward()
+    assert prompts.grad is not None and prompts.grad.abs().sum() > 0

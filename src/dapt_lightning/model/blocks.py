@@ -34,7 +34,53 @@ def unsupported_block_reason(transformer: nn.Module, tower: str = "text") -> str
             return f"{tower} block {index} uses bias_k/bias_v/add_zero_attn"
         if attn.dropout != 0.0 and attn.training:
             return f"{tower} block {index} has attention dropout in training mode"
+        mlp = block.mlp
+        if not (
+            isinstance(mlp, nn.Sequential)
+            and list(mlp._modules) == ["c_fc", "gelu", "c_proj"]
+            and isinstance(mlp.c_fc, nn.Linear)
+            and isinstance(mlp.c_proj, nn.Linear)
+        ):
+            return f"{tower} block {index} has an MLP other than Linear, activation, Linear"
     return None
+
+
+def autocast_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
+    """A frozen ``weight`` as autocast would cast it for a matrix product, cast once and kept.
+
+    Autocast caches its casts only for leaves that require grad, so a frozen CLIP's weights and biases are cast again
+    at every call: about 190 of the 1,658 operators of a bf16 DAPT step (12 + 12 layers). The copy (the same values:
+    the same rounding of the same weight) is kept on the parameter object and rebuilt when the parameter changes
+    (its version, storage or dtype); it costs the weights' size in the autocast dtype. Nothing is cached while
+    ``torch.compile`` traces, where inductor fuses the casts.
+    """
+    if weight is None or weight.requires_grad or torch.compiler.is_compiling():
+        return weight
+    device_type = weight.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return weight
+    dtype = torch.get_autocast_dtype(device_type)
+    if weight.dtype == dtype or not weight.is_floating_point():
+        return weight
+    key = (dtype, weight.dtype, weight._version, weight.data_ptr())
+    cached = getattr(weight, "_autocast_copy", None)
+    if cached is None or cached[0] != key:
+        # Outside inference mode: a copy made during evaluation is also used by later training steps.
+        with torch.inference_mode(False), torch.no_grad():
+            cached = (key, weight.to(dtype))
+        weight._autocast_copy = cached
+    return cached[1]
+
+
+def linear(x: torch.Tensor, module: nn.Linear) -> torch.Tensor:
+    """``module(x)`` with its frozen weight and bias cast once under autocast (see ``autocast_weight``)."""
+    return F.linear(x, autocast_weight(module.weight), autocast_weight(module.bias))
+
+
+def in_projection(block: ResidualAttentionBlock, h: torch.Tensor) -> torch.Tensor:
+    """The packed q/k/v projection ``[..., 3 * width]`` of normalised tokens ``h``."""
+    attn = block.attn
+    return F.linear(h, autocast_weight(attn.in_proj_weight), autocast_weight(attn.in_proj_bias))
 
 
 def split_heads(qkv: torch.Tensor, batch: int, heads: int) -> tuple[torch.Tensor, ...]:
@@ -45,7 +91,13 @@ def split_heads(qkv: torch.Tensor, batch: int, heads: int) -> tuple[torch.Tensor
 
 def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
     """The second half of a block: ``x + ls_2(mlp(ln_2(x)))``."""
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    mlp = block.mlp
+    return x + block.ls_2(linear(mlp.gelu(linear(block.ln_2(x), mlp.c_fc)), mlp.c_proj))
+
+
+def attention_residual(block: ResidualAttentionBlock, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """``x + ls_1(out_proj(attended))``: the first half of a block, after its attention."""
+    return x + block.ls_1(linear(attended, block.attn.out_proj))
 
 
 def is_causal_mask(mask: torch.Tensor | None) -> bool:
@@ -61,10 +113,9 @@ def is_causal_mask(mask: torch.Tensor | None) -> bool:
 def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, batch: int, causal: bool = False) -> torch.Tensor:
     """``block`` over ``batch`` sequences of tokens flattened to ``x`` ``[batch * length, width]``, with full or
     ``causal`` attention. Flat tokens make every projection one plain matrix product, without views around it."""
-    attn = block.attn
-    q, k, v = split_heads(F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias), batch, attn.num_heads)
+    q, k, v = split_heads(in_projection(block, block.ln_1(x)), batch, block.attn.num_heads)
     attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(x.shape)
-    return mlp_residual(block, x + block.ls_1(attn.out_proj(attended)))
+    return mlp_residual(block, attention_residual(block, x, attended))
 
 
 def class_token_block_forward(block: ResidualAttentionBlock, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -74,11 +125,11 @@ def class_token_block_forward(block: ResidualAttentionBlock, x: torch.Tensor, ba
     width, heads = x.shape[-1], attn.num_heads
     head_dim = width // heads
     hidden = block.ln_1(x)
-    q_weight, kv_weight = attn.in_proj_weight.split([width, 2 * width])
-    q_bias, kv_bias = (None, None) if attn.in_proj_bias is None else attn.in_proj_bias.split([width, 2 * width])
+    weight, bias = autocast_weight(attn.in_proj_weight), autocast_weight(attn.in_proj_bias)
+    q_weight, kv_weight = weight.split([width, 2 * width])
+    q_bias, kv_bias = (None, None) if bias is None else bias.split([width, 2 * width])
     cls_hidden = hidden.reshape(batch, -1, width)[:, 0]
     q = F.linear(cls_hidden, q_weight, q_bias).reshape(batch, heads, 1, head_dim)
     k, v = F.linear(hidden, kv_weight, kv_bias).reshape(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     attended = F.scaled_dot_product_attention(q, k, v).reshape(batch, width)
-    cls = x.reshape(batch, -1, width)[:, 0]
-    return mlp_residual(block, cls + block.ls_1(attn.out_proj(attended)))
+    return mlp_residual(block, attention_residual(block, x.reshape(batch, -1, width)[:, 0], attended))

@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch.utils.checkpoint import checkpoint
 
-from dapt_lightning.model.blocks import mlp_residual, split_heads, unsupported_block_reason
+from dapt_lightning.model.blocks import (
+    attention_residual,
+    in_projection,
+    mlp_residual,
+    split_heads,
+    unsupported_block_reason,
+)
 from dapt_lightning.model.compilation import CompileMode, compile_function
 
 if TYPE_CHECKING:
@@ -229,15 +235,15 @@ class SharedPrefixTextEncoder:
         buckets: tuple[tuple[int, int], ...],
         masks: tuple[torch.Tensor, ...],
     ) -> torch.Tensor:
-        """Multi-head self-attention of the packed tokens ``h`` ``[P + T, W]`` (prefix first)."""
+        """Multi-head self-attention of the packed tokens ``h`` ``[P + T, W]`` (prefix first), heads merged, before
+        the output projection."""
         attn = block.attn
         width = h.shape[-1]
         heads = attn.num_heads
-        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        qkv = in_projection(block, h)
         if not buckets:  # one attention over every packed token, under the block mask
             q, k, v = split_heads(qkv, 1, heads)
-            merged = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[0])
-            return attn.out_proj(merged.transpose(1, 2).reshape(-1, width))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=masks[0]).transpose(1, 2).reshape(-1, width)
         P = prefix_length
         # One split into the prefix and the buckets (slicing per bucket would make the backward pass
         # allocate and fill a full-size gradient per slice).
@@ -250,8 +256,7 @@ class SharedPrefixTextEncoder:
             k_b = torch.cat([k_prefix.expand(count, -1, -1, -1), k_b], dim=2)
             v_b = torch.cat([v_prefix.expand(count, -1, -1, -1), v_b], dim=2)
             outputs.append(F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask))
-        merged = torch.cat([o.transpose(1, 2).reshape(-1, width) for o in outputs], dim=0)
-        return attn.out_proj(merged)
+        return torch.cat([o.transpose(1, 2).reshape(-1, width) for o in outputs], dim=0)
 
     def _layer(
         self,
@@ -261,8 +266,8 @@ class SharedPrefixTextEncoder:
         buckets: tuple[tuple[int, int], ...],
         masks: tuple[torch.Tensor, ...],
     ) -> torch.Tensor:
-        x = x + block.ls_1(self._attention(block, block.ln_1(x), prefix_length, buckets, masks))
-        return mlp_residual(block, x)
+        attended = self._attention(block, block.ln_1(x), prefix_length, buckets, masks)
+        return mlp_residual(block, attention_residual(block, x, attended))
 
     def _layers(
         self, x: torch.Tensor, prefix_length: int, buckets: tuple[tuple[int, int], ...], masks: tuple[torch.Tensor, ...]
