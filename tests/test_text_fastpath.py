@@ -18,6 +18,7 @@ from torch import nn
 
 from dapt_lightning import bench
 from dapt_lightning.bench import OperatorCounter
+from dapt_lightning.bench.throughput import time_steady_loader
 from dapt_lightning.model.blocks import unsupported_block_reason
 from dapt_lightning.model.dapt import PromptedCLIP
 from dapt_lightning.model.text_fastpath import SINGLE_ATTENTION_MAX_TOKENS, auto_max_buckets, resolve_text_encoding
@@ -244,7 +245,7 @@ def test_bench_end_to_end_timing_leaves_out_the_worker_start() -> None:
         yield from range(5)
 
     consumed = []
-    seconds = bench._time_steady_loader(batches(), consumed.append, torch.device("cpu"))
+    seconds = time_steady_loader(batches(), consumed.append, torch.device("cpu"))
     assert consumed == [0, 1, 2, 3, 4] and seconds < 0.5
 
 
