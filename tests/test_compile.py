@@ -161,3 +161,25 @@ def test_bench_reports_a_failed_compile_and_keeps_the_other_measurements(
     assert len(throughput_rows) == 2  # measured on the eager fast path, and labelled so
     # Each row was also printed when measured, for runs that a timeout cuts short.
     assert "[bench] 5 classes, train step (ms): naive " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_buckets", [None, 0])
+def test_towers_trace_as_single_graphs(perturbed_clip: nn.Module, max_buckets: int | None) -> None:
+    """A graph break would split a compiled tower into pieces run one after another; under CUDA graphs each piece
+    is its own replay with its own memory. The image tower, the text tower and the shared-prefix layer stack
+    (per-length buckets, or the single block-masked attention) each trace whole."""
+    model = prompted_model(perturbed_clip)
+    images = torch.randn(2, 3, 64, 64)
+    for prompts in (model.visual_prompt(), None):
+        explained = torch._dynamo.explain(model.image_tower.forward)(images, prompts)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    text_prompt = model.text_prompt
+    explained = torch._dynamo.explain(model.text_tower.forward)(text_prompt(None), text_prompt.eot_positions)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    encoder = SharedPrefixTextEncoder(model.text_tower, max_buckets=max_buckets)
+    prefix = torch.cat([text_prompt.token_prefix[0], text_prompt.txt_ctx], dim=0)
+    plan = encoder._get_plan(text_prompt.tokens, prefix.shape[0])
+    masks = encoder.masks(plan, prefix.shape[0])
+    packed = torch.randn(prefix.shape[0] + plan.rows.numel(), model.text_tower.width)
+    explained = torch._dynamo.explain(encoder._layers)(packed, prefix.shape[0], plan.buckets, masks)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

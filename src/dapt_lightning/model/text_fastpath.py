@@ -217,6 +217,12 @@ class SharedPrefixTextEncoder:
                 self._block_mask_key = (plan, causal & visible)
         return self._block_mask_key[1]
 
+    def masks(self, plan: _SuffixPlan, prefix_length: int) -> tuple[torch.Tensor, ...]:
+        """The attention masks of ``plan``'s layout: one per bucket, or the single block mask (built once, cached)."""
+        if not plan.buckets:
+            return (self._block_mask(plan, prefix_length),)
+        return tuple(self._mask(prefix_length, length, plan.rows.device) for length, _ in plan.buckets)
+
     def _mask(self, prefix_length: int, suffix_length: int, device: torch.device) -> torch.Tensor:
         """Boolean mask ``[S, P + S]`` (True = may attend): the whole prefix, then causal within the suffix."""
         key = (prefix_length, suffix_length, device)
@@ -303,11 +309,7 @@ class SharedPrefixTextEncoder:
         positional = tower.positional_embedding.to(prefix.dtype)
         packed = suffix[plan.rows, plan.cols].to(prefix.dtype) + positional[P + plan.cols]
         x = torch.cat([prefix + positional[:P], packed], dim=0)
-        if plan.buckets:
-            masks = tuple(self._mask(P, length, x.device) for length, _ in plan.buckets)
-        else:
-            masks = (self._block_mask(plan, P),)
-        x = self._run_layers(x, P, plan.buckets, masks)
+        x = self._run_layers(x, P, plan.buckets, self.masks(plan, P))
         pooled = tower.ln_final(x[P + plan.eot])
         return tower.project(pooled)
 
