@@ -95,3 +95,13 @@ def test_cast_once_copies_made_under_inference_mode_serve_training(tiny_clip: nn
         out = block_forward(block, prompts, batch=2)
     out.float().square().sum().backward()
     assert prompts.grad is not None and prompts.grad.abs().sum() > 0
+
+
+def test_weights_made_under_inference_mode_are_left_to_autocast() -> None:
+    from dapt_lightning.model.blocks import autocast_weight
+
+    with torch.inference_mode():
+        weight = torch.randn(4, 4)  # an inference tensor: no version counter to validate a kept copy against
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_weight(weight) is weight
+        assert autocast_weight(torch.randn(4, 4)).dtype == torch.bfloat16

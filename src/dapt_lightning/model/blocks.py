@@ -54,7 +54,8 @@ def autocast_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
     (its version, storage or dtype); it costs the weights' size in the autocast dtype. Nothing is cached while
     ``torch.compile`` traces, where inductor fuses the casts.
     """
-    if weight is None or weight.requires_grad or torch.compiler.is_compiling():
+    # Inference tensors (a CLIP loaded under inference_mode) have no version to check a copy against.
+    if weight is None or weight.requires_grad or torch.compiler.is_compiling() or weight.is_inference():
         return weight
     device_type = weight.device.type
     if not torch.is_autocast_enabled(device_type):
