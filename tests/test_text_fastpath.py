@@ -245,7 +245,7 @@ def test_bench_end_to_end_timing_leaves_out_the_worker_start() -> None:
         yield from range(5)
 
     consumed = []
-    seconds = time_steady_loader(batches(), consumed.append, torch.device("cpu"))
+    seconds = time_steady_loader(batches(), consumed.extend, torch.device("cpu"))
     assert consumed == [0, 1, 2, 3, 4] and seconds < 0.5
 
 

@@ -262,7 +262,7 @@ def _time_text_layouts(model, step: Callable, inputs: StepInputs, repeats: int, 
         timed = interleaved_medians(fns, repeats, device)
     finally:
         model._shared_prefix_encoder = original
-    return {name: seconds * 1e3 for name, seconds in timed.items()}
+    return {name: _ms(seconds) for name, seconds in timed.items()}
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
 from dapt_lightning.bench.workload import (
-    CLIP_MEAN,
-    CLIP_STD,
     StepInputs,
     autocast_context,
     eval_fast,
@@ -19,6 +17,7 @@ from dapt_lightning.bench.workload import (
     synchronize,
     time_call,
 )
+from dapt_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 
 
 def text_flops(model, mode: str) -> float:
@@ -107,23 +106,15 @@ def _loader(model, batch: int, steps: int, train: bool, workers: int, device: to
     )
 
 
-def time_steady_loader(loader: Iterable, consume: Callable, device: torch.device, per_batch: bool = True) -> float:
-    """Seconds to consume all but the first batch of ``loader``: starting the workers and filling their queues is a
-    one-off cost per epoch, not the pipeline's rate. ``consume`` takes one batch, or (``per_batch=False``) an
-    iterator over the rest."""
+def time_steady_loader(loader: Iterable, consume: Callable[[Iterator], object], device: torch.device) -> float:
+    """Seconds that ``consume`` takes over all but the first batch of ``loader`` (it is handed an iterator of
+    batches, first of the first alone): starting the workers and filling their queues is a one-off cost per epoch,
+    not the pipeline's rate."""
     batches = iter(loader)
-    first = next(batches)
-    if per_batch:
-        consume(first)
-    else:
-        consume(iter([first]))
+    consume(iter([next(batches)]))
     synchronize(device)
     start = time.perf_counter()
-    if per_batch:
-        for batch in batches:
-            consume(batch)
-    else:
-        consume(batches)
+    consume(batches)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -140,19 +131,18 @@ def throughput(model, args: argparse.Namespace, device: torch.device) -> dict[st
     eval_fast(model, [eval_inputs], autocast)
     eval_s = time_call(lambda: eval_fast(model, [eval_inputs] * steps, autocast), device)
 
-    def train_batch(batch: list[torch.Tensor]) -> None:
-        images, labels = (tensor.to(device, non_blocking=True) for tensor in batch)
-        step(StepInputs(images, labels, inputs.prototypes))
+    def train_batches(batches: Iterator) -> None:
+        for images, labels in batches:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            step(StepInputs(images, labels, inputs.prototypes))
+
+    def eval_batches(batches: Iterator) -> None:
+        eval_fast(model, (images.to(device, non_blocking=True) for images, _ in batches), autocast)
 
     train_loader = _loader(model, args.batch, steps + 1, True, args.workers, device)
-    train_e2e_s = time_steady_loader(train_loader, train_batch, device)
+    train_e2e_s = time_steady_loader(train_loader, train_batches, device)
     eval_loader = _loader(model, args.test_batch, steps + 1, False, args.workers, device)
-    eval_e2e_s = time_steady_loader(
-        eval_loader,
-        lambda batches: eval_fast(model, (images.to(device, non_blocking=True) for images, _ in batches), autocast),
-        device,
-        per_batch=False,
-    )
+    eval_e2e_s = time_steady_loader(eval_loader, eval_batches, device)
     blocks, patch_embed = image_flops(model)
     train_flops = steps * train_step_flops(model, args.batch, "auto")
     eval_flops = steps * args.test_batch * (blocks + patch_embed) + text_flops(model, "auto")

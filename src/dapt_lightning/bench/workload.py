@@ -12,8 +12,6 @@ from pathlib import Path
 import torch
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BETA_V, BETA_T = 10.0, 0.1  # any non-zero weights: every loss term must be computed and differentiated
 
 
