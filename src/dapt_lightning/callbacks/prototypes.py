@@ -66,7 +66,10 @@ class PrototypeCallback(L.Callback):
         """Hash of the split content, shots, seeds, CLIP identity, transform and image size."""
         return stable_hash(
             {
-                "version": 3,  # 3: one seeding scheme (ImageListDataset.augment_seed) for training and prototype views
+                # 3: one seeding scheme (ImageListDataset.augment_seed) for training and prototype views;
+                # 4: the image tower's lean blocks (model/blocks.py) round differently, so cached means would differ
+                # from fresh ones in the last bits, enough to change a short run's trajectory.
+                "version": 4,
                 "dataset": datamodule.dataset_name,
                 "train": [(item.impath, item.label) for item in datamodule.splits.train],
                 "num_shots": datamodule.num_shots,
