@@ -163,13 +163,23 @@ def test_bench_reports_a_failed_compile_and_keeps_the_other_measurements(
     assert "[bench] 5 classes, train step (ms): naive " in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
 @pytest.mark.parametrize("max_buckets", [None, 0])
-def test_towers_trace_as_single_graphs(perturbed_clip: nn.Module, max_buckets: int | None) -> None:
+def test_towers_trace_as_single_graphs(perturbed_clip: nn.Module, max_buckets: int | None, autocast: bool) -> None:
     """A graph break would split a compiled tower into pieces run one after another; under CUDA graphs each piece
     is its own replay with its own memory. The image tower, the text tower and the shared-prefix layer stack
-    (per-length buckets, or the single block-masked attention) each trace whole."""
+    (per-length buckets, or the single block-masked attention) each trace whole, in fp32 and under the bf16
+    autocast of ``--trainer.precision bf16-mixed`` (after an eager call has kept cast copies of the weights)."""
     model = prompted_model(perturbed_clip)
     images = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        model.image_tower(images, model.visual_prompt())
+        in_projection = model.image_tower.visual.transformer.resblocks[0].attn.in_proj_weight
+        assert hasattr(in_projection, "_autocast_copy") == autocast
+        _assert_towers_trace_whole(model, images, max_buckets)
+
+
+def _assert_towers_trace_whole(model: PromptedCLIP, images: torch.Tensor, max_buckets: int | None) -> None:
     for prompts in (model.visual_prompt(), None):
         explained = torch._dynamo.explain(model.image_tower.forward)(images, prompts)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
@@ -183,3 +193,34 @@ def test_towers_trace_as_single_graphs(perturbed_clip: nn.Module, max_buckets: i
     packed = torch.randn(prefix.shape[0] + plan.rows.numel(), model.text_tower.width)
     explained = torch._dynamo.explain(encoder._layers)(packed, prefix.shape[0], plan.buckets, masks)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_bf16_compiled_steps_do_not_recompile(perturbed_clip: nn.Module) -> None:
+    """What `--trainer.precision bf16-mixed --model.compile ...` does over an epoch: training steps that move the
+    prompts, an evaluation under inference_mode, more training steps. Each of those compiles its graphs once
+    (a recompile every step would cost far more than it saves), and the compiled numbers follow the eager ones to
+    bf16 rounding."""
+    eager, compiled = _pair(perturbed_clip, "default")
+    size = eager.image_tower.image_size
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(5))
+
+    def train_then_evaluate(model: PromptedCLIP, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs = step_outputs(model, "shared_prefix")
+            optimizer.step()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return outputs["total"], model.encode_image(images) @ model.encode_text().t()
+
+    rounds = (2, 1, 3)
+    train_then_evaluate(compiled, rounds[0])
+    graphs = _compiled_graphs()
+    assert graphs >= 4, "training and inference-mode graphs of both towers"
+    for steps in rounds[1:]:
+        total, logits = train_then_evaluate(compiled, steps)
+    assert _compiled_graphs() == graphs, "a later step or evaluation compiled again"
+    for steps in rounds:
+        reference_total, reference_logits = train_then_evaluate(eager, steps)
+    torch.testing.assert_close(total, reference_total, rtol=0.05, atol=0.0)
+    torch.testing.assert_close(logits, reference_logits, rtol=0.0, atol=0.05 * reference_logits.abs().max().item())
