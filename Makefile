@@ -35,10 +35,10 @@ format: $(STAMP) ## Format and auto-fix with ruff
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP) ## CPU benchmark of the naive vs fast (eager and compiled) paths (writes BENCHMARKS.md)
-	$(BIN)/python -m dapt_lightning.bench --compile default
+	$(BIN)/python -m benchmarks --compile default
 
 bench-gpu: $(STAMP) ## GPU benchmark: 12-layer ViT-B/16, bf16-mixed, eager and compiled (CUDA graphs)
-	$(BIN)/python -m dapt_lightning.bench --device cuda --depth 12 --precision bf16-mixed --compile reduce-overhead
+	$(BIN)/python -m benchmarks --device cuda --depth 12 --precision bf16-mixed --compile reduce-overhead
 
 clean: ## Remove runs, caches and build artefacts (keeps .venv)
 	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache

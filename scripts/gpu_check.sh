@@ -16,7 +16,7 @@ python3 -c "import torch, lightning, open_clip; print('torch', torch.__version__
 echo "== benchmark (eager fast path and --model.compile reduce-overhead, i.e. compiled towers replayed from CUDA graphs)"
 # Each row is printed ([bench] lines) as soon as it is measured and logged under $OUT, so a run cut short by the
 # timeout still returns what it measured; a failed compile is reported in the table and the eager rows go on.
-timeout 330 python3 -m dapt_lightning.bench --device cuda --depth 12 --precision bf16-mixed --classes 37,1000 --repeats 5 \
+timeout 330 python3 -m benchmarks --device cuda --depth 12 --precision bf16-mixed --classes 37,1000 --repeats 5 \
   --compile reduce-overhead --profile --output BENCHMARKS.md --note "37 and 1000 classes only (device time)" \
   2>&1 | grep --line-buffered -v Warning | tee "$OUT/bench.log"
 cp BENCHMARKS.md "$OUT/"

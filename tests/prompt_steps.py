@@ -11,7 +11,7 @@ from torch import nn
 
 from dapt_lightning.losses import dapt_loss
 from dapt_lightning.model.clip import load_clip
-from dapt_lightning.model.dapt import PromptedCLIP
+from dapt_lightning.model.prompted_clip import PromptedCLIP
 
 # Suffix lengths of 2 to 22 tokens, several sharing a length (buckets of more than one class); the last
 # name is more than 10 tokens longer than any other.

@@ -2,49 +2,134 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import open_clip
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from dapt_lightning.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_clip_identity,
+    check_shapes,
+    prompt_only_state,
+    transferable_state,
+)
 from dapt_lightning.losses import LossTerms, dapt_loss
-from dapt_lightning.methods import Method, method_spec
+from dapt_lightning.methods import Method, MethodSpec, method_spec
 from dapt_lightning.model.clip import ClipIdentity, load_clip
 from dapt_lightning.model.compilation import CompileMode
-from dapt_lightning.model.dapt import PromptedCLIP, TextEncoding
+from dapt_lightning.model.prompted_clip import PromptedCLIP
+from dapt_lightning.model.shared_prefix import SharedPrefixLayout
+from dapt_lightning.model.text_encoding import TextEncoding
 from dapt_lightning.schedule import warmup_cosine
-from dapt_lightning.templates import GENERIC_TEMPLATE
 
-CHECKPOINT_FORMAT = 1
-"""Version of the prompt-only checkpoint layout (``checkpoint["dapt_checkpoint_format"]``)."""
+DAPT_BETA_V = 10.0
+"""DAPT's intra-dispersion weight when none is given (OxfordPets' and most datasets' official value)."""
+DAPT_BETA_T = 0.01
+"""DAPT's inter-dispersion weight when none is given."""
 
 
-class ClipMismatchError(ValueError):
-    """A checkpoint's prompts were trained on a different CLIP than the one this run loaded."""
+@dataclass(frozen=True)
+class ClipSettings:
+    """Which frozen CLIP: open_clip architecture, pretrained tag or file, activation, download cache."""
+
+    name: str
+    pretrained: str | None
+    quick_gelu: bool | None
+    cache_dir: str | None
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """The learned prompts (CoOp text context, VPT tokens) and the fixed template of methods without text prompts."""
+
+    text_tokens: int
+    text_init: str | None
+    class_specific_context: bool
+    visual_tokens: int
+    visual_dropout: float
+    template: str | None
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The weights of DAPT's dispersion losses (0 for methods that train with cross-entropy alone)."""
+
+    beta_v: float
+    beta_t: float
+    rbf_t: float
+
+    @classmethod
+    def for_method(cls, method: str, spec: MethodSpec, beta_v: float | None, beta_t: float | None, rbf_t: float):
+        """DAPT's weights (defaults for those not given); zeros for the baselines, reporting any weight given."""
+        if spec.dispersion_losses:
+            return cls(DAPT_BETA_V if beta_v is None else beta_v, DAPT_BETA_T if beta_t is None else beta_t, rbf_t)
+        ignored = [f"--model.{name} {value}" for name, value in (("beta_v", beta_v), ("beta_t", beta_t)) if value]
+        if ignored:
+            rank_zero_warn(
+                f"--model.method {method} trains with cross-entropy alone: {' and '.join(ignored)} "
+                "(DAPT's dispersion weights) are not used."
+            )
+        return cls(0.0, 0.0, rbf_t)
+
+
+@dataclass(frozen=True)
+class OptimisationSettings:
+    """SGD with momentum and weight decay; a constant warm-up, then cosine, stepped once per epoch."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: int
+    warmup_lr: float
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """How the same numbers are computed: text encoding strategy and layout, checkpointing, compilation."""
+
+    text_encoding: TextEncoding
+    text_layout: SharedPrefixLayout | int
+    text_checkpointing: bool
+    compile: CompileMode
 
 
 class DAPTModule(L.LightningModule):
     """Prompt tuning of a frozen CLIP: zero-shot, CoOp, VPT, CoOp+VPT or DAPT.
 
+    The flat arguments are the ``--model.*`` flags; the module groups them (``clip``, ``prompts``, ``losses``,
+    ``optimisation``, ``execution`` settings).
+
     Args:
         classnames: class names by label (linked from the DataModule by the CLI).
         method: ``zeroshot``, ``coop``, ``vpt``, ``coop_vpt`` or ``dapt``.
+
         clip_name: open_clip architecture (``ViT-B-16``; ``dapt-tiny`` for tests and the demo).
         pretrained: pretrained tag (``openai``), a local weights file, ``tiny-synthetic``, or None (random).
         quick_gelu: force QuickGELU on/off; None picks it for OpenAI weights.
         cache_dir: where pretrained weights are cached.
-        lr: SGD learning rate after warm-up. momentum, weight_decay: SGD settings.
-        warmup_epochs: epochs at the constant ``warmup_lr`` before the cosine schedule.
-        beta_v: weight of the intra-dispersion (prototype) loss. beta_t: weight of the inter-dispersion loss.
-        rbf_t: ``t`` in the inter-dispersion kernel ``exp(-t * d^2)``.
+
         text_tokens, text_init, class_specific_context: CoOp context settings.
         visual_tokens, visual_dropout: VPT settings.
         template: the hand-crafted prompt for methods without text prompts; None: ``"a photo of a {}."`` (the
-            CLI picks the dataset's CoOp template for ``zeroshot``, see ``templates.py``).
+            CLI picks the dataset's CoOp template for ``zeroshot``).
+
+        beta_v: weight of the intra-dispersion (prototype) loss; None: 10. beta_t: weight of the inter-dispersion
+            loss; None: 0.01. DAPT only: the baselines train with cross-entropy alone, and a weight given to them
+            is reported as unused.
+        rbf_t: ``t`` in the inter-dispersion kernel ``exp(-t * d^2)``.
+
+        lr: SGD learning rate after warm-up. momentum, weight_decay: SGD settings.
+        warmup_epochs: epochs at the constant ``warmup_lr`` before the cosine schedule.
+
         text_encoding: ``auto`` (fastest exact path), ``truncated``, ``shared_prefix`` or ``full`` (official).
+        text_layout: how the shared-prefix path packs class suffixes: ``auto``, ``per_length``,
+            ``single_attention`` or ``two_buckets``.
         text_checkpointing: recompute text-tower activations in the backward pass (less memory, more time).
         compile: ``torch.compile`` the image tower and text encoder: ``off`` (eager), ``default``,
             ``reduce-overhead`` (CUDA graphs on GPUs), ``max-autotune`` or ``max-autotune-no-cudagraphs``.
@@ -63,8 +148,8 @@ class DAPTModule(L.LightningModule):
         weight_decay: float = 5e-4,
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
-        beta_v: float = 10.0,
-        beta_t: float = 0.01,
+        beta_v: float | None = None,
+        beta_t: float | None = None,
         rbf_t: float = 2.0,
         text_tokens: int = 16,
         text_init: str | None = None,
@@ -73,36 +158,29 @@ class DAPTModule(L.LightningModule):
         visual_dropout: float = 0.0,
         template: str | None = None,
         text_encoding: TextEncoding = "auto",
+        text_layout: SharedPrefixLayout | int = "auto",
         text_checkpointing: bool = False,
         compile: CompileMode = "off",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         spec = method_spec(method)
-        # Only DAPT uses the dispersion losses; the baselines train with cross-entropy alone.
-        self.beta_v = beta_v if spec.dispersion_losses else 0.0
-        self.beta_t = beta_t if spec.dispersion_losses else 0.0
-        clip, identity = load_clip(clip_name, pretrained, quick_gelu, cache_dir)
-        self.clip_identity: ClipIdentity = identity
-        self.model = PromptedCLIP(
-            clip,
-            classnames,
-            text_prompts=spec.text_prompts,
-            visual_prompts=spec.visual_prompts,
-            text_tokens=text_tokens,
-            text_init=text_init,
-            class_specific_context=class_specific_context,
-            visual_tokens=visual_tokens,
-            visual_dropout=visual_dropout,
-            template=template or GENERIC_TEMPLATE,
-            text_encoding=text_encoding,
-            text_checkpointing=text_checkpointing,
-            compile=compile,
+        self.clip_settings = ClipSettings(clip_name, pretrained, quick_gelu, cache_dir)
+        self.prompt_settings = PromptSettings(
+            text_tokens, text_init, class_specific_context, visual_tokens, visual_dropout, template
         )
-        embed_dim = _embed_dim(clip)
+        self.loss_settings = LossSettings.for_method(method, spec, beta_v, beta_t, rbf_t)
+        self.optimisation = OptimisationSettings(lr, momentum, weight_decay, warmup_epochs, warmup_lr)
+        self.execution = ExecutionSettings(text_encoding, text_layout, text_checkpointing, compile)
+        self.model, self.clip_identity = build_model(
+            classnames, spec, self.clip_settings, self.prompt_settings, self.execution
+        )
         # Class prototypes (DAPT's intra-dispersion targets) are saved with the checkpoint.
-        self.register_buffer("prototypes", torch.zeros(len(classnames), embed_dim))
+        self.register_buffer("prototypes", torch.zeros(len(classnames), _embed_dim(self.model.clip)))
         self.register_buffer("prototypes_ready", torch.tensor(False))
+        # The same fact on the host, so that no step reads the buffer (which would synchronise a GPU).
+        self.has_prototypes = False
+        self.register_load_state_dict_post_hook(_read_prototypes_ready)
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(len(classnames), average="micro"),
@@ -113,6 +191,15 @@ class DAPTModule(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self._eval_text_features: torch.Tensor | None = None
+        self._non_finite: NonFiniteWatch | None = None
+
+    @property
+    def beta_v(self) -> float:
+        return self.loss_settings.beta_v
+
+    @property
+    def beta_t(self) -> float:
+        return self.loss_settings.beta_t
 
     @property
     def image_size(self) -> int:
@@ -123,9 +210,6 @@ class DAPTModule(L.LightningModule):
         return self.beta_v != 0
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and getattr(datamodule, "image_size", 0) is None:
-            datamodule.image_size = self.image_size
         if stage == "fit" and not any(p.requires_grad for p in self.parameters()):
             raise ValueError(
                 f"--model.method {self.hparams.method!r} has no prompts to train; evaluate it with `dapt test` instead"
@@ -139,6 +223,7 @@ class DAPTModule(L.LightningModule):
             )
         self.prototypes.copy_(prototypes.to(self.prototypes))
         self.prototypes_ready.fill_(True)
+        self.has_prototypes = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of images."""
@@ -148,20 +233,21 @@ class DAPTModule(L.LightningModule):
         """The loss terms and the logits of one training batch."""
         logits, image_features, text_features = self.model(images)
         prototypes = self.prototypes if self.needs_prototypes else None
-        if prototypes is not None and not bool(self.prototypes_ready):
+        if prototypes is not None and not self.has_prototypes:
             raise RuntimeError(
                 "DAPT needs class prototypes before training: add the PrototypeCallback "
                 "(the `dapt` CLI adds it) or set --model.beta_v 0"
             )
+        losses = self.loss_settings
         terms = dapt_loss(
-            logits, labels, image_features, text_features, prototypes, self.beta_v, self.beta_t, self.hparams.rbf_t
+            logits, labels, image_features, text_features, prototypes, losses.beta_v, losses.beta_t, losses.rbf_t
         )
         return terms, logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels, _ = batch
         terms, logits = self.compute_losses(images, labels)
-        self._stop_on_non_finite(terms)
+        self._watch_for_non_finite(terms)
         batch_size = labels.shape[0]
         self.log_dict(
             {
@@ -185,24 +271,27 @@ class DAPTModule(L.LightningModule):
         self.log("loss", terms.total, prog_bar=True, logger=False, batch_size=batch_size)
         return terms.total
 
-    def _stop_on_non_finite(self, terms: LossTerms) -> None:
-        """Stop with a message naming the step, the term and the usual causes; the last good checkpoint stays."""
-        names = ("ce", "inter", "intra", "total")  # the terms first: they say where it came from
-        # One device-to-host sync per step (reading a GPU bool waits for the step's kernels), not one per term.
-        if bool(torch.isfinite(torch.stack([getattr(terms, name).detach().float() for name in names])).all()):
+    def _watch_for_non_finite(self, terms: LossTerms) -> None:
+        if self._non_finite is None:
+            self._non_finite = NonFiniteWatch(terms.total.device, self.global_step)
+        self._non_finite.update(terms)
+
+    def on_train_epoch_end(self) -> None:
+        # Before the last checkpoint is written: checkpoint callbacks run after the module's epoch-end hook.
+        watch, self._non_finite = self._non_finite, None
+        found = watch.first() if watch is not None else None  # the epoch's one host read
+        if found is None:
             return
-        for name in names:
-            value = getattr(terms, name)
-            if not torch.isfinite(value).all():
-                precision = self.trainer.precision if self._trainer is not None else "32"
-                raise FloatingPointError(
-                    f"loss term {name!r} became {value.item()} at global step {self.global_step} "
-                    f"(epoch {self.current_epoch}) with --model.lr {self.hparams.lr}, "
-                    f"--model.beta_v {self.beta_v}, --model.beta_t {self.beta_t}, --trainer.precision {precision}. "
-                    "Usual causes: a large learning rate (e.g. LR 20 of the official configs) in 16-mixed "
-                    "precision (use bf16-mixed or 32), or corrupt inputs. The last good checkpoint (last.ckpt) "
-                    "is kept: change the settings and resume from it with --ckpt_path."
-                )
+        step, terms = found
+        precision = self.trainer.precision if self._trainer is not None else "32"
+        raise FloatingPointError(
+            f"loss term {terms[0]!r} became non-finite (terms: {', '.join(terms)}) at global step {step} "
+            f"(epoch {self.current_epoch}) with --model.lr {self.hparams.lr}, "
+            f"--model.beta_v {self.beta_v}, --model.beta_t {self.beta_t}, --trainer.precision {precision}. "
+            "Usual causes: a large learning rate (e.g. LR 20 of the official configs) in 16-mixed "
+            "precision (use bf16-mixed or 32), or corrupt inputs. The last good checkpoint (last.ckpt) "
+            "is kept: change the settings and resume from it with --ckpt_path."
+        )
 
     # Evaluation: prompts are fixed, so the class text features are encoded once per evaluation, not per batch.
     def _start_evaluation(self) -> None:
@@ -258,97 +347,113 @@ class DAPTModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
+        settings = self.optimisation
         optimizer = torch.optim.SGD(
-            params, lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
+            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
         )
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        scheduler = warmup_cosine(optimizer, max_epochs, self.hparams.warmup_epochs, self.hparams.warmup_lr)
+        scheduler = warmup_cosine(optimizer, max_epochs, settings.warmup_epochs, settings.warmup_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    # Prompt-only checkpoints: the frozen CLIP is rebuilt from its identity (hyperparameters), never stored.
+    # Prompt-only checkpoints (``checkpoint.py``): the frozen CLIP is rebuilt from its identity, never stored.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The tower views register CLIP's modules under their own names too, so filter by storage, not by prefix.
-        frozen = {t.data_ptr() for t in self.model.clip.state_dict().values() if t.numel()}
-        state = {
-            k: v
-            for k, v in checkpoint["state_dict"].items()
-            if not k.startswith("model.clip.") and not (v.numel() and v.data_ptr() in frozen)
-        }
-        if not bool(self.prototypes_ready):
-            state.pop("prototypes", None)  # zeros for methods without prototypes: C x D bytes of nothing
-        checkpoint["state_dict"] = state
+        checkpoint["state_dict"] = prompt_only_state(checkpoint["state_dict"], self.model.clip, self.has_prototypes)
         checkpoint["dapt_checkpoint_format"] = CHECKPOINT_FORMAT
         checkpoint["clip_identity"] = self.clip_identity.to_dict()
         checkpoint["classnames"] = list(self.model.classnames)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._check_clip_identity(checkpoint.get("clip_identity") or {})
+        check_clip_identity(checkpoint.get("clip_identity") or {}, self.clip_identity)
         state = checkpoint["state_dict"]
         saved_classes = checkpoint.get("classnames")
         if saved_classes is not None and list(saved_classes) != list(self.model.classnames):
-            state = self._transferable_state(state, list(saved_classes), checkpoint)
+            source = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset", "another dataset")
+            state, message = transferable_state(
+                state,
+                list(saved_classes),
+                list(self.model.classnames),
+                source,
+                fitting=self._trainer is not None and self.trainer.state.fn == "fit",
+                class_specific_context=self.prompt_settings.class_specific_context,
+            )
+            rank_zero_info(message)
         own = self.state_dict()
-        for key, value in state.items():
-            if key in own and tuple(value.shape) != tuple(own[key].shape):
-                raise ClipMismatchError(
-                    f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but this model's is "
-                    f"{tuple(own[key].shape)}: the checkpoint was made with other prompt settings or another CLIP "
-                    "architecture. Use the training run's --model.* settings."
-                )
+        check_shapes(state, own)
         # Re-insert the frozen CLIP (and anything not stored, such as unset prototypes) so that Lightning's
         # strict load sees a complete state dict.
         for key, value in own.items():
             state.setdefault(key, value)
         checkpoint["state_dict"] = state
 
-    def _check_clip_identity(self, saved: dict[str, Any]) -> None:
-        ours = self.clip_identity
-        if not saved:
-            return
-        same_name = saved.get("name") == ours.name
-        same_weights = saved.get("weights_sha256") is None or saved.get("weights_sha256") == ours.weights_sha256
-        # The activation is no weight: the same weights with GELU instead of QuickGELU give other features.
-        same_activation = saved.get("quick_gelu") is None or saved.get("quick_gelu") == ours.quick_gelu
-        if not (same_name and same_weights and same_activation):
-            raise ClipMismatchError(
-                f"checkpoint was trained on CLIP {saved.get('name')!r} ({saved.get('pretrained')}, weights sha256 "
-                f"{str(saved.get('weights_sha256'))[:12]}..., quick_gelu={saved.get('quick_gelu')}) but this run "
-                f"loaded {ours.name!r} ({ours.pretrained}, {str(ours.weights_sha256)[:12]}..., "
-                f"quick_gelu={ours.quick_gelu}). "
-                "Use the same --model.clip_name/--model.pretrained/--model.quick_gelu as the training run."
-            )
 
-    def _transferable_state(
-        self, state: dict[str, torch.Tensor], saved_classes: list[str], checkpoint: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
-        """The class-agnostic part of ``state`` (generic text context, visual prompts) for other classes."""
-        if self._trainer is not None and self.trainer.state.fn == "fit":
-            raise ValueError(
-                f"--ckpt_path: the checkpoint was trained on {len(saved_classes)} other classes than this run's "
-                f"{len(self.model.classnames)}; resuming training needs the same dataset, shots and subsample "
-                "settings. To evaluate those prompts on these classes use `dapt test`; to start anew, drop --ckpt_path."
-            )
-        if self.hparams.class_specific_context or (
-            "model.text_prompt.txt_ctx" in state and state["model.text_prompt.txt_ctx"].dim() == 3
-        ):
-            raise ValueError(
-                "the checkpoint's text context is class-specific (--model.class_specific_context true): it cannot "
-                f"be used for other classes ({len(saved_classes)} in the checkpoint, {len(self.model.classnames)} "
-                "here). Evaluate on the training classes, or train a generic context."
-            )
-        class_specific = ("prototypes", "prototypes_ready")
-        dropped = sorted(k for k in state if k in class_specific)
-        kept = {k: v for k, v in state.items() if k not in class_specific}
-        source = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset", "another dataset")
-        loaded = [
-            k.removeprefix("model.") for k in kept if k.startswith(("model.text_prompt.", "model.visual_prompt."))
+class NonFiniteWatch:
+    """Remembers, on the device, the first training batch of an epoch with a non-finite loss term.
+
+    Reading a loss on the host would wait for the step's kernels, so nothing is read until ``first()``, once an
+    epoch. Every tensor is made on the device (a tensor built from Python numbers would be a synchronous copy).
+    """
+
+    TERMS = ("ce", "inter", "intra", "total")
+
+    def __init__(self, device: torch.device, first_step: int) -> None:
+        self.first_step = first_step
+        self.batches = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_terms = torch.zeros(len(self.TERMS), dtype=torch.bool, device=device)
+
+    def update(self, terms: LossTerms) -> None:
+        """Note this batch's terms (no host synchronisation)."""
+        bad = ~torch.isfinite(torch.stack([getattr(terms, name).detach().float() for name in self.TERMS]))
+        first = (self.first_bad < 0) & bad.any()
+        self.first_bad = torch.where(first, self.batches, self.first_bad)
+        self.bad_terms = torch.where(first, bad, self.bad_terms)
+        self.batches += 1
+
+    def first(self) -> tuple[int, list[str]] | None:
+        """The global step and the names of the non-finite terms of the first bad batch, or None."""
+        index = int(self.first_bad)
+        if index < 0:
+            return None
+        return self.first_step + index, [
+            name for name, bad in zip(self.TERMS, self.bad_terms.tolist(), strict=True) if bad
         ]
-        rank_zero_info(
-            f"Cross-dataset checkpoint: prompts trained on {len(saved_classes)} classes of {source!r}, evaluated on "
-            f"{len(self.model.classnames)} classes here. Loaded: {', '.join(loaded) or 'nothing'}; not loaded "
-            f"(class-specific): {', '.join(dropped) or 'nothing'}. This run's class names are kept."
-        )
-        return kept
+
+
+def build_model(
+    classnames: list[str], spec: MethodSpec, clip: ClipSettings, prompts: PromptSettings, execution: ExecutionSettings
+) -> tuple[PromptedCLIP, ClipIdentity]:
+    """The frozen CLIP (with its own tokenizer) and the method's prompts around it."""
+    model, identity = load_clip(clip.name, clip.pretrained, clip.quick_gelu, clip.cache_dir)
+    tokenizer = open_clip.get_tokenizer(clip.name, context_length=_context_length(model))
+    template = {} if prompts.template is None else {"template": prompts.template}
+    prompted = PromptedCLIP(
+        model,
+        classnames,
+        text_prompts=spec.text_prompts,
+        visual_prompts=spec.visual_prompts,
+        text_tokens=prompts.text_tokens,
+        text_init=prompts.text_init,
+        class_specific_context=prompts.class_specific_context,
+        visual_tokens=prompts.visual_tokens,
+        visual_dropout=prompts.visual_dropout,
+        tokenizer=tokenizer,
+        text_encoding=execution.text_encoding,
+        text_layout=execution.text_layout,
+        text_checkpointing=execution.text_checkpointing,
+        compile=execution.compile,
+        **template,
+    )
+    return prompted, identity
+
+
+def _read_prototypes_ready(module: DAPTModule, incompatible_keys: Any) -> None:
+    # Once per load, not per step: the loaded buffer says whether the checkpoint held prototypes.
+    module.has_prototypes = bool(module.prototypes_ready)
+
+
+def _context_length(clip: torch.nn.Module) -> int:
+    text = getattr(clip, "text", clip)
+    return int(text.positional_embedding.shape[0])
 
 
 def _embed_dim(clip: torch.nn.Module) -> int:

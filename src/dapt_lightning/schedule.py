@@ -1,4 +1,4 @@
-"""The official learning-rate schedule: a constant warm-up, then cosine, stepped once per epoch."""
+"""The official schedule: epochs per shot count, and a constant warm-up, then cosine, stepped once per epoch."""
 
 from __future__ import annotations
 
@@ -31,3 +31,12 @@ def expected_lr(epoch: int, lr: float, max_epochs: int, warmup_epochs: int = 1, 
     if epoch < warmup_epochs:
         return warmup_lr
     return lr * 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
+
+
+def official_max_epochs(dataset: str, num_shots: int) -> int:
+    """Epochs of the official configs: ImageNet 50; otherwise 1 shot 50, 2 and 4 shots 100, 8 and more 200."""
+    if dataset.startswith("imagenet") or num_shots == 1:
+        return 50
+    if num_shots in (2, 4):
+        return 100
+    return 200

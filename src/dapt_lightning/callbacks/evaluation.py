@@ -11,8 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from dapt_lightning.cache import atomic_write_bytes
 from dapt_lightning.callbacks.paths import output_folder
+from dapt_lightning.storage import atomic_write_bytes
 
 
 def mean_pairwise_cosine(text_features: torch.Tensor) -> float:
@@ -83,7 +83,7 @@ class DispersionMonitor(L.Callback):
     def _update(self, pl_module: L.LightningModule, outputs: Any) -> None:
         if self._stats is None or not isinstance(outputs, dict) or "image_features" not in outputs:
             return
-        prototypes = pl_module.prototypes if bool(pl_module.prototypes_ready) else None
+        prototypes = pl_module.prototypes if pl_module.has_prototypes else None
         self._stats.update(outputs["image_features"], outputs["labels"], prototypes)
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -93,7 +93,7 @@ class DispersionMonitor(L.Callback):
         if trainer.world_size > 1:
             reduced = [trainer.strategy.reduce(t, reduce_op="sum") for t in stats.tensors()]
             stats.sums, stats.counts, stats.square_norms, stats.prototype_distance = reduced
-        values = stats.summary(with_prototypes=bool(pl_module.prototypes_ready))
+        values = stats.summary(with_prototypes=pl_module.has_prototypes)
         text = getattr(pl_module, "eval_text_features", None)
         if text is None:
             with torch.no_grad():

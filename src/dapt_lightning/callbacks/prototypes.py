@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
-from dapt_lightning.cache import default_cache_dir, load_tensors, save_tensors, stable_hash
+from dapt_lightning.callbacks.features import encode_images
 from dapt_lightning.data.image_dataset import seeded_views
-from dapt_lightning.features import encode_images
+from dapt_lightning.storage import default_cache_dir, load_tensors, save_tensors, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,13 @@ class PrototypeCallback(L.Callback):
         self.last_source: str = ""  # "cache" or "computed", for tests and logs
 
     def cache_key(self, module: L.LightningModule, datamodule: L.LightningDataModule, seed: int) -> str:
-        """Hash of the split content, shots, seeds, CLIP identity, transform and image size."""
+        """Hash of what the prototypes depend on: split content, shots, seeds, CLIP identity, transform, image size
+        and how the image features are computed (the tower's code path and the device)."""
         return stable_hash(
             {
-                # 3: one seeding scheme (ImageListDataset.augment_seed) for training and prototype views;
-                # 4: the image tower's lean blocks (model/blocks.py) round differently, so cached means would differ
-                # from fresh ones in the last bits, enough to change a short run's trajectory.
-                "version": 4,
+                # How the features are computed decides their last bits, enough to change a short run's trajectory.
+                "image_path": module.model.image_tower.computation,
+                "device": module.device.type,
                 "dataset": datamodule.dataset_name,
                 "train": [(item.impath, item.label) for item in datamodule.splits.train],
                 "num_shots": datamodule.num_shots,
@@ -77,14 +77,14 @@ class PrototypeCallback(L.Callback):
                 "augmentation_seed": seed,
                 "clip": module.clip_identity.to_dict(),
                 "transform": self.transform,
-                "image_size": datamodule.image_size or module.image_size,
+                "image_size": datamodule.image_size,
             }
         )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not getattr(pl_module, "needs_prototypes", False):
             return
-        if bool(pl_module.prototypes_ready):
+        if pl_module.has_prototypes:
             rank_zero_info("Prototypes: kept from the checkpoint")
             return
         pl_module.set_prototypes(self.compute(trainer, pl_module))

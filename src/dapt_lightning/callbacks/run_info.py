@@ -72,7 +72,7 @@ def resolved_settings(trainer: L.Trainer, module: L.LightningModule) -> dict[str
     if datamodule is not None and hasattr(datamodule, "dataset"):
         from dapt_lightning.data.transforms import build_transform
 
-        size = datamodule.image_size or getattr(module, "image_size", 224)
+        size = datamodule.image_size
         settings["data"] = {
             "root": str(datamodule.root),
             "dataset": datamodule.dataset_name,

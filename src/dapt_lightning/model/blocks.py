@@ -1,7 +1,7 @@
 """Lean forward passes of open_clip's plain ``ResidualAttentionBlock``, re-using its own weights.
 
 Through ``nn.MultiheadAttention`` in training mode, a block's forward and backward dispatch about twice the
-operators they need (111 instead of 54): batch-first transposes, the packed projection's
+operators they need (BENCHMARKS.md has the counts): batch-first transposes, the packed projection's
 unflatten/squeeze/contiguous, per-head views, and views around every projection of 3-d tokens. On a GPU every
 operator is host work, and a batch-32 DAPT step is bound by that host work, so the blocks are computed here on flat
 tokens with one projection, one ``F.scaled_dot_product_attention`` and one reshape: the same arithmetic, equal to
@@ -45,43 +45,57 @@ def unsupported_block_reason(transformer: nn.Module, tower: str = "text") -> str
     return None
 
 
-def autocast_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
-    """A frozen ``weight`` as autocast would cast it for a matrix product, cast once and kept.
+class CastCache:
+    """Frozen weights cast once to the autocast dtype, kept by the tower that owns them.
 
-    Autocast caches its casts only for leaves that require grad, so a frozen CLIP's weights and biases are cast again
-    at every call: about 190 of the 1,658 operators of a bf16 DAPT step (12 + 12 layers). The copy (the same values:
-    the same rounding of the same weight) is kept on the parameter object and rebuilt when the parameter changes
-    (its version, storage or dtype); it costs the weights' size in the autocast dtype. Nothing is cached while
-    ``torch.compile`` traces, where inductor fuses the casts.
+    Autocast caches its casts only for leaves that require grad, so a frozen CLIP's weights and biases would be cast
+    again at every call (host work per operator bounds a batch-32 step on a fast GPU). A kept copy holds the same
+    values (the same rounding of the same weight) and is rebuilt when what determines it changes: the weight's
+    version (an in-place update), storage, dtype or the autocast dtype. It costs the weights' size in that dtype.
+    Nothing is kept while ``torch.compile`` traces, where inductor fuses the casts.
     """
-    # Inference tensors (a CLIP loaded under inference_mode) have no version to check a copy against.
-    if weight is None or weight.requires_grad or torch.compiler.is_compiling() or weight.is_inference():
-        return weight
-    device_type = weight.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return weight
-    dtype = torch.get_autocast_dtype(device_type)
-    if weight.dtype == dtype or not weight.is_floating_point():
-        return weight
-    key = (dtype, weight.dtype, weight._version, weight.data_ptr())
-    cached = getattr(weight, "_autocast_copy", None)
-    if cached is None or cached[0] != key:
-        # Outside inference mode: a copy made during evaluation is also used by later training steps.
-        with torch.inference_mode(False), torch.no_grad():
-            cached = (key, weight.to(dtype))
-        weight._autocast_copy = cached
-    return cached[1]
+
+    def __init__(self) -> None:
+        # id(weight) -> (weight, key, copy); holding the weight keeps its id from being reused by another tensor.
+        self._copies: dict[int, tuple[torch.Tensor, tuple, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    def clear(self) -> None:
+        """Drop every kept copy."""
+        self._copies.clear()
+
+    def __call__(self, weight: torch.Tensor | None) -> torch.Tensor | None:
+        """``weight`` as autocast would cast it for a matrix product; unchanged outside autocast."""
+        # Inference tensors (a CLIP loaded under inference_mode) have no version to check a copy against.
+        if weight is None or weight.requires_grad or torch.compiler.is_compiling() or weight.is_inference():
+            return weight
+        device_type = weight.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return weight
+        dtype = torch.get_autocast_dtype(device_type)
+        if weight.dtype == dtype or not weight.is_floating_point():
+            return weight
+        key = (dtype, weight.dtype, weight._version, weight.data_ptr())
+        entry = self._copies.get(id(weight))
+        if entry is None or entry[0] is not weight or entry[1] != key:
+            # Outside inference mode: a copy made during evaluation is also used by later training steps.
+            with torch.inference_mode(False), torch.no_grad():
+                entry = (weight, key, weight.to(dtype))
+            self._copies[id(weight)] = entry
+        return entry[2]
 
 
-def linear(x: torch.Tensor, module: nn.Linear) -> torch.Tensor:
-    """``module(x)`` with its frozen weight and bias cast once under autocast (see ``autocast_weight``)."""
-    return F.linear(x, autocast_weight(module.weight), autocast_weight(module.bias))
+def linear(x: torch.Tensor, module: nn.Linear, casts: CastCache) -> torch.Tensor:
+    """``module(x)`` with its frozen weight and bias cast once under autocast (see ``CastCache``)."""
+    return F.linear(x, casts(module.weight), casts(module.bias))
 
 
-def in_projection(block: ResidualAttentionBlock, h: torch.Tensor) -> torch.Tensor:
+def in_projection(block: ResidualAttentionBlock, h: torch.Tensor, casts: CastCache) -> torch.Tensor:
     """The packed q/k/v projection ``[..., 3 * width]`` of normalised tokens ``h``."""
     attn = block.attn
-    return F.linear(h, autocast_weight(attn.in_proj_weight), autocast_weight(attn.in_proj_bias))
+    return F.linear(h, casts(attn.in_proj_weight), casts(attn.in_proj_bias))
 
 
 def split_heads(qkv: torch.Tensor, batch: int, heads: int) -> tuple[torch.Tensor, ...]:
@@ -90,15 +104,17 @@ def split_heads(qkv: torch.Tensor, batch: int, heads: int) -> tuple[torch.Tensor
     return qkv.reshape(batch, -1, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor, casts: CastCache) -> torch.Tensor:
     """The second half of a block: ``x + ls_2(mlp(ln_2(x)))``."""
     mlp = block.mlp
-    return x + block.ls_2(linear(mlp.gelu(linear(block.ln_2(x), mlp.c_fc)), mlp.c_proj))
+    return x + block.ls_2(linear(mlp.gelu(linear(block.ln_2(x), mlp.c_fc, casts)), mlp.c_proj, casts))
 
 
-def attention_residual(block: ResidualAttentionBlock, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+def attention_residual(
+    block: ResidualAttentionBlock, x: torch.Tensor, attended: torch.Tensor, casts: CastCache
+) -> torch.Tensor:
     """``x + ls_1(out_proj(attended))``: the first half of a block, after its attention."""
-    return x + block.ls_1(linear(attended, block.attn.out_proj))
+    return x + block.ls_1(linear(attended, block.attn.out_proj, casts))
 
 
 def is_causal_mask(mask: torch.Tensor | None) -> bool:
@@ -111,26 +127,30 @@ def is_causal_mask(mask: torch.Tensor | None) -> bool:
     return bool(torch.isneginf(mask[upper]).all() and (mask[~upper] == 0).all())
 
 
-def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, batch: int, causal: bool = False) -> torch.Tensor:
+def block_forward(
+    block: ResidualAttentionBlock, x: torch.Tensor, batch: int, casts: CastCache, causal: bool = False
+) -> torch.Tensor:
     """``block`` over ``batch`` sequences of tokens flattened to ``x`` ``[batch * length, width]``, with full or
     ``causal`` attention. Flat tokens make every projection one plain matrix product, without views around it."""
-    q, k, v = split_heads(in_projection(block, block.ln_1(x)), batch, block.attn.num_heads)
+    q, k, v = split_heads(in_projection(block, block.ln_1(x), casts), batch, block.attn.num_heads)
     attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(x.shape)
-    return mlp_residual(block, attention_residual(block, x, attended))
+    return mlp_residual(block, attention_residual(block, x, attended, casts), casts)
 
 
-def class_token_block_forward(block: ResidualAttentionBlock, x: torch.Tensor, batch: int) -> torch.Tensor:
+def class_token_block_forward(
+    block: ResidualAttentionBlock, x: torch.Tensor, batch: int, casts: CastCache
+) -> torch.Tensor:
     """The output ``[batch, width]`` of ``block`` at each sequence's first (class) token only, for flat tokens ``x``
     ``[batch * length, width]``: one query per sequence, attending to every token."""
     attn = block.attn
     width, heads = x.shape[-1], attn.num_heads
     head_dim = width // heads
     hidden = block.ln_1(x)
-    weight, bias = autocast_weight(attn.in_proj_weight), autocast_weight(attn.in_proj_bias)
+    weight, bias = casts(attn.in_proj_weight), casts(attn.in_proj_bias)
     q_weight, kv_weight = weight.split([width, 2 * width])
     q_bias, kv_bias = (None, None) if bias is None else bias.split([width, 2 * width])
     cls_hidden = hidden.reshape(batch, -1, width)[:, 0]
     q = F.linear(cls_hidden, q_weight, q_bias).reshape(batch, heads, 1, head_dim)
     k, v = F.linear(hidden, kv_weight, kv_bias).reshape(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     attended = F.scaled_dot_product_attention(q, k, v).reshape(batch, width)
-    return mlp_residual(block, attention_residual(block, x.reshape(batch, -1, width)[:, 0], attended))
+    return mlp_residual(block, attention_residual(block, x.reshape(batch, -1, width)[:, 0], attended, casts), casts)

@@ -85,6 +85,13 @@ def _check_name(name: str) -> None:
         )
 
 
+def clip_image_size(name: str) -> int:
+    """The input resolution of open_clip architecture ``name`` (224 for ViT-B-16, 64 for ``dapt-tiny``)."""
+    _check_name(name)
+    size = open_clip.get_model_config(name)["vision_cfg"].get("image_size", 224)
+    return int(size[0] if isinstance(size, list | tuple) else size)
+
+
 def _load_torchscript(path: Path, quick_gelu: bool) -> nn.Module:
     # TorchScript archives are read by torch.jit's own loader (no arbitrary pickle classes); we keep only
     # the tensors and rebuild a plain open_clip model from them.

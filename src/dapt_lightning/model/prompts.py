@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import open_clip
 import torch
 from torch import nn
 
@@ -20,7 +19,7 @@ class TextPromptLearner(nn.Module):
     """Learnable context vectors that replace the placeholder tokens after SOT (CoOp).
 
     Args:
-        text_tower: the frozen text tower (used for the tokenizer length and frozen token embeddings).
+        text_tower: the frozen text tower (its tokenizer and frozen token embeddings).
         classnames: one name per label.
         num_tokens: context length when ``init_phrase`` is None (16 in DAPT).
         init_phrase: initialise the context from the embeddings of this phrase (e.g. ``"a photo of a"``);
@@ -37,9 +36,8 @@ class TextPromptLearner(nn.Module):
         class_specific: bool = False,
     ) -> None:
         super().__init__()
-        tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=text_tower.context_length)
         if init_phrase:
-            phrase_tokens = tokenizer([init_phrase])[0]
+            phrase_tokens = text_tower.tokenize([init_phrase])[0]
             num_tokens = int(phrase_tokens.argmax()) - 1
             with torch.no_grad():
                 init = text_tower.embed_tokens(phrase_tokens[None])[0, 1 : 1 + num_tokens].clone().float()
@@ -56,7 +54,7 @@ class TextPromptLearner(nn.Module):
         self.class_specific = class_specific
         self.prefix_text = prefix
 
-        tokens = tokenizer(prompt_texts(classnames, prefix))
+        tokens = text_tower.tokenize(prompt_texts(classnames, prefix))
         too_long = [name for name, row in zip(classnames, tokens, strict=True) if row[-1] != 0]
         if too_long:
             raise ValueError(f"class names too long for the {text_tower.context_length}-token context: {too_long[:3]}")

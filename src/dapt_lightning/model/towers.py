@@ -6,21 +6,35 @@ open_clip model with the standard CLIP text transformer (causal mask, EOT poolin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import open_clip
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dapt_lightning.model.blocks import (
+    CastCache,
     block_forward,
     class_token_block_forward,
     is_causal_mask,
     unsupported_block_reason,
 )
 
+Tokenizer = Callable[[list[str]], torch.Tensor]
+"""Texts -> token ids ``[N, context_length]`` (open_clip's tokenizers)."""
+
 
 class TextTower(nn.Module):
-    """The text transformer of a CLIP, fed with token embeddings instead of token ids."""
+    """The text transformer of a CLIP, fed with token embeddings instead of token ids, and its tokenizer.
 
-    def __init__(self, clip: nn.Module) -> None:
+    Args:
+        clip: an open_clip CLIP model.
+        tokenizer: the CLIP's own tokenizer (``open_clip.get_tokenizer(name)``); None: CLIP's BPE tokenizer at
+            the tower's context length.
+    """
+
+    def __init__(self, clip: nn.Module, tokenizer: Tokenizer | None = None) -> None:
         super().__init__()
         text = getattr(clip, "text", clip)  # CustomTextCLIP keeps the tower under .text; CLIP keeps it inline
         for attribute in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
@@ -42,6 +56,16 @@ class TextTower(nn.Module):
         self.register_buffer("attn_mask", text.attn_mask, persistent=False)
         # Checked once here: reading the mask on a GPU would synchronise every step.
         self.causal = is_causal_mask(text.attn_mask)
+        self.tokenizer = tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+        self.casts = CastCache()
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``[N, context_length]`` of ``texts``, with this CLIP's tokenizer."""
+        return self.tokenizer(texts)
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of ``token_ids`` (for reading learned context vectors as their nearest words)."""
+        return self.tokenizer.decode(token_ids)
 
     @property
     def width(self) -> int:
@@ -72,22 +96,32 @@ class TextTower(nn.Module):
             and unsupported_block_reason(transformer) is None
         )
 
-    def forward(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, eot_positions: torch.Tensor, checkpointing: bool = False
+    ) -> torch.Tensor:
         """Unnormalised text features from prompt embeddings ``[N, L, width]``, pooled at ``eot_positions``.
 
         ``L`` may be shorter than the context length: the mask is causal, so positions after the EOT cannot
-        change the EOT row.
+        change the EOT row. ``checkpointing`` recomputes each block in the backward pass instead of storing its
+        activations.
         """
         batch, length, width = embeddings.shape
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
+        recompute = checkpointing and torch.is_grad_enabled()
         if self.lean_blocks:
             x = x.reshape(-1, width)  # flat tokens: see model/blocks.py
             for block in self.transformer.resblocks:
-                x = block_forward(block, x, batch, causal=True)
+                if recompute:
+                    x = checkpoint(block_forward, block, x, batch, self.casts, True, use_reentrant=False)
+                else:
+                    x = block_forward(block, x, batch, self.casts, causal=True)
             x = x.reshape(batch, length, width)
         else:
             mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
-            x = self.transformer(x, attn_mask=mask)
+            if recompute:  # open_clip's own blocks: recompute the whole stack from its input
+                x = checkpoint(self.transformer, x, attn_mask=mask, use_reentrant=False)
+            else:
+                x = self.transformer(x, attn_mask=mask)
         # LayerNorm is per token: normalising only the pooled EOT rows is the same.
         pooled = self.ln_final(x[torch.arange(batch, device=x.device), eot_positions])
         return self.project(pooled)
@@ -106,6 +140,7 @@ class ImageTower(nn.Module):
                     "set --model.visual_prompts false or choose a ViT model"
                 )
         self.visual = visual
+        self.casts = CastCache()
 
     @property
     def width(self) -> int:
@@ -119,6 +154,11 @@ class ImageTower(nn.Module):
     def image_size(self) -> int:
         size = self.visual.image_size
         return size[0] if isinstance(size, tuple | list) else int(size)
+
+    @property
+    def computation(self) -> str:
+        """Which code computes the features (``lean`` blocks or ``open_clip``'s own): their rounding differs."""
+        return "lean" if self.cls_only_last_block else "open_clip"
 
     @property
     def cls_only_last_block(self) -> bool:
@@ -154,6 +194,6 @@ class ImageTower(nn.Module):
             batch = x.shape[0]
             x = x.reshape(-1, x.shape[-1])  # flat tokens: see model/blocks.py
             for block in blocks[:-1]:
-                x = block_forward(block, x, batch)
-            pooled = visual.ln_post(class_token_block_forward(blocks[-1], x, batch))
+                x = block_forward(block, x, batch, self.casts)
+            pooled = visual.ln_post(class_token_block_forward(blocks[-1], x, batch, self.casts))
         return pooled @ visual.proj if visual.proj is not None else pooled

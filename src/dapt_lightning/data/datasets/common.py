@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dapt_lightning.cache import atomic_write_bytes
 from dapt_lightning.data.types import DatasetSplits, Datum
+from dapt_lightning.storage import atomic_write_bytes
 
 SPLIT_SEED = 1
 """Seed of the generator that makes a split when its split file is absent (see :func:`split_trainval`)."""

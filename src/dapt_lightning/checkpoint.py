@@ -1,0 +1,168 @@
+"""Prompt-only checkpoints: what is saved, what is checked on load, and I/O that never unpickles arbitrary objects
+nor leaves a half-written file."""
+
+from __future__ import annotations
+
+import errno
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from dapt_lightning.model.clip import ClipIdentity
+from dapt_lightning.storage import atomic_write_bytes
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds objects that ``torch.load(weights_only=True)`` refuses to build."""
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` and errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; check --ckpt_path (or use `--ckpt_path last`)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"refusing to load checkpoint {path}: it contains objects other than tensors and plain Python values "
+            f"({str(error).splitlines()[0]}). dapt_lightning never unpickles arbitrary code; only load checkpoints "
+            "you trust, and re-save them as plain state dicts."
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error})") from error
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Saves atomically (temporary file, fsync, rename) and loads with ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        try:
+            atomic_write_bytes(Path(path), buffer.getvalue())
+        except OSError as error:
+            reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else str(error)
+            raise OSError(
+                error.errno,
+                f"could not write checkpoint {path}: {reason}. The previous checkpoint there (if any) is intact; "
+                "free space or point --trainer.default_root_dir elsewhere, then resume with --ckpt_path last",
+            ) from error
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint_file(path, map_location if map_location is not None else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a prompt-only checkpoint holds, and what is checked when one is loaded.
+
+CHECKPOINT_FORMAT = 1
+"""Version of the prompt-only checkpoint layout (``checkpoint["dapt_checkpoint_format"]``)."""
+CLASS_SPECIFIC_STATE = ("prototypes", "prototypes_ready")
+"""State that belongs to the training classes: dropped when prompts are evaluated on other classes."""
+
+
+class ClipMismatchError(ValueError):
+    """A checkpoint's prompts were trained on a different CLIP than the one this run loaded."""
+
+
+def prompt_only_state(
+    state: dict[str, torch.Tensor], frozen: torch.nn.Module, keep_prototypes: bool
+) -> dict[str, torch.Tensor]:
+    """``state`` without the frozen CLIP (rebuilt from its identity on load), and without unset prototypes.
+
+    The tower views register CLIP's modules under their own names too, so tensors are matched by storage, not by
+    name prefix.
+    """
+    frozen_storage = {t.data_ptr() for t in frozen.state_dict().values() if t.numel()}
+    kept = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("model.clip.") and not (v.numel() and v.data_ptr() in frozen_storage)
+    }
+    if not keep_prototypes:
+        kept.pop("prototypes", None)  # zeros for methods without prototypes: C x D bytes of nothing
+    return kept
+
+
+def check_clip_identity(saved: dict[str, Any], ours: ClipIdentity) -> None:
+    """Refuse prompts trained on another CLIP: other architecture, weights or activation."""
+    if not saved:
+        return
+    same_name = saved.get("name") == ours.name
+    same_weights = saved.get("weights_sha256") is None or saved.get("weights_sha256") == ours.weights_sha256
+    # The activation is no weight: the same weights with GELU instead of QuickGELU give other features.
+    same_activation = saved.get("quick_gelu") is None or saved.get("quick_gelu") == ours.quick_gelu
+    if not (same_name and same_weights and same_activation):
+        raise ClipMismatchError(
+            f"checkpoint was trained on CLIP {saved.get('name')!r} ({saved.get('pretrained')}, weights sha256 "
+            f"{str(saved.get('weights_sha256'))[:12]}..., quick_gelu={saved.get('quick_gelu')}) but this run "
+            f"loaded {ours.name!r} ({ours.pretrained}, {str(ours.weights_sha256)[:12]}..., "
+            f"quick_gelu={ours.quick_gelu}). "
+            "Use the same --model.clip_name/--model.pretrained/--model.quick_gelu as the training run."
+        )
+
+
+def check_shapes(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors whose shapes differ from this model's (other prompt settings or CLIP architecture)."""
+    for key, value in state.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise ClipMismatchError(
+                f"checkpoint tensor {key!r} has shape {tuple(value.shape)} but this model's is "
+                f"{tuple(own[key].shape)}: the checkpoint was made with other prompt settings or another CLIP "
+                "architecture. Use the training run's --model.* settings."
+            )
+
+
+def transferable_state(
+    state: dict[str, torch.Tensor],
+    saved_classes: list[str],
+    classes: list[str],
+    source: str,
+    *,
+    fitting: bool,
+    class_specific_context: bool,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The class-agnostic part of ``state`` (generic text context, visual prompts) for other classes, and a log line.
+
+    Args:
+        state: the checkpoint's state dict.
+        saved_classes: the classes it was trained on; classes: this run's.
+        source: the dataset it was trained on (for the log line).
+        fitting: whether this run trains (resuming on other classes is refused).
+        class_specific_context: whether this run's model has one text context per class.
+    """
+    if fitting:
+        raise ValueError(
+            f"--ckpt_path: the checkpoint was trained on {len(saved_classes)} other classes than this run's "
+            f"{len(classes)}; resuming training needs the same dataset, shots and subsample "
+            "settings. To evaluate those prompts on these classes use `dapt test`; to start anew, drop --ckpt_path."
+        )
+    context = state.get("model.text_prompt.txt_ctx")
+    if class_specific_context or (context is not None and context.dim() == 3):
+        raise ValueError(
+            "the checkpoint's text context is class-specific (--model.class_specific_context true): it cannot "
+            f"be used for other classes ({len(saved_classes)} in the checkpoint, {len(classes)} "
+            "here). Evaluate on the training classes, or train a generic context."
+        )
+    dropped = sorted(k for k in state if k in CLASS_SPECIFIC_STATE)
+    kept = {k: v for k, v in state.items() if k not in CLASS_SPECIFIC_STATE}
+    loaded = [k.removeprefix("model.") for k in kept if k.startswith(("model.text_prompt.", "model.visual_prompt."))]
+    message = (
+        f"Cross-dataset checkpoint: prompts trained on {len(saved_classes)} classes of {source!r}, evaluated on "
+        f"{len(classes)} classes here. Loaded: {', '.join(loaded) or 'nothing'}; not loaded "
+        f"(class-specific): {', '.join(dropped) or 'nothing'}. This run's class names are kept."
+    )
+    return kept, message
+
+
+def read_datamodule_settings(path: str | Path) -> dict[str, Any]:
+    """The DataModule settings a checkpoint was trained with (dataset, shots, seed, subsample, ...)."""
+    checkpoint = load_checkpoint_file(path)
+    return dict(checkpoint.get("datamodule_hyper_parameters") or {})

@@ -1,0 +1,125 @@
+"""Notebook helpers for looking inside a trained model: reload a checkpoint with its data, embeddings, per-class
+accuracy, t-SNE, the words nearest the learned context.
+
+``notebooks/explore_checkpoint.ipynb`` uses these; the embedding and t-SNE functions are the library's own (the
+embedding-plot callback draws the same figures).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dapt_lightning.callbacks.embeddings import plot_embedding_pair, tsne
+from dapt_lightning.callbacks.features import image_features, subset
+from dapt_lightning.checkpoint import load_checkpoint_file
+from dapt_lightning.data.datamodule import DAPTDataModule
+from dapt_lightning.model.clip import clip_image_size
+from dapt_lightning.module import DAPTModule
+
+__all__ = [
+    "confusion_matrix",
+    "image_features",
+    "load_checkpoint",
+    "nearest_words",
+    "plot_embedding_pair",
+    "subset",
+    "tsne",
+    "tuned_text_features",
+    "visual_prompt_norms",
+    "zero_shot_text_features",
+]
+
+
+def load_checkpoint(
+    path: str | Path, data_overrides: dict[str, Any] | None = None, device: str | torch.device = "cpu"
+) -> tuple[DAPTModule, DAPTDataModule]:
+    """Rebuild a trained module (CLIP from its identity + the stored prompts) and its DataModule.
+
+    Args:
+        path: a prompt-only checkpoint written by ``dapt fit``.
+        data_overrides: DataModule settings to change (e.g. ``{"root": "/data", "num_workers": 0}``, or another
+            ``dataset`` for cross-dataset evaluation; the prompts then transfer, the prototypes do not).
+        device: where the module goes.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (set DAPT_CKPT or the notebook's ckpt_path)")
+    checkpoint = load_checkpoint_file(path)
+    # LightningCLI adds private keys such as ``_instantiator``; the DataModule takes only its own arguments.
+    data_args = {
+        k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")
+    }
+    data_args.update(data_overrides or {})
+    if data_args.get("image_size") is None:  # as the CLI: the data follows the CLIP's input size
+        data_args["image_size"] = clip_image_size(
+            (checkpoint.get("hyper_parameters") or {}).get("clip_name", "ViT-B-16")
+        )
+    datamodule = DAPTDataModule(**data_args)
+    module = DAPTModule.load_from_checkpoint(str(path), map_location="cpu", classnames=datamodule.classnames)
+    module.eval().to(device)
+    return module, datamodule
+
+
+def zero_shot_text_features(module: DAPTModule, template: str | None = None) -> torch.Tensor:
+    """L2-normalised class text features ``[C, D]`` of a hand-crafted prompt (None: the module's template)."""
+    return module.model.encode_template(template)
+
+
+@torch.no_grad()
+def tuned_text_features(module: DAPTModule) -> torch.Tensor:
+    """L2-normalised class text features ``[C, D]`` with the learned prompts (as used for classification)."""
+    return module.model.encode_text().float()
+
+
+def confusion_matrix(
+    image_feats: torch.Tensor, labels: torch.Tensor, text_feats: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The confusion matrix ``[C, C]`` (rows: true class) and per-class accuracy ``[C]`` of cosine classification."""
+    num_classes = text_feats.shape[0]
+    predictions = (image_feats.to(text_feats) @ text_feats.t()).argmax(-1).cpu()
+    confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, -1)
+    per_class = confusion.diagonal() / confusion.sum(1).clamp(min=1)
+    return confusion, per_class.float()
+
+
+def nearest_words(module: DAPTModule, k: int = 5, metric: str = "cosine") -> list[list[tuple[str, float]]]:
+    """For each learned text context vector, the ``k`` nearest vocabulary tokens (CoOp's interpretation).
+
+    Args:
+        module: a model with text prompts.
+        k: words per context vector.
+        metric: ``cosine`` (similarity, higher is nearer) or ``l2`` (distance, lower is nearer).
+
+    Returns:
+        One list per context position of ``(word, score)`` pairs, nearest first.
+    """
+    prompt = module.model.text_prompt
+    if prompt is None:
+        raise ValueError(f"method {module.hparams.method!r} has no learned text context")
+    context = prompt.txt_ctx.detach().float()
+    context = context.reshape(-1, context.shape[-1])  # class-specific contexts: every class's rows in turn
+    vocabulary = module.model.text_tower.token_embedding.weight.detach().float().to(context.device)
+    if metric == "cosine":
+        scores = F.normalize(context, dim=-1) @ F.normalize(vocabulary, dim=-1).t()
+        values, indices = scores.topk(k, dim=-1)
+    elif metric == "l2":
+        scores = torch.cdist(context, vocabulary)
+        values, indices = scores.topk(k, dim=-1, largest=False)
+    else:
+        raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
+    tower = module.model.text_tower
+    return [
+        [(tower.decode([int(i)]).strip(), float(v)) for v, i in zip(row_v, row_i, strict=True)]
+        for row_v, row_i in zip(values, indices, strict=True)
+    ]
+
+
+def visual_prompt_norms(module: DAPTModule) -> torch.Tensor:
+    """L2 norm of each learned visual prompt token ``[num_tokens]`` (empty without visual prompts)."""
+    prompt = module.model.visual_prompt
+    if prompt is None:
+        return torch.zeros(0)
+    return prompt.vis_ctx.detach().float().norm(dim=-1).cpu()

@@ -1,0 +1,138 @@
+"""How the class texts are encoded: one strategy, chosen once when the model is built.
+
+Every strategy returns the same unnormalised class text features ``[C, D]`` (up to float rounding):
+
+* ``full``: every prompt at the tower's whole context length (77 tokens), the official computation;
+* ``truncated``: every prompt cut after the longest end-of-text token (exact: the mask is causal, so later tokens
+  cannot reach an end-of-text row);
+* ``shared_prefix``: the class-shared SOT + context computed once, then each class's own tokens
+  (``model/shared_prefix.py``); needs a learned, class-shared context;
+* ``auto``: ``shared_prefix`` where possible, else ``truncated``.
+
+A strategy owns what makes it fast and what that costs: its compilation, its activation checkpointing, and cloning
+its outputs where compiled code replays CUDA graphs. Callers only call it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import torch
+from torch import nn
+
+from dapt_lightning.model.compilation import CompileMode, compile_module, may_use_cuda_graphs
+from dapt_lightning.model.prompts import TextPromptLearner
+from dapt_lightning.model.shared_prefix import SharedPrefixLayout, SharedPrefixTextEncoder, shared_prefix_unsupported
+from dapt_lightning.model.towers import TextTower
+
+TextEncoding = Literal["full", "truncated", "shared_prefix", "auto"]
+TEXT_ENCODINGS: tuple[str, ...] = ("full", "truncated", "shared_prefix", "auto")
+
+
+class TextEncoder(Protocol):
+    """A text-encoding strategy: ``encoder()`` gives the unnormalised class text features ``[C, D]``."""
+
+    name: str
+
+    def __call__(self) -> torch.Tensor: ...
+
+
+class FixedTextPrompts(nn.Module):
+    """Hand-crafted class prompts (a template such as ``"a photo of a {}."``): token ids only, nothing learned.
+
+    Args:
+        text_tower: the tower whose tokenizer and token embedding serve these prompts.
+        classnames: one name per label (``_`` becomes a space).
+        template: the prompt, ``{}`` standing for the class name.
+    """
+
+    def __init__(self, text_tower: TextTower, classnames: list[str], template: str) -> None:
+        super().__init__()
+        texts = [template.format(name.replace("_", " ")) for name in classnames]
+        self.register_buffer("tokens", text_tower.tokenize(texts), persistent=False)
+        self._embed = text_tower.embed_tokens  # a bound method: not registered, so no state_dict entries
+
+    @property
+    def eot_positions(self) -> torch.Tensor:
+        """Index of the end-of-text token (the largest id) in each class's sequence."""
+        return self.tokens.argmax(dim=-1)
+
+    def forward(self, length: int | None = None) -> torch.Tensor:
+        """Token embeddings ``[C, length, width]`` of the prompts (None: the whole context)."""
+        return self._embed(self.tokens if length is None else self.tokens[:, :length])
+
+
+ClassPrompts = TextPromptLearner | FixedTextPrompts
+
+
+class TokenTextEncoder:
+    """The ``full`` and ``truncated`` strategies: every class's prompt through the tower, at a fixed length.
+
+    Args:
+        text_tower: the frozen text tower (compiled in place when ``compile_mode`` asks).
+        prompts: learned or fixed class prompts.
+        truncate: cut every prompt after the longest end-of-text token; False: the whole context.
+        checkpointing: recompute text activations in the backward pass.
+        compile_mode: ``torch.compile`` mode for the tower (``off``: eager).
+    """
+
+    def __init__(
+        self,
+        text_tower: TextTower,
+        prompts: ClassPrompts,
+        truncate: bool,
+        checkpointing: bool = False,
+        compile_mode: CompileMode = "off",
+    ) -> None:
+        self.name = "truncated" if truncate else "full"
+        self.tower = text_tower
+        self.prompts = prompts
+        # Fixed by the token ids, known now: reading them later would synchronise a GPU at every call.
+        self.length = int(prompts.tokens.argmax(-1).max()) + 1 if truncate else None
+        self.checkpointing = checkpointing
+        compile_module(text_tower, compile_mode)
+        # CUDA-graph replays reuse their output memory: features that outlive the call are cloned (they are small).
+        self._clone_outputs = may_use_cuda_graphs(compile_mode)
+
+    def __call__(self) -> torch.Tensor:
+        features = self.tower(self.prompts(self.length), self.prompts.eot_positions, self.checkpointing)
+        return features.clone() if self._clone_outputs else features
+
+
+def resolve_text_encoding(mode: str, text_tower: TextTower, prompts: ClassPrompts) -> str:
+    """Turn ``auto`` into the fastest exact strategy and check that an explicit ``shared_prefix`` is possible."""
+    if mode not in TEXT_ENCODINGS:
+        raise ValueError(f"--model.text_encoding must be one of {', '.join(TEXT_ENCODINGS)}; got {mode!r}")
+    if mode not in ("auto", "shared_prefix"):
+        return mode
+    reason = shared_prefix_unsupported(text_tower, prompts)
+    if reason is None:
+        return "shared_prefix"
+    if mode == "auto":
+        return "truncated"
+    raise ValueError(f"--model.text_encoding shared_prefix is not possible: {reason}. Use 'auto' or 'truncated'.")
+
+
+def build_text_encoder(
+    mode: TextEncoding,
+    text_tower: TextTower,
+    prompts: ClassPrompts,
+    layout: SharedPrefixLayout | int = "auto",
+    checkpointing: bool = False,
+    compile_mode: CompileMode = "off",
+) -> TextEncoder:
+    """The strategy ``mode`` (``auto`` resolved here, once) encoding ``prompts`` with ``text_tower``.
+
+    Args:
+        mode: ``full``, ``truncated``, ``shared_prefix`` or ``auto``.
+        text_tower: the frozen text tower.
+        prompts: a ``TextPromptLearner`` or ``FixedTextPrompts``.
+        layout: how the shared-prefix strategy packs class suffixes (see ``SharedPrefixTextEncoder``).
+        checkpointing: recompute text activations in the backward pass (less memory, more time).
+        compile_mode: ``torch.compile`` mode (``off``: eager).
+    """
+    resolved = resolve_text_encoding(mode, text_tower, prompts)
+    if resolved == "shared_prefix":
+        assert isinstance(prompts, TextPromptLearner)
+        return SharedPrefixTextEncoder(text_tower, prompts, layout, checkpointing, compile_mode)
+    return TokenTextEncoder(text_tower, prompts, resolved == "truncated", checkpointing, compile_mode)

@@ -1,0 +1,169 @@
+"""The real `dapt` CLI: fit then test on the demo config, bf16 on CPU, derived settings, every shipped YAML."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dapt_lightning.cli import main
+from dapt_lightning.experiments.lightning_cli import DAPTCLI, cli_main
+from dapt_lightning.schedule import official_max_epochs
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo.yaml"
+# Sweep specs (`dapt sweep`) list LightningCLI configs; they are not LightningCLI configs themselves.
+SWEEP_FOLDER = REPO / "configs" / "sweeps"
+CLI_CONFIGS = sorted(
+    path for path in {*REPO.glob("configs/*.yaml"), *REPO.glob("configs/**/*.yaml")} if SWEEP_FOLDER not in path.parents
+)
+
+
+def demo_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """The demo config made tiny: random dapt-tiny CLIP, 1 shot, two batches, everything under ``tmp_path``."""
+    return [
+        "--config",
+        str(DEMO),
+        "--model.pretrained",
+        "null",
+        "--data.root",
+        str(root),
+        "--data.num_shots",
+        "1",
+        "--data.batch_size",
+        "8",
+        "--data.num_workers",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path / "root"),
+        "--run.dir",
+        str(tmp_path / "run"),
+        "--embedding_plots.enabled",
+        "false",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
+    fit = cli_main(["fit", *demo_args(synthetic_root, tmp_path, "--trainer.logger", "false")])
+    assert fit.trainer.current_epoch == 1 and fit.trainer.global_step == 2
+    assert fit.model.model.classnames[0] == "red circle" and len(fit.model.model.classnames) == 36  # linked
+    assert bool(fit.model.prototypes_ready)
+    assert torch.isfinite(fit.trainer.callback_metrics["train/loss_epoch"])
+    checkpoint = Path(fit.trainer.checkpoint_callback.last_model_path)
+    assert checkpoint.is_file() and tmp_path in checkpoint.parents
+
+    logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)]
+    args = demo_args(synthetic_root, tmp_path / "test", *logger, "--ckpt_path", str(checkpoint))
+    test = cli_main(["test", *args])
+    assert torch.equal(test.model.model.text_prompt.txt_ctx, fit.model.model.text_prompt.txt_ctx)
+    accuracy = float(test.trainer.callback_metrics["test/acc"])
+    assert 0.0 <= accuracy <= 1.0
+    with open(Path(test.trainer.logger.log_dir) / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("test/acc")]
+    assert [float(row["test/acc"]) for row in rows] == pytest.approx([accuracy])
+
+
+@pytest.mark.slow
+def test_main_entry_point_runs_fit(synthetic_root: Path, tmp_path: Path) -> None:
+    main(
+        ["fit", *demo_args(synthetic_root, tmp_path, "--trainer.logger", "false", "--trainer.limit_train_batches", "1")]
+    )
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_bf16_mixed_on_cpu(synthetic_root: Path, tmp_path: Path) -> None:
+    args = demo_args(synthetic_root, tmp_path, "--trainer.logger", "false", "--trainer.precision", "bf16-mixed")
+    cli = cli_main(["fit", *args])
+    assert cli.trainer.precision == "bf16-mixed"
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss_epoch"])
+    assert cli.model.model.text_prompt.txt_ctx.dtype == torch.float32  # fp32 master prompts
+    assert torch.isfinite(cli.model.model.visual_prompt.vis_ctx).all()
+
+
+def _instantiate(root: Path, tmp_path: Path, *extra: str) -> DAPTCLI:
+    """Parse and instantiate (no subcommand, nothing runs) the demo config with ``extra`` flags."""
+    return cli_main([*demo_args(root, tmp_path, "--trainer.logger", "false"), *extra], run=False)
+
+
+@pytest.mark.parametrize(("shots", "epochs"), [(1, 50), (4, 100), (16, 200)])
+def test_max_epochs_from_shots_and_seed_from_seed_everything(
+    synthetic_root: Path, tmp_path: Path, shots: int, epochs: int
+) -> None:
+    extra = ["--trainer.max_epochs", "null", "--data.num_shots", str(shots), "--seed_everything", str(shots + 10)]
+    cli = _instantiate(synthetic_root, tmp_path, *extra)
+    assert cli.trainer.max_epochs == epochs
+    assert cli.datamodule.seed == shots + 10
+    assert cli.datamodule.num_shots == shots
+
+
+def test_explicit_max_epochs_and_data_seed_win(synthetic_root: Path, tmp_path: Path) -> None:
+    extra = ["--trainer.max_epochs", "3", "--seed_everything", "7", "--data.seed", "2"]
+    cli = _instantiate(synthetic_root, tmp_path, *extra)
+    assert cli.trainer.max_epochs == 3
+    assert cli.datamodule.seed == 2
+
+
+def test_official_max_epochs() -> None:
+    assert [official_max_epochs("oxford_pets", k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    assert {official_max_epochs("imagenet", k) for k in (1, 2, 4, 8, 16)} == {50}
+
+
+def _parse_only(config: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    """Parse ``config`` against the current code without building anything (``--print_config`` exits first)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code in (0, None), captured.err[-2000:]
+    return yaml.safe_load(captured.out)
+
+
+def test_configs_found() -> None:
+    assert DEMO in CLI_CONFIGS
+
+
+@pytest.mark.parametrize("config", CLI_CONFIGS, ids=lambda path: str(path.relative_to(REPO / "configs")))
+def test_every_shipped_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parsed = _parse_only(config, capsys)
+    written = yaml.safe_load(config.read_text())
+    # Every section the file sets is in the parsed result with the file's scalar values.
+    for section in ("model", "data"):
+        for key, value in (written.get(section) or {}).items():
+            if not isinstance(value, dict | list):
+                assert parsed[section][key] == value, f"{config.name}: {section}.{key}"
+
+
+def test_a_config_with_a_typo_does_not_parse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = yaml.safe_load(DEMO.read_text())
+    config["model"]["beta_vv"] = 1.0
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code not in (0, None)
+    assert "beta_vv" in capsys.readouterr().err
+
+
+def test_demo_lists_only_the_wandb_runs_it_wrote(tmp_path: Path) -> None:
+    from dapt_lightning.experiments.demo import offline_wandb_runs_since
+
+    old, new = tmp_path / "offline-run-20260101_000000-old", tmp_path / "offline-run-20260101_000001-new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(old, (1_000, 1_000))  # an earlier demo's run
+    assert offline_wandb_runs_since(tmp_path, since=2_000) == [new]
+    assert offline_wandb_runs_since(tmp_path / "missing", since=0) == []

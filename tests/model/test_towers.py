@@ -1,0 +1,107 @@
+"""The lean blocks and the class-token-only last block give open_clip's image features and prompt gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import OperatorCounter
+from dapt_lightning.model.blocks import block_forward, class_token_block_forward
+from dapt_lightning.model.towers import ImageTower
+
+
+def _perturbed(clip: nn.Module) -> nn.Module:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in clip.parameters():  # move LayerNorm weights/biases and biases away from their init
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return clip
+
+
+@pytest.mark.parametrize("with_prompts", [False, True])
+def test_cls_only_last_block_equals_the_full_tower(tiny_clip: nn.Module, with_prompts: bool) -> None:
+    tower = ImageTower(_perturbed(tiny_clip))
+    assert tower.cls_only_last_block
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    prompts = (0.05 * torch.randn(16, tower.width)).requires_grad_() if with_prompts else None
+
+    fast = tower(images, prompts)
+    fast_grad = torch.autograd.grad(fast.square().sum(), prompts)[0] if with_prompts else None
+    # open_clip's own transformer over every token: the reference (grad checkpointing disables the shortcut).
+    tower.visual.transformer.grad_checkpointing = True
+    assert not tower.cls_only_last_block
+    full = tower(images, prompts)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    if with_prompts:
+        full_grad = torch.autograd.grad(full.square().sum(), prompts)[0]
+        assert ((fast_grad - full_grad).norm() / full_grad.norm()).item() < 5e-5
+    else:
+        torch.testing.assert_close(fast, tower.visual(images), rtol=1e-5, atol=1e-6)
+
+
+def test_lean_blocks_equal_open_clip_blocks_with_fewer_operators(tiny_clip: nn.Module) -> None:
+    block = _perturbed(tiny_clip).visual.transformer.resblocks[0]
+    x = torch.randn(3, 17, block.attn.embed_dim, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    counts = {}
+    outputs = {}
+    flat = lambda x: block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0]).reshape(x.shape)  # noqa: E731
+    for name, run in (("open_clip", block), ("lean", flat)):
+        with OperatorCounter() as counter:
+            out = run(x)
+            grad = torch.autograd.grad(out.square().sum(), x)[0]
+        counts[name], outputs[name] = counter.count, (out, grad)
+    (lean, lean_grad), (reference, reference_grad) = outputs["lean"], outputs["open_clip"]
+    torch.testing.assert_close(lean, reference, rtol=1e-5, atol=1e-6)
+    assert ((lean_grad - reference_grad).norm() / reference_grad.norm()).item() < 1e-5
+    assert counts["lean"] < 0.6 * counts["open_clip"], counts  # the host work a batch-32 GPU step is bound by
+    class_token = class_token_block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0])
+    torch.testing.assert_close(class_token, block(x)[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_weights_are_cast_once_under_autocast_with_the_same_results(tiny_clip: nn.Module) -> None:
+    """Autocast re-casts weights that need no grad at every call; the lean blocks cast them once, to the same values."""
+    block = _perturbed(tiny_clip).visual.transformer.resblocks[0]
+    x = torch.randn(3 * 17, block.attn.embed_dim, generator=torch.Generator().manual_seed(4))
+    # Reference: the same block with weights that require grad, which autocast itself casts (and never caches).
+    reference_block = copy.deepcopy(block).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        block_forward(block, x, batch=3)  # the first call makes the copies
+        with OperatorCounter() as counter:
+            cast_once = block_forward(block, x, batch=3)
+        with OperatorCounter() as reference_counter:
+            reference = block_forward(reference_block, x, batch=3)
+    torch.testing.assert_close(cast_once, reference, rtol=0, atol=0)  # bitwise: the same rounding of the same weights
+    assert counter.count <= reference_counter.count - 8  # in_proj, out_proj, c_fc and c_proj: weights and biases
+
+    with torch.no_grad():
+        block.mlp.c_fc.weight.mul_(2)  # a changed weight (its version moves on) is cast again
+        reference_block.mlp.c_fc.weight.mul_(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(block_forward(block, x, 3), block_forward(reference_block, x, 3), rtol=0, atol=0)
+    assert not torch.equal(block_forward(block, x, 3), cast_once)  # outside autocast: fp32 weights, no cached copy
+
+
+def test_cast_once_copies_made_under_inference_mode_serve_training(tiny_clip: nn.Module) -> None:
+    """Lightning validates under inference_mode before training: the cached copies must not be inference tensors."""
+    block = _perturbed(tiny_clip).visual.transformer.resblocks[0]
+    x = torch.randn(2 * 5, block.attn.embed_dim)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        block_forward(block, x, batch=2)
+    prompts = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block_forward(block, prompts, batch=2)
+    out.float().square().sum().backward()
+    assert prompts.grad is not None and prompts.grad.abs().sum() > 0
+
+
+def test_weights_made_under_inference_mode_are_left_to_autocast() -> None:
+    from dapt_lightning.model.blocks import autocast_weight
+
+    with torch.inference_mode():
+        weight = torch.randn(4, 4)  # an inference tensor: no version counter to validate a kept copy against
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_weight(weight) is weight
+        assert autocast_weight(torch.randn(4, 4)).dtype == torch.bfloat16

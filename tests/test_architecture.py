@@ -1,0 +1,115 @@
+"""The package's shape: no import cycle (imports inside functions count), and the library never imports the
+experiments layer or the benchmark."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dapt_lightning"
+LIBRARY_SUBPACKAGES = ("model", "data", "callbacks")
+EXPERIMENTS = "dapt_lightning.experiments"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The package modules ``path`` imports anywhere (module level, functions, TYPE_CHECKING blocks)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from pkg import mod` imports pkg.mod when that is a module, else a name of pkg.
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        for name in names:
+            # The closest enclosing package module (``a.b.c`` names a function of ``a.b``: the edge is to ``a.b``).
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    known = set(files)
+    graph = {}
+    for name, path in files.items():
+        edges = imported_modules(path, known) - {name}
+        # Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first: parents are edges too, except one's own.
+        for target in list(edges):
+            parent = target.rpartition(".")[0]
+            while parent and parent != "dapt_lightning":
+                if not name.startswith(parent + ".") and parent != name:
+                    edges.add(parent)
+                parent = parent.rpartition(".")[0]
+        graph[name] = edges - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as a path that ends where it starts, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return path[path.index(target) :] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    # Imports inside functions are edges too.
+    source = tmp_path / "mod.py"
+    source.write_text("def late():\n    from dapt_lightning.cli import main\n")
+    assert imported_modules(source, {"dapt_lightning.cli", "dapt_lightning"}) == {"dapt_lightning.cli"}
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+@pytest.mark.parametrize("subpackage", LIBRARY_SUBPACKAGES)
+def test_the_library_never_imports_the_experiments_layer(subpackage: str) -> None:
+    graph = import_graph()
+    library = [name for name in graph if name.startswith(f"dapt_lightning.{subpackage}")]
+    assert library, f"no modules under dapt_lightning.{subpackage}"
+    offending = {
+        name: sorted(t for t in graph[name] if t.startswith((EXPERIMENTS, "dapt_lightning.cli"))) for name in library
+    }
+    assert not any(offending.values()), offending
+
+
+def test_the_package_root_keeps_a_handful_of_modules() -> None:
+    root_modules = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
+    assert len(root_modules) <= 8, root_modules
