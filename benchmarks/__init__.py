@@ -14,7 +14,8 @@ With ``--compile MODE`` it also times the fast path with ``--model.compile MODE`
 With ``--throughput`` (default on CUDA) it also measures images/s of the fast path (compiled, if asked), model-only
 and end to end with a DataLoader over in-memory decoded images, and the achieved fraction of the card's peak
 matmul rate.
-The CLIP is open_clip's ViT-B-16 with random weights and ``--depth`` layers in both towers.
+The CLIP is open_clip's ViT-B-16 with random weights and ``--depth`` layers in both towers. The package
+``dapt_lightning`` never imports this one.
 
 Modules: ``workload`` (models, inputs, steps, timing), ``memory``, ``throughput``, ``profiling`` (kernels and
 operators per step), ``report`` (formatting, BENCHMARKS.md sections) and ``runner`` (arguments, the run, the report).
@@ -23,7 +24,7 @@ operators per step), ``report`` (formatting, BENCHMARKS.md sections) and ``runne
 from benchmarks.memory import ProbeConfig, probe_train_memory
 from benchmarks.profiling import OperatorCounter
 from benchmarks.report import section_marker
-from benchmarks.runner import main
+from benchmarks.runner import BenchmarkReport, main
 from benchmarks.workload import (
     build_clip,
     build_model,
@@ -34,6 +35,7 @@ from benchmarks.workload import (
 )
 
 __all__ = [
+    "BenchmarkReport",
     "OperatorCounter",
     "ProbeConfig",
     "build_clip",

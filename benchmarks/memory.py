@@ -48,7 +48,6 @@ def run_probe(config: ProbeConfig, device: torch.device, clip: torch.nn.Module |
         base = torch.cuda.memory_allocated(device)
         step(inputs)
         torch.cuda.synchronize(device)
-        model.text_tower.transformer.grad_checkpointing = False  # the flag lives on the (shared) CLIP
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     # A fresh process, so the RSS high-water mark is this step's alone (reset just before it).
     Path("/proc/self/clear_refs").write_text("5")

@@ -31,6 +31,7 @@ from benchmarks.workload import (
     time_call,
 )
 from dapt_lightning.model.compilation import COMPILE_MODES
+from dapt_lightning.model.shared_prefix import SINGLE_ATTENTION_MAX_TOKENS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,6 +105,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 Row = tuple[int, str, float | None, float | None, float | None]  # classes, measure, naive, fast, fast compiled
+
+
+@dataclass
+class BenchmarkReport:
+    """What a benchmark run measured, and the Markdown section written from it."""
+
+    rows: list[Row]  # (classes, measurement, naive, fast, fast compiled)
+    checkpointing: list[tuple[str, float | None, float | None]]  # (path, train step ms, peak MiB)
+    throughput: dict[int, tuple[str, dict[str, float]]]  # classes -> (path, images/s and TFLOP/s)
+    layouts: dict[int, dict[str, float]]  # classes -> train step ms per shared-prefix layout
+    profiles: dict[str, StepProfile]  # path -> profile of the fast step
+    compile_notes: list[str]  # first-call times, or why compiling failed
+    markdown: str
+
+    def row(self, classes: int, measurement: str) -> Row:
+        """The table row of ``measurement`` at ``classes``."""
+        return next(r for r in self.rows if r[0] == classes and r[1] == measurement)
 
 
 @dataclass
@@ -182,7 +200,7 @@ def _measure_class_count(
     rows.append((classes, "train step (ms)", *(_ms(timed.get(name)) for name in ("naive", "fast", "compiled"))))
     _progress(rows[-1])
     if args.text_layouts:
-        result.layouts = _time_text_layouts(model, steps["fast"], inputs, args.repeats, device)
+        result.layouts = _time_text_layouts(model, inputs, args.repeats, device, autocast)
         print(f"[bench] {classes} classes, text layouts (ms): {result.layouts}", file=sys.stderr, flush=True)
     if args.profile and classes == max(args.class_counts):
         labels = {"fast": "fast", "compiled": f"fast, compile {compile_mode}"}
@@ -236,32 +254,19 @@ def _measure_class_count(
     return result
 
 
-# Shared-prefix layouts (``SharedPrefixTextEncoder.max_buckets``) compared by --text-layouts.
-TEXT_LAYOUTS = {"one attention": 0, "two buckets": 2, "per-length buckets": None}
+# Shared-prefix layouts (``--model.text_layout``) compared by --text-layouts.
+TEXT_LAYOUTS = {"one attention": "single_attention", "two buckets": "two_buckets", "per-length buckets": "per_length"}
 
 
-def _time_text_layouts(model, step: Callable, inputs: StepInputs, repeats: int, device: torch.device) -> dict:
+def _time_text_layouts(model, inputs: StepInputs, repeats: int, device: torch.device, autocast: Callable) -> dict:
     """The eager fast training step (ms) with each shared-prefix layout, to check what ``auto`` picks here."""
-    from dapt_lightning.model.text_fastpath import SharedPrefixTextEncoder
-
-    original = model._shared_prefix_encoder  # built by the fast step's warm-up
     # One encoder per layout, each keeping its own packing plan and masks (rebuilding them would be timed too).
-    encoders = {
-        name: SharedPrefixTextEncoder(model.text_tower, model.text_checkpointing, max_buckets=max_buckets)
-        for name, max_buckets in TEXT_LAYOUTS.items()
+    steps = {
+        name: make_train_step(model, "shared_prefix", autocast, layout=layout) for name, layout in TEXT_LAYOUTS.items()
     }
-    fns = {}
-    for name, encoder in encoders.items():
-
-        def run(encoder=encoder) -> None:
-            model._shared_prefix_encoder = encoder
-            step(inputs)
-
-        fns[name] = run
-    try:
-        timed = interleaved_medians(fns, repeats, device)
-    finally:
-        model._shared_prefix_encoder = original
+    timed = interleaved_medians(
+        {name: (lambda step=step: step(inputs)) for name, step in steps.items()}, repeats, device
+    )
     return {name: _ms(seconds) for name, seconds in timed.items()}
 
 
@@ -278,14 +283,14 @@ def _command(argv: list[str] | None) -> str:
     return shlex.join(["python", "-m", "benchmarks", *shown])
 
 
-def main(argv: list[str] | None = None) -> str:
-    """Run the benchmark, print the Markdown report and return it (and write it with ``--output``)."""
+def main(argv: list[str] | None = None) -> BenchmarkReport | None:
+    """Run the benchmark, print the Markdown report, write it with ``--output`` and return what was measured."""
     args = parse_args(argv)
     device = torch.device(args.device)
     if args._probe:
         config = ProbeConfig(**json.loads(args._probe))
         print(f"PEAK_MIB={run_probe(config, device):.1f}")
-        return ""
+        return None
     load_before = os.getloadavg()[0]
     clip = build_clip(args.model, args.depth, device)
     autocast = autocast_context(device, args.precision)
@@ -328,7 +333,6 @@ def main(argv: list[str] | None = None) -> str:
                 config = ProbeConfig(args.model, args.depth, classes, args.batch, mode, True, args.precision)
                 peak = probe_train_memory(config, args.device, clip)
             checkpoint_rows.append((label, timed["fast"] * 1e3 if mode == "auto" else None, peak))
-        model.text_tower.transformer.grad_checkpointing = False  # the flag lives on the shared CLIP
         del model
 
     load_after = os.getloadavg()[0]
@@ -372,8 +376,6 @@ def main(argv: list[str] | None = None) -> str:
                 f"{m['eval_tflops']:.3g} ({eval_pct:.1f}%) |"
             )
     if layouts:
-        from dapt_lightning.model.text_fastpath import SINGLE_ATTENTION_MAX_TOKENS
-
         lines += [
             "",
             "Shared-prefix text layouts, eager fast training step (ms); `auto` picks per-length buckets on the CPU "
@@ -443,4 +445,4 @@ def main(argv: list[str] | None = None) -> str:
     print(body)
     if args.output is not None:
         write_section(args.output, args.device, body)
-    return body
+    return BenchmarkReport(rows, checkpoint_rows, extra, layouts, profiles, compile_notes, body)

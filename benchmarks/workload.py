@@ -7,11 +7,11 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-ASSET_DIR = Path(__file__).resolve().parents[1] / "assets"
+from dapt_lightning.model.clip import ASSET_DIR
+
 BETA_V, BETA_T = 10.0, 0.1  # any non-zero weights: every loss term must be computed and differentiated
 
 
@@ -89,10 +89,25 @@ def make_inputs(model, batch: int, device: torch.device, seed: int = 0) -> StepI
     return StepInputs(images.to(device), labels.to(device), prototypes.to(device))
 
 
-def make_train_step(model, mode: str, autocast: Callable) -> Callable[[StepInputs], torch.Tensor]:
+def text_encoder(model, mode: str, layout: str = "auto") -> Callable[[], torch.Tensor]:
+    """Normalised class text features by strategy ``mode``: ``auto`` is the model's own (compiled, if it is),
+    any other mode (``full`` is the official computation) a strategy over the same tower and prompts."""
+    from dapt_lightning.model.text_encoding import build_text_encoder
+
+    if mode == "auto" and layout == "auto":
+        return model.encode_text
+    prompts = model.text_prompt if model.text_prompt is not None else model.fixed_prompts
+    encoder = build_text_encoder(
+        mode, model.text_tower, prompts, layout=layout, checkpointing=model.text_encoder.checkpointing
+    )
+    return lambda: torch.nn.functional.normalize(encoder(), dim=-1)
+
+
+def make_train_step(model, mode: str, autocast: Callable, layout: str = "auto") -> Callable[[StepInputs], torch.Tensor]:
     """One DAPT training step: forward, every loss term, backward, SGD step on the prompts."""
     from dapt_lightning.losses import dapt_loss
 
+    encode_text = text_encoder(model, mode, layout)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
 
@@ -100,7 +115,7 @@ def make_train_step(model, mode: str, autocast: Callable) -> Callable[[StepInput
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             image_features = model.encode_image(inputs.images)
-            text_features = model.encode_text(mode)
+            text_features = encode_text()
             logits = model.logit_scale * image_features @ text_features.t()
             terms = dapt_loss(logits, inputs.labels, image_features, text_features, inputs.prototypes, BETA_V, BETA_T)
         terms.total.backward()
@@ -113,10 +128,11 @@ def make_train_step(model, mode: str, autocast: Callable) -> Callable[[StepInput
 def eval_naive(model, batches: list[torch.Tensor], autocast: Callable) -> torch.Tensor:
     """The official evaluation: every test batch runs the whole prompted model, text at 77 tokens."""
     predictions = []
+    encode_text = text_encoder(model, "full")
     with torch.no_grad(), autocast():
         for images in batches:
             image_features = model.encode_image(images)
-            text_features = model.encode_text("full")
+            text_features = encode_text()
             predictions.append((model.logit_scale * image_features @ text_features.t()).argmax(-1))
     return torch.cat(predictions)
 
@@ -125,7 +141,7 @@ def eval_fast(model, batches: Iterator[torch.Tensor] | list[torch.Tensor], autoc
     """The prompts do not change during evaluation: encode the class texts once, then only images."""
     predictions = []
     with torch.inference_mode(), autocast():
-        text_features = model.encode_text("auto")
+        text_features = model.encode_text()
         for images in batches:
             image_features = model.encode_image(images)
             predictions.append((model.logit_scale * image_features @ text_features.t()).argmax(-1))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import quiet_trainer
 from torch import nn
 
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
@@ -48,3 +49,9 @@ def _tiny_clip_session() -> nn.Module:
 def tiny_clip(_tiny_clip_session: nn.Module) -> nn.Module:
     """A frozen tiny CLIP (``dapt-tiny``, random weights, QuickGELU); a fresh copy per test."""
     return copy.deepcopy(_tiny_clip_session)
+
+
+@pytest.fixture
+def make_trainer(tmp_path: Path):
+    """A factory of quiet CPU Trainers (``tiny.quiet_trainer``) writing under the test's temp folder."""
+    return lambda **overrides: quiet_trainer(default_root_dir=str(tmp_path / "trainer"), **overrides)

@@ -7,11 +7,13 @@ import copy
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dapt_lightning.losses import dapt_loss
 from dapt_lightning.model.clip import load_clip
 from dapt_lightning.model.prompted_clip import PromptedCLIP
+from dapt_lightning.model.text_encoding import TextEncoder, build_text_encoder
 
 # Suffix lengths of 2 to 22 tokens, several sharing a length (buckets of more than one class); the last
 # name is more than 10 tokens longer than any other.
@@ -67,8 +69,20 @@ def prompted_model(clip: nn.Module, **kwargs) -> PromptedCLIP:
     return model
 
 
-def step_outputs(model: PromptedCLIP, mode: str) -> dict[str, torch.Tensor]:
-    """Features, logits, every loss term and the prompt gradients of one training step."""
+def text_encoder(model: PromptedCLIP, mode: str, layout: str | int = "auto") -> TextEncoder:
+    """A ``mode`` text-encoding strategy over ``model``'s own tower and prompts (eager)."""
+    prompts = model.text_prompt if model.text_prompt is not None else model.fixed_prompts
+    return build_text_encoder(mode, model.text_tower, prompts, layout=layout)
+
+
+def step_outputs(model: PromptedCLIP, mode: str | None = None, layout: str | int = "auto") -> dict[str, torch.Tensor]:
+    """Features, logits, every loss term and the prompt gradients of one training step.
+
+    Args:
+        model: the prompted model.
+        mode: text encoding to use (see ``text_encoder``); None: the model's own strategy (compiled, if it is).
+        layout: the shared-prefix layout of ``mode``.
+    """
     generator = torch.Generator().manual_seed(3)
     size = model.image_tower.image_size
     images = torch.randn(4, 3, size, size, generator=generator)
@@ -77,7 +91,8 @@ def step_outputs(model: PromptedCLIP, mode: str) -> dict[str, torch.Tensor]:
     prototypes = torch.randn(len(CLASSNAMES), dim, generator=generator) * 0.1
     model.zero_grad(set_to_none=True)
     image_features = model.encode_image(images)
-    text_features = model.encode_text(mode)
+    encoder = model.text_encoder if mode is None else text_encoder(model, mode, layout)
+    text_features = F.normalize(encoder(), dim=-1)
     logits = model.logit_scale * image_features @ text_features.t()
     terms = dapt_loss(logits, labels, image_features, text_features, prototypes, beta_v=10.0, beta_t=0.1)
     terms.total.backward()

@@ -54,22 +54,13 @@ class _RecordLR(L.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def test_module_optimiser_and_schedule_in_a_real_fit(synthetic_root: Path, tmp_path: Path) -> None:
-    data = DAPTDataModule("synthetic", root=str(synthetic_root), num_shots=1, batch_size=4, num_workers=0)
+def test_module_optimiser_and_schedule_in_a_real_fit(synthetic_root: Path, make_trainer) -> None:
+    data = DAPTDataModule(
+        "synthetic", root=str(synthetic_root), num_shots=1, batch_size=4, num_workers=0, image_size=64
+    )
     module = DAPTModule(data.classnames, method="coop_vpt", clip_name="dapt-tiny", pretrained=None, lr=0.3)
     recorder = _RecordLR()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=4,
-        limit_train_batches=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
-        default_root_dir=tmp_path,
-    )
+    trainer = make_trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=0, callbacks=[recorder])
     trainer.fit(module, datamodule=data)
 
     (optimizer,) = trainer.optimizers

@@ -7,6 +7,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LRScheduler, SequentialLR
 
+from dapt_lightning.data.registry import dataset_max_epochs
+
 
 def warmup_cosine(
     optimizer: Optimizer, max_epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5
@@ -34,8 +36,12 @@ def expected_lr(epoch: int, lr: float, max_epochs: int, warmup_epochs: int = 1, 
 
 
 def official_max_epochs(dataset: str, num_shots: int) -> int:
-    """Epochs of the official configs: ImageNet 50; otherwise 1 shot 50, 2 and 4 shots 100, 8 and more 200."""
-    if dataset.startswith("imagenet") or num_shots == 1:
+    """Epochs of the official configs: the dataset record's fixed count when it has one (ImageNet and its variants:
+    50); otherwise 1 shot 50, 2 and 4 shots 100, 8 and more 200."""
+    fixed = dataset_max_epochs(dataset)
+    if fixed is not None:
+        return fixed
+    if num_shots == 1:
         return 50
     if num_shots in (2, 4):
         return 100

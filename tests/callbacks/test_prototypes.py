@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import quiet_trainer
 
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
 from dapt_lightning.data.datamodule import DAPTDataModule
@@ -16,7 +16,9 @@ from dapt_lightning.module import DAPTModule
 
 
 def make_data(root: Path, num_shots: int = 2, seed: int = 1) -> DAPTDataModule:
-    return DAPTDataModule("synthetic", root=str(root), num_shots=num_shots, seed=seed, batch_size=8, num_workers=0)
+    return DAPTDataModule(
+        "synthetic", root=str(root), num_shots=num_shots, seed=seed, batch_size=8, num_workers=0, image_size=64
+    )
 
 
 def make_module(classnames: list[str], clip_seed: int = 0) -> DAPTModule:
@@ -28,20 +30,9 @@ def fit_prototypes(
     module: DAPTModule, data: DAPTDataModule, callback: PrototypeCallback, root_dir: Path
 ) -> torch.Tensor:
     """Run the callback inside a real ``Trainer.fit`` (training itself skipped) and return the prototypes."""
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=0,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-        default_root_dir=root_dir,
-    )
+    trainer = quiet_trainer(limit_train_batches=0, limit_val_batches=0, callbacks=[callback], default_root_dir=root_dir)
     trainer.fit(module, datamodule=data)
-    assert bool(module.prototypes_ready)
+    assert module.has_prototypes
     return module.prototypes.clone()
 
 
@@ -76,7 +67,6 @@ def test_prototypes_match_direct_computation(synthetic_root: Path, tmp_path: Pat
 
 def test_train_views_are_seeded_and_augmented(synthetic_root: Path) -> None:
     data = make_data(synthetic_root)
-    data.image_size = 64
     train = seeded_views(data.dataset("train", transform="train"), seed=1)
     assert torch.equal(train[3][0], train[3][0])  # the same view every time: independent of call order
     assert not torch.equal(train[3][0], seeded_views(data.dataset("train", transform="train"), seed=2)[3][0])

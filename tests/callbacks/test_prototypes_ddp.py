@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent(
             return RecordingImages(images.items, images.transform, images.dataset_name, augment_seed=seed)
 
 
-    data = RecordingDataModule("synthetic", root=root, num_shots=2, seed=1, batch_size=8, num_workers=0)
+    data = RecordingDataModule("synthetic", root=root, num_shots=2, seed=1, batch_size=8, num_workers=0, image_size=64)
     module = DAPTModule(data.classnames, clip_name="dapt-tiny", pretrained=clip_file)
     trainer = L.Trainer(
         accelerator="cpu",

@@ -10,7 +10,7 @@ from fake_datasets import FAKES, make_fake_datasets
 
 from dapt_lightning.data.check import check_datasets, format_table
 from dapt_lightning.data.cli import data_main
-from dapt_lightning.data.registry import get_dataset_reader
+from dapt_lightning.data.registry import get_dataset_reader, layouts
 
 
 @pytest.fixture
@@ -106,3 +106,9 @@ def test_cli_check_exit_codes_and_env_root(full_root: Path, monkeypatch, capsys)
     assert data_main(["check", "--root", str(full_root / "nowhere")]) == 1
     with pytest.raises(SystemExit):
         data_main(["check", "no_such_dataset", "--root", str(full_root)])
+
+
+def test_check_lists_the_registered_layouts_in_coops_order(full_root: Path) -> None:
+    assert [s.name for s in check_datasets(full_root)] == list(layouts())
+    with pytest.raises(ValueError, match="unknown dataset.*synthetic; choose from imagenet, caltech101"):
+        check_datasets(full_root, names=["synthetic"])

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from fake_datasets import FAKES, IMAGENET_CLASSES, make_fake_dataset, make_fake_datasets
 
-from dapt_lightning.data.datasets import LAYOUTS
 from dapt_lightning.data.datasets.common import DatasetError
-from dapt_lightning.data.registry import get_dataset_reader, list_datasets
+from dapt_lightning.data.registry import get_dataset_reader, layouts, list_datasets
 from dapt_lightning.data.types import Datum
 
 BENCHMARKS = list(FAKES)
+LAYOUTS = layouts()
 SPLIT_DATASETS = [name for name in BENCHMARKS if LAYOUTS[name].split_file]
 
 

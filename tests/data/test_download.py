@@ -25,7 +25,7 @@ from dapt_lightning.data.download import (
     download_file,
     extract_archive,
 )
-from dapt_lightning.data.registry import get_dataset_reader
+from dapt_lightning.data.registry import download_plans, get_dataset_reader, layouts
 
 
 @dataclass
@@ -277,3 +277,12 @@ def test_extraction_follows_a_symlinked_dataset_folder(tmp_path: Path) -> None:
     archive.write_bytes(_tar({"food-101/images/pie/1.jpg": b"1"}))
     assert extract_archive(archive, root) == 1
     assert (elsewhere / "images/pie/1.jpg").read_bytes() == b"1"
+
+
+def test_only_datasets_with_a_download_plan_can_be_downloaded(tmp_path: Path) -> None:
+    # custom and synthetic are registered but have nothing to fetch: both the CLI and the function say so.
+    assert "synthetic" not in download_plans() and set(download_plans()) == set(layouts())
+    with pytest.raises(ValueError, match=r"unknown dataset 'synthetic'; choose one of imagenet, caltech101"):
+        download_dataset("synthetic", tmp_path, progress=False)
+    with pytest.raises(SystemExit):
+        data_main(["download", "custom", "--root", str(tmp_path)])

@@ -1,4 +1,4 @@
-"""The real `dapt` CLI: fit then test on the demo config, bf16 on CPU, derived settings, every shipped YAML."""
+"""The LightningCLI of `dapt fit/test`: fit then test, bf16 on CPU, derived settings, every shipped YAML."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny import DEMO_CONFIG, REPO, tiny_args
 
 from dapt_lightning.cli import main
 from dapt_lightning.experiments.lightning_cli import DAPTCLI, cli_main
 from dapt_lightning.schedule import official_max_epochs
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "demo.yaml"
 # Sweep specs (`dapt sweep`) list LightningCLI configs; they are not LightningCLI configs themselves.
 SWEEP_FOLDER = REPO / "configs" / "sweeps"
 CLI_CONFIGS = sorted(
@@ -23,55 +22,28 @@ CLI_CONFIGS = sorted(
 )
 
 
-def demo_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
-    """The demo config made tiny: random dapt-tiny CLIP, 1 shot, two batches, everything under ``tmp_path``."""
-    return [
-        "--config",
-        str(DEMO),
-        "--model.pretrained",
-        "null",
-        "--data.root",
-        str(root),
-        "--data.num_shots",
-        "1",
-        "--data.batch_size",
-        "8",
-        "--data.num_workers",
-        "0",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.default_root_dir",
-        str(tmp_path / "root"),
-        "--run.dir",
-        str(tmp_path / "run"),
-        "--embedding_plots.enabled",
-        "false",
-        *extra,
-    ]
-
-
 @pytest.mark.slow
 def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
-    fit = cli_main(["fit", *demo_args(synthetic_root, tmp_path, "--trainer.logger", "false")])
+    fit = cli_main(["fit", *tiny_args(synthetic_root, tmp_path / "fit", "--trainer.limit_train_batches", "2")])
     assert fit.trainer.current_epoch == 1 and fit.trainer.global_step == 2
     assert fit.model.model.classnames[0] == "red circle" and len(fit.model.model.classnames) == 36  # linked
-    assert bool(fit.model.prototypes_ready)
+    assert fit.datamodule.image_size == 64  # the tiny CLIP's input size, linked when the arguments were parsed
+    assert fit.model.has_prototypes
     assert torch.isfinite(fit.trainer.callback_metrics["train/loss_epoch"])
     checkpoint = Path(fit.trainer.checkpoint_callback.last_model_path)
-    assert checkpoint.is_file() and tmp_path in checkpoint.parents
+    assert checkpoint == tmp_path / "fit" / "checkpoints" / "last.ckpt" and checkpoint.is_file()
 
     logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)]
-    args = demo_args(synthetic_root, tmp_path / "test", *logger, "--ckpt_path", str(checkpoint))
-    test = cli_main(["test", *args])
+    test = cli_main(["test", *tiny_args(synthetic_root, tmp_path / "test", *logger, "--ckpt_path", str(checkpoint))])
     assert torch.equal(test.model.model.text_prompt.txt_ctx, fit.model.model.text_prompt.txt_ctx)
     accuracy = float(test.trainer.callback_metrics["test/acc"])
-    assert 0.0 <= accuracy <= 1.0
+    # The same accuracy, recomputed image by image from the trained model.
+    model = fit.model.model.eval()
+    correct = []
+    with torch.no_grad():
+        for images, labels, _ in fit.datamodule.test_dataloader():
+            correct.append(model(images)[0].argmax(-1) == labels)
+    assert accuracy == pytest.approx(torch.cat(correct).float().mean().item(), abs=1e-6)
     with open(Path(test.trainer.logger.log_dir) / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("test/acc")]
     assert [float(row["test/acc"]) for row in rows] == pytest.approx([accuracy])
@@ -79,15 +51,13 @@ def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_main_entry_point_runs_fit(synthetic_root: Path, tmp_path: Path) -> None:
-    main(
-        ["fit", *demo_args(synthetic_root, tmp_path, "--trainer.logger", "false", "--trainer.limit_train_batches", "1")]
-    )
+    main(["fit", *tiny_args(synthetic_root, tmp_path / "run", "--trainer.limit_train_batches", "1")])
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow
 def test_bf16_mixed_on_cpu(synthetic_root: Path, tmp_path: Path) -> None:
-    args = demo_args(synthetic_root, tmp_path, "--trainer.logger", "false", "--trainer.precision", "bf16-mixed")
+    args = tiny_args(synthetic_root, tmp_path / "run", "--trainer.precision", "bf16-mixed")
     cli = cli_main(["fit", *args])
     assert cli.trainer.precision == "bf16-mixed"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss_epoch"])
@@ -96,8 +66,8 @@ def test_bf16_mixed_on_cpu(synthetic_root: Path, tmp_path: Path) -> None:
 
 
 def _instantiate(root: Path, tmp_path: Path, *extra: str) -> DAPTCLI:
-    """Parse and instantiate (no subcommand, nothing runs) the demo config with ``extra`` flags."""
-    return cli_main([*demo_args(root, tmp_path, "--trainer.logger", "false"), *extra], run=False)
+    """Parse and instantiate (no subcommand, nothing runs) the tiny config with ``extra`` flags."""
+    return cli_main([*tiny_args(root, tmp_path / "run"), *extra], run=False)
 
 
 @pytest.mark.parametrize(("shots", "epochs"), [(1, 50), (4, 100), (16, 200)])
@@ -133,7 +103,7 @@ def _parse_only(config: Path, capsys: pytest.CaptureFixture[str]) -> dict:
 
 
 def test_configs_found() -> None:
-    assert DEMO in CLI_CONFIGS
+    assert DEMO_CONFIG in CLI_CONFIGS
 
 
 @pytest.mark.parametrize("config", CLI_CONFIGS, ids=lambda path: str(path.relative_to(REPO / "configs")))
@@ -148,7 +118,7 @@ def test_every_shipped_config_parses(config: Path, capsys: pytest.CaptureFixture
 
 
 def test_a_config_with_a_typo_does_not_parse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = yaml.safe_load(DEMO.read_text())
+    config = yaml.safe_load(DEMO_CONFIG.read_text())
     config["model"]["beta_vv"] = 1.0
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_experiment import SIZES, write_subset_dataset
+from tiny import REPO, SIZES, TINY_CONFIG, write_subset_dataset
 
 from dapt_lightning import cli as cli_module
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
 from dapt_lightning.experiments.runs import write_metrics
 from dapt_lightning.experiments.sweep import load_sweep, plan, summarize, sweep_main
 from dapt_lightning.model.clip import load_clip
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "demo.yaml"
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -34,13 +31,12 @@ def write_sweeps(tmp_path: Path, root: Path, weights: str) -> tuple[Path, Path]:
         "model.pretrained": weights,
         "data.root": str(root),
         "data.num_workers": 0,
-        "data.batch_size": 16,
         "trainer.max_epochs": 1,
         "trainer.logger": False,
         "trainer.enable_progress_bar": False,
         "embedding_plots.enabled": False,
     }
-    common = {"shots": [1], "datasets": {"synthetic": str(DEMO)}, "overrides": overrides}
+    common = {"shots": [1], "datasets": {"synthetic": str(TINY_CONFIG)}, "overrides": overrides}
     fewshot = tmp_path / "fewshot.yaml"
     fewshot.write_text(
         yaml.safe_dump(
@@ -74,7 +70,7 @@ def test_plan_layout_and_printed_commands(tmp_path: Path, capsys: pytest.Capture
         yaml.safe_dump(
             {
                 "runs_dir": "runs",
-                "datasets": {"oxford_pets": "configs/oxford_pets.yaml"},
+                "datasets": {"oxford_pets": "configs/oxfordpets.yaml"},
                 "shots": [1, 16],
                 "seeds": [1, 2, 3],
                 "methods": ["zeroshot", "coop", "no_inter"],
@@ -88,8 +84,8 @@ def test_plan_layout_and_printed_commands(tmp_path: Path, capsys: pytest.Capture
     assert sweep_main([str(sweep), "--print-commands"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(runs)
-    assert lines[0].startswith("dapt test --config configs/oxford_pets.yaml") and "zeroshot" in lines[0]
-    assert all(line.startswith("dapt fit --config configs/oxford_pets.yaml") for line in lines[1:])
+    assert lines[0].startswith("dapt test --config configs/oxfordpets.yaml") and "zeroshot" in lines[0]
+    assert all(line.startswith("dapt fit --config configs/oxfordpets.yaml") for line in lines[1:])
     assert "--model.beta_t 0.0" in lines[-1] and "--run.label no_inter" in lines[-1]
     assert lines[-1].endswith("--ckpt_path last")  # a rerun of a job array resumes
     with pytest.raises(SystemExit):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from benchmarks import OperatorCounter
-from dapt_lightning.model.blocks import block_forward, class_token_block_forward
+from dapt_lightning.model.blocks import CastCache, block_forward, class_token_block_forward
 from dapt_lightning.model.towers import ImageTower
 
 
@@ -47,7 +47,8 @@ def test_lean_blocks_equal_open_clip_blocks_with_fewer_operators(tiny_clip: nn.M
     x = torch.randn(3, 17, block.attn.embed_dim, generator=torch.Generator().manual_seed(3), requires_grad=True)
     counts = {}
     outputs = {}
-    flat = lambda x: block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0]).reshape(x.shape)  # noqa: E731
+    casts = CastCache()
+    flat = lambda x: block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0], casts).reshape(x.shape)  # noqa: E731
     for name, run in (("open_clip", block), ("lean", flat)):
         with OperatorCounter() as counter:
             out = run(x)
@@ -57,7 +58,7 @@ def test_lean_blocks_equal_open_clip_blocks_with_fewer_operators(tiny_clip: nn.M
     torch.testing.assert_close(lean, reference, rtol=1e-5, atol=1e-6)
     assert ((lean_grad - reference_grad).norm() / reference_grad.norm()).item() < 1e-5
     assert counts["lean"] < 0.6 * counts["open_clip"], counts  # the host work a batch-32 GPU step is bound by
-    class_token = class_token_block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0])
+    class_token = class_token_block_forward(block, x.reshape(-1, x.shape[-1]), x.shape[0], casts)
     torch.testing.assert_close(class_token, block(x)[:, 0], rtol=1e-5, atol=1e-6)
 
 
@@ -67,12 +68,15 @@ def test_frozen_weights_are_cast_once_under_autocast_with_the_same_results(tiny_
     x = torch.randn(3 * 17, block.attn.embed_dim, generator=torch.Generator().manual_seed(4))
     # Reference: the same block with weights that require grad, which autocast itself casts (and never caches).
     reference_block = copy.deepcopy(block).requires_grad_(True)
+    casts, reference_casts = CastCache(), CastCache()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        block_forward(block, x, batch=3)  # the first call makes the copies
+        block_forward(block, x, 3, casts)  # the first call makes the copies
+        assert len(casts) == 8  # in_proj, out_proj, c_fc and c_proj: weights and biases
         with OperatorCounter() as counter:
-            cast_once = block_forward(block, x, batch=3)
+            cast_once = block_forward(block, x, 3, casts)
         with OperatorCounter() as reference_counter:
-            reference = block_forward(reference_block, x, batch=3)
+            reference = block_forward(reference_block, x, 3, reference_casts)
+    assert len(reference_casts) == 0  # weights that require grad are left to autocast
     torch.testing.assert_close(cast_once, reference, rtol=0, atol=0)  # bitwise: the same rounding of the same weights
     assert counter.count <= reference_counter.count - 8  # in_proj, out_proj, c_fc and c_proj: weights and biases
 
@@ -80,28 +84,32 @@ def test_frozen_weights_are_cast_once_under_autocast_with_the_same_results(tiny_
         block.mlp.c_fc.weight.mul_(2)  # a changed weight (its version moves on) is cast again
         reference_block.mlp.c_fc.weight.mul_(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(block_forward(block, x, 3), block_forward(reference_block, x, 3), rtol=0, atol=0)
-    assert not torch.equal(block_forward(block, x, 3), cast_once)  # outside autocast: fp32 weights, no cached copy
+        torch.testing.assert_close(
+            block_forward(block, x, 3, casts), block_forward(reference_block, x, 3, reference_casts), rtol=0, atol=0
+        )
+    assert not torch.equal(
+        block_forward(block, x, 3, casts), cast_once
+    )  # outside autocast: fp32 weights, no cached copy
 
 
 def test_cast_once_copies_made_under_inference_mode_serve_training(tiny_clip: nn.Module) -> None:
     """Lightning validates under inference_mode before training: the cached copies must not be inference tensors."""
     block = _perturbed(tiny_clip).visual.transformer.resblocks[0]
     x = torch.randn(2 * 5, block.attn.embed_dim)
+    casts = CastCache()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        block_forward(block, x, batch=2)
+        block_forward(block, x, 2, casts)
     prompts = x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = block_forward(block, prompts, batch=2)
+        out = block_forward(block, prompts, 2, casts)
     out.float().square().sum().backward()
     assert prompts.grad is not None and prompts.grad.abs().sum() > 0
 
 
 def test_weights_made_under_inference_mode_are_left_to_autocast() -> None:
-    from dapt_lightning.model.blocks import autocast_weight
-
+    casts = CastCache()
     with torch.inference_mode():
         weight = torch.randn(4, 4)  # an inference tensor: no version counter to validate a kept copy against
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert autocast_weight(weight) is weight
-        assert autocast_weight(torch.randn(4, 4)).dtype == torch.bfloat16
+        assert casts(weight) is weight
+        assert casts(torch.randn(4, 4)).dtype == torch.bfloat16

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
 
-from dapt_lightning.data.datasets import LAYOUTS, DatasetLayout
-from dapt_lightning.data.download import PLANS
-from dapt_lightning.data.registry import get_dataset_reader
+from dapt_lightning.data.registry import download_plans, get_dataset_reader, layouts
 from dapt_lightning.data.types import Datum
 
 Status = Literal["found", "missing", "incomplete"]
@@ -51,7 +49,7 @@ class DatasetStatus:
 
 def how_to_get(name: str, root: Path) -> str:
     """What to run (and do by hand) to get dataset ``name``."""
-    plan = PLANS.get(name)
+    plan = download_plans().get(name)
     if plan is None:
         return "see the Datasets section of the README"
     automatic = f"`dapt data download {name} --root {root}`" if plan.resources else ""
@@ -73,7 +71,7 @@ def _absent_images(items: list[Datum], full: bool) -> list[str]:
 
 def check_dataset(name: str, root: Path, full: bool = False) -> DatasetStatus:
     """Check one benchmark dataset; see :func:`check_datasets`."""
-    layout: DatasetLayout = LAYOUTS[name]
+    layout = layouts()[name]
     root = Path(root).expanduser()
     status = DatasetStatus(name, root / layout.folder, "found", how_to_get=how_to_get(name, root))
     if not status.folder.is_dir():
@@ -123,10 +121,11 @@ def check_datasets(root: Path, names: list[str] | None = None, full: bool = Fals
     each split exists (every image with ``full=True``). Nothing is written: a dataset whose split would be generated
     is reported with a note and not read.
     """
-    names = list(LAYOUTS) if names is None else names
-    unknown = [n for n in names if n not in LAYOUTS]
+    known = layouts()
+    names = list(known) if names is None else names
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"dapt data check: unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(LAYOUTS)}")
+        raise ValueError(f"dapt data check: unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return [check_dataset(name, root, full=full) for name in names]
 
 

@@ -19,7 +19,10 @@ def _root(value: str | None, parser: argparse.ArgumentParser) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dapt data`` argument parser."""
-    from dapt_lightning.data.download import MIRROR_ENV, PLANS
+    from dapt_lightning.data.download import MIRROR_ENV
+    from dapt_lightning.data.registry import download_plans
+
+    plans = sorted(download_plans())
 
     parser = argparse.ArgumentParser(prog="dapt data", description="Check or download the benchmark datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--full", action="store_true", help="check that every listed image exists (slow on ImageNet)")
 
     download = sub.add_parser("download", help="download datasets with public URLs into the CoOp layout")
-    download.add_argument("names", nargs="+", metavar="NAME", choices=sorted(PLANS), help=", ".join(sorted(PLANS)))
+    download.add_argument("names", nargs="+", metavar="NAME", choices=plans, help=", ".join(plans))
     download.add_argument("--root", help=f"data root (default: ${ROOT_ENV})")
     download.add_argument("--mirror", help=f"base URL serving <mirror>/<name>/<file> (default: ${MIRROR_ENV})")
     download.add_argument("--no-verify", action="store_true", help="skip the checksum check")

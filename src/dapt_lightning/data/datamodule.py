@@ -17,6 +17,8 @@ from dapt_lightning.data.transforms import TransformName, build_transform
 from dapt_lightning.data.types import DatasetSplits
 
 DATA_ROOT_ENV = "DAPT_DATA_ROOT"
+DEFAULT_IMAGE_SIZE = 224
+"""The input size of the paper's ViT-B/16, for DataModules built without the CLI (which links the CLIP's size)."""
 
 
 def resolve_data_root(root: str | None) -> Path:
@@ -47,7 +49,7 @@ class DAPTDataModule(L.LightningDataModule):
             gets ``batch_size / W`` images, so the effective batch and learning rate do not change with W.
         test_batch_size: evaluation batch per device.
         num_workers: DataLoader worker processes per device.
-        image_size: input resolution; None takes the CLIP's own (set by the LightningModule in ``setup``).
+        image_size: input resolution; the `dapt` CLI sets the CLIP's own (224 for ViT-B/16) when not given.
         cache_images: keep the decoded few-shot training images in memory.
         train_crop_scale: area range of the training RandomResizedCrop; (0.08, 1.0) is the official setting.
         dataset_options: extra keyword arguments for the dataset reader (e.g. the ``custom`` dataset's path).
@@ -77,7 +79,7 @@ class DAPTDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.test_batch_size = test_batch_size
         self.num_workers = num_workers
-        self.image_size = image_size
+        self.image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
         self.cache_images = cache_images
         if not 0 < train_crop_scale[0] <= train_crop_scale[1] <= 1:
             raise ValueError(f"--data.train_crop_scale must be 0 < low <= high <= 1, got {train_crop_scale}")
@@ -115,7 +117,7 @@ class DAPTDataModule(L.LightningDataModule):
         transform = transform or ("train" if split == "train" else "test")
         return ImageListDataset(
             items,
-            build_transform(transform, self.image_size or 224, self.train_crop_scale),
+            build_transform(transform, self.image_size, self.train_crop_scale),
             self.dataset_name,
             cache_decoded=self.cache_images and split == "train",
             augment_seed=self.seed if split == "train" else None,

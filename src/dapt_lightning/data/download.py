@@ -25,6 +25,8 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
+from dapt_lightning.data.registry import download_plans
+
 MIRROR_ENV = "DAPT_DOWNLOAD_MIRROR"
 """Environment variable naming a mirror base URL (``<mirror>/<dataset>/<filename>``)."""
 
@@ -44,310 +46,6 @@ class ChecksumError(DownloadError):
 
 class UnsafeArchiveError(DownloadError):
     """An archive member would be written outside the extraction folder."""
-
-
-def drive_url(file_id: str) -> str:
-    """Google Drive's direct-download form of a shared file (``confirm=t`` skips the large-file warning page)."""
-    return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One file to fetch.
-
-    Attributes:
-        filename: Name of the downloaded file (also its name on a mirror: ``<mirror>/<dataset>/<filename>``).
-        url: Direct URL (``""`` when ``drive_id`` is set).
-        dest: Target relative to the data root: the folder an archive is extracted into, or the file's final path.
-        extract: Whether the file is an archive (tar, tar.gz, tgz, zip) to extract into ``dest``.
-        md5: Published MD5, checked when known.
-        sha256: Published SHA-256, checked when known.
-        strip: Archive-member prefix to strip; members outside it are skipped (FGVC: keep only ``data/``).
-        drive_id: Google Drive file id; the URL is then :func:`drive_url`.
-        copy_from: A file relative to the data root to copy instead of downloading, when present
-            (the ImageNet variants reuse ``imagenet/classnames.txt``).
-    """
-
-    filename: str
-    url: str = ""
-    dest: str = ""
-    extract: bool = False
-    md5: str | None = None
-    sha256: str | None = None
-    strip: str = ""
-    drive_id: str | None = None
-    copy_from: str | None = None
-
-    def source_url(self) -> str:
-        """The public URL of the file."""
-        return drive_url(self.drive_id) if self.drive_id else self.url
-
-    def page_url(self) -> str:
-        """A URL for a person to open when the automatic download fails."""
-        return f"https://drive.google.com/file/d/{self.drive_id}/view" if self.drive_id else self.url
-
-
-@dataclass(frozen=True)
-class DownloadPlan:
-    """Everything ``dapt data download NAME`` fetches, plus the steps it cannot do."""
-
-    name: str
-    resources: tuple[Resource, ...]
-    manual: str = ""
-
-
-_CLASSNAMES_DRIVE = "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"
-
-
-def _classnames(folder: str) -> Resource:
-    return Resource(
-        "classnames.txt",
-        drive_id=_CLASSNAMES_DRIVE,
-        dest=f"{folder}/classnames.txt",
-        copy_from="imagenet/classnames.txt",
-    )
-
-
-PLANS: dict[str, DownloadPlan] = {
-    plan.name: plan
-    for plan in (
-        DownloadPlan(
-            "imagenet",
-            (_classnames("imagenet"),),
-            manual=(
-                "ImageNet images need an account: download ILSVRC2012 train and val from https://image-net.org, "
-                "extract them to ROOT/imagenet/images/train and ROOT/imagenet/images/val, with the val images sorted "
-                "into one folder per class (n01440764/, ...) like train."
-            ),
-        ),
-        DownloadPlan(
-            "caltech101",
-            (
-                Resource(
-                    "101_ObjectCategories.tar.gz",
-                    drive_id="137RyRjvTBkBiIfeYBNZBtViDHQ6_Ewsp",
-                    dest="caltech-101",
-                    extract=True,
-                    md5="b224c7392d521a49829488ab0f1120d9",
-                ),
-                Resource(
-                    "split_zhou_Caltech101.json",
-                    drive_id="1hyarUivQE36mY6jSomru6Fjd-JzwcCzN",
-                    dest="caltech-101/split_zhou_Caltech101.json",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "oxford_pets",
-            (
-                Resource(
-                    "images.tar.gz",
-                    "https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
-                    "oxford_pets",
-                    extract=True,
-                    md5="5c4f3ee8e5d25df40f4fd59a7f44e54c",
-                ),
-                Resource(
-                    "annotations.tar.gz",
-                    "https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz",
-                    "oxford_pets",
-                    extract=True,
-                    md5="95a8c909bbe2e81eed6a22bccdf3f68f",
-                ),
-                Resource(
-                    "split_zhou_OxfordPets.json",
-                    drive_id="1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs",
-                    dest="oxford_pets/split_zhou_OxfordPets.json",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "stanford_cars",
-            (
-                Resource(
-                    "split_zhou_StanfordCars.json",
-                    drive_id="1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT",
-                    dest="stanford_cars/split_zhou_StanfordCars.json",
-                ),
-            ),
-            manual=(
-                "The Stanford Cars images are no longer served at their original URLs "
-                "(http://ai.stanford.edu/~jkrause/car196/). Get cars_train.tgz, cars_test.tgz, car_devkit.tgz and "
-                "cars_test_annos_withlabels.mat from a mirror and extract them to ROOT/stanford_cars/ so that it holds "
-                "cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat."
-            ),
-        ),
-        DownloadPlan(
-            "oxford_flowers",
-            (
-                Resource(
-                    "102flowers.tgz",
-                    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
-                    "oxford_flowers",
-                    extract=True,
-                    md5="52808999861908f626f3c1f4e79d11fa",
-                ),
-                Resource(
-                    "imagelabels.mat",
-                    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
-                    "oxford_flowers/imagelabels.mat",
-                    md5="e0620be6f572b9609742df49c70aed4d",
-                ),
-                Resource(
-                    "cat_to_name.json",
-                    drive_id="1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0",
-                    dest="oxford_flowers/cat_to_name.json",
-                ),
-                Resource(
-                    "split_zhou_OxfordFlowers.json",
-                    drive_id="1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT",
-                    dest="oxford_flowers/split_zhou_OxfordFlowers.json",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "food101",
-            (
-                # The archive's top folder is food-101/, so it is extracted into the data root itself.
-                Resource(
-                    "food-101.tar.gz",
-                    "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",
-                    "",
-                    extract=True,
-                    md5="85eeb15f3717b99a5da872d97d918f87",
-                ),
-                Resource(
-                    "split_zhou_Food101.json",
-                    drive_id="1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl",
-                    dest="food-101/split_zhou_Food101.json",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "fgvc_aircraft",
-            (
-                Resource(
-                    "fgvc-aircraft-2013b.tar.gz",
-                    "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
-                    "fgvc_aircraft",
-                    extract=True,
-                    strip="fgvc-aircraft-2013b/data/",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "sun397",
-            (
-                Resource(
-                    "SUN397.tar.gz",
-                    "http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz",
-                    "sun397",
-                    extract=True,
-                    md5="8ca2778205c41d23104230ba66911c7a",
-                ),
-                Resource(
-                    "split_zhou_SUN397.json",
-                    drive_id="1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq",
-                    dest="sun397/split_zhou_SUN397.json",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "dtd",
-            (
-                Resource(
-                    "dtd-r1.0.1.tar.gz",
-                    "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
-                    "",
-                    extract=True,
-                    md5="fff73e5086ae6bdbea199a49dfb8a4c1",
-                ),
-                Resource(
-                    "split_zhou_DescribableTextures.json",
-                    drive_id="1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x",
-                    dest="dtd/split_zhou_DescribableTextures.json",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "eurosat",
-            (
-                Resource(
-                    "EuroSAT.zip",
-                    "https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
-                    "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip",
-                    "eurosat",
-                    extract=True,
-                    md5="c8fa014336c82ac7804f0398fcb19387",
-                ),
-                Resource(
-                    "split_zhou_EuroSAT.json",
-                    drive_id="1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o",
-                    dest="eurosat/split_zhou_EuroSAT.json",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "ucf101",
-            (
-                Resource(
-                    "UCF-101-midframes.zip", drive_id="10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O", dest="ucf101", extract=True
-                ),
-                Resource(
-                    "split_zhou_UCF101.json",
-                    drive_id="1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y",
-                    dest="ucf101/split_zhou_UCF101.json",
-                ),
-            ),
-        ),
-        DownloadPlan(
-            "imagenetv2",
-            (
-                Resource(
-                    "imagenetv2-matched-frequency.tar.gz",
-                    "https://s3-us-west-2.amazonaws.com/imagenetv2public/imagenetv2-matched-frequency.tar.gz",
-                    "imagenetv2",
-                    extract=True,
-                ),
-                _classnames("imagenetv2"),
-            ),
-        ),
-        DownloadPlan(
-            "imagenet_sketch",
-            (_classnames("imagenet-sketch"),),
-            manual=(
-                "Download ImageNet-Sketch from https://github.com/HaohanWang/ImageNet-Sketch (Google Drive or Kaggle) "
-                "and extract it so that the class folders are ROOT/imagenet-sketch/images/n01440764/... "
-                "(the archive names that folder sketch/: rename it to images/)."
-            ),
-        ),
-        DownloadPlan(
-            "imagenet_a",
-            (
-                Resource(
-                    "imagenet-a.tar",
-                    "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
-                    "imagenet-adversarial",
-                    extract=True,
-                ),
-                _classnames("imagenet-adversarial"),
-            ),
-        ),
-        DownloadPlan(
-            "imagenet_r",
-            (
-                Resource(
-                    "imagenet-r.tar",
-                    "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
-                    "imagenet-rendition",
-                    extract=True,
-                ),
-                _classnames("imagenet-rendition"),
-            ),
-        ),
-    )
-}
-"""What ``dapt data download`` fetches for each benchmark dataset."""
 
 
 @dataclass
@@ -549,7 +247,7 @@ def download_dataset(
     backoff: float = 1.0,
     progress: bool = True,
 ) -> DownloadReport:
-    """Download and extract everything ``PLANS[name]`` lists into the data root ``root`` (CoOp layout).
+    """Download and extract what the download plan of ``name`` lists into the data root ``root`` (CoOp layout).
 
     Finished resources leave a marker in ``ROOT/.dapt_downloads/NAME/``, so running it again skips them and resumes
     an interrupted file. Steps that cannot be automated come back in ``DownloadReport.manual``.
@@ -564,9 +262,10 @@ def download_dataset(
         backoff: Seconds before the first retry.
         progress: Show progress bars.
     """
-    if name not in PLANS:
-        raise ValueError(f"dapt data download: unknown dataset {name!r}; choose one of {', '.join(PLANS)}")
-    plan = PLANS[name]
+    plans = download_plans()
+    if name not in plans:
+        raise ValueError(f"dapt data download: unknown dataset {name!r}; choose one of {', '.join(plans)}")
+    plan = plans[name]
     root = Path(root).expanduser()
     base = resolve_mirror(mirror)
     staging = root / STAGING_DIR / name

@@ -8,10 +8,12 @@ import os
 import time
 from pathlib import Path
 
+from dapt_lightning.data.registry import config_path
 from dapt_lightning.experiments.lightning_cli import cli_main
 from dapt_lightning.loggers import finish_wandb_runs
 
-DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+DEMO_CONFIG = config_path("synthetic")
+"""The synthetic dataset's config (``configs/demo.yaml``), which the demo runs."""
 
 
 def demo_main(argv: list[str]) -> int:

@@ -21,6 +21,7 @@ from dapt_lightning.callbacks.prototypes import PrototypeCallback
 from dapt_lightning.callbacks.run_info import LoggedSaveConfig, RunInfo, name_run
 from dapt_lightning.checkpoint import SafeCheckpointIO, read_datamodule_settings
 from dapt_lightning.data.datamodule import DAPTDataModule
+from dapt_lightning.data.registry import dataset_template
 from dapt_lightning.experiments.runs import (
     LAST_CHECKPOINT,
     METRICS_FILE,
@@ -34,7 +35,6 @@ from dapt_lightning.model.clip import clip_image_size
 from dapt_lightning.module import DAPTModule
 from dapt_lightning.schedule import official_max_epochs
 from dapt_lightning.storage import ensure_writable_dir
-from dapt_lightning.templates import dataset_template
 
 TRAINER_SUBCOMMANDS = {
     "fit": "train prompts (then test them with --run.test_after_fit true)",

@@ -113,6 +113,12 @@ class PromptedCLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor, use_prompts: bool = True) -> torch.Tensor:
         """L2-normalised image features ``[B, D]``; ``use_prompts=False`` gives zero-shot CLIP features."""
+        size = self.image_tower.image_size
+        if images.shape[-2:] != (size, size):
+            raise ValueError(
+                f"images of {tuple(images.shape[-2:])} pixels, but this CLIP takes {size} x {size}: set "
+                f"--data.image_size {size} (the `dapt` CLI sets it from the CLIP)"
+            )
         prompts = self.visual_prompt() if (use_prompts and self.visual_prompt is not None) else None
         features = self.image_tower(images, prompts)
         if self._clone_image_features:

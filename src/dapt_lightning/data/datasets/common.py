@@ -1,4 +1,4 @@
-"""Shared helpers for the dataset readers: split_zhou JSON, on-disk layouts, Dassl's split generators.
+"""Shared helpers for the dataset readers: split_zhou JSON, required files, Dassl's split generators.
 
 Every reader reproduces the official CoOp/DAPT reader of the same name: same folder names, same labels, same item
 order. Where the official code lists a directory it either sorts the listing (we sort too) or keeps the order of
@@ -13,9 +13,9 @@ import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from dapt_lightning.data.records import DatasetLayout
 from dapt_lightning.data.types import DatasetSplits, Datum
 from dapt_lightning.storage import atomic_write_bytes
 
@@ -25,43 +25,6 @@ SPLIT_SEED = 1
 
 class DatasetError(ValueError):
     """A dataset on disk is malformed (bad split JSON, unknown class in an annotation file, bad options)."""
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """A file or folder a dataset needs, relative to the data root, and how to get it.
-
-    Attributes:
-        path: Path relative to the data root, e.g. ``oxford_pets/images``.
-        kind: ``"dir"`` or ``"file"``.
-        hint: What to do when it is missing (a download URL, ``dapt data download NAME``, a copy step).
-        unless: Paths (relative to the data root) that, when all present, make this one unnecessary: the
-            official code generates a missing split file from the raw annotations.
-    """
-
-    path: str
-    kind: str = "dir"
-    hint: str = ""
-    unless: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DatasetLayout:
-    """Where a dataset lives under the data root and what must be there.
-
-    Attributes:
-        name: Registered name (``oxford_pets``).
-        folder: Folder under the data root, spelled as CoOp's DATASETS.md (``oxford_pets``, ``caltech-101``).
-        requirements: Files and folders the reader needs.
-        split_file: The split_zhou JSON (relative to the data root), or ``None`` when the dataset has none.
-        image_dir: Folder the split file's relative paths start from (relative to the data root).
-    """
-
-    name: str
-    folder: str
-    requirements: tuple[Requirement, ...] = field(default_factory=tuple)
-    split_file: str | None = None
-    image_dir: str | None = None
 
 
 def missing_hint(name: str, root: Path) -> str:

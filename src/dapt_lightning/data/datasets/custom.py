@@ -21,7 +21,7 @@ from dapt_lightning.data.datasets.common import (
     save_split,
     split_trainval,
 )
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.records import DatasetRecord
 from dapt_lightning.data.types import DatasetSplits, Datum
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -186,4 +186,4 @@ def read_custom(root: Path, **options: object) -> DatasetSplits:
     return DatasetSplits("custom", train, val, test)
 
 
-register_dataset("custom")(read_custom)
+RECORD = DatasetRecord(name="custom", reader=read_custom)

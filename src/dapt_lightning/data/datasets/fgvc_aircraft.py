@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import DatasetError, DatasetLayout, Requirement, reject_options, require
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.datasets.common import DatasetError, reject_options, require
+from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 
 _ARCHIVE = "fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ (keep only data/)"
@@ -20,6 +20,19 @@ LAYOUT = DatasetLayout(
         Requirement("fgvc_aircraft/images_variant_train.txt", "file", _ARCHIVE),
         Requirement("fgvc_aircraft/images_variant_val.txt", "file", _ARCHIVE),
         Requirement("fgvc_aircraft/images_variant_test.txt", "file", _ARCHIVE),
+    ),
+)
+
+DOWNLOAD = DownloadPlan(
+    LAYOUT.name,
+    (
+        Resource(
+            "fgvc-aircraft-2013b.tar.gz",
+            "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
+            "fgvc_aircraft",
+            extract=True,
+            strip="fgvc-aircraft-2013b/data/",
+        ),
     ),
 )
 
@@ -37,7 +50,6 @@ def _read_list(path: Path, image_dir: Path, cname2lab: dict[str, int]) -> list[D
     return items
 
 
-@register_dataset("fgvc_aircraft")
 def read_fgvc_aircraft(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/fgvc_aircraft``: labels follow ``variants.txt``; splits are ``images_variant_*.txt``."""
     reject_options(LAYOUT.name, options)
@@ -53,3 +65,14 @@ def read_fgvc_aircraft(root: Path, **options: object) -> DatasetSplits:
         for split in ("train", "val", "test")
     )
     return DatasetSplits(LAYOUT.name, train, val, test, classnames)
+
+
+RECORD = DatasetRecord(
+    name=LAYOUT.name,
+    reader=read_fgvc_aircraft,
+    layout=LAYOUT,
+    download=DOWNLOAD,
+    template="a photo of a {}, a type of aircraft.",
+    benchmark="fewshot",
+    config="fgvcaircraft.yaml",
+)

@@ -10,17 +10,33 @@ from pathlib import Path
 
 from dapt_lightning.data.datasets.common import (
     DatasetError,
-    DatasetLayout,
-    Requirement,
     listdir_nohidden,
     read_classnames_txt,
     reject_options,
     require,
 )
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 
-CLASSNAMES_URL = "https://drive.google.com/file/d/1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF/view"
+
+def classnames_resource(folder: str) -> Resource:
+    """CLIP's ImageNet ``classnames.txt`` for ``ROOT/<folder>``: copied from ``ROOT/imagenet`` when there."""
+    return Resource(
+        "classnames.txt",
+        drive_id="1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF",
+        dest=f"{folder}/classnames.txt",
+        copy_from="imagenet/classnames.txt",
+    )
+
+
+CLASSNAMES_URL = classnames_resource("imagenet").page_url()
+
+
+def classnames_requirement(folder: str) -> Requirement:
+    """The ``classnames.txt`` an ImageNet variant in ``ROOT/<folder>`` needs: a copy of ImageNet's."""
+    return Requirement(f"{folder}/classnames.txt", "file", "copy imagenet/classnames.txt (" + CLASSNAMES_URL + ")")
+
+
 _IMAGES = "ILSVRC2012 from https://image-net.org (needs an account), one folder per class"
 
 LAYOUT = DatasetLayout(
@@ -30,6 +46,16 @@ LAYOUT = DatasetLayout(
         Requirement("imagenet/images/train", "dir", _IMAGES),
         Requirement("imagenet/images/val", "dir", _IMAGES + "; sort the val images into class folders"),
         Requirement("imagenet/classnames.txt", "file", CLASSNAMES_URL),
+    ),
+)
+
+DOWNLOAD = DownloadPlan(
+    LAYOUT.name,
+    (classnames_resource("imagenet"),),
+    manual=(
+        "ImageNet images need an account: download ILSVRC2012 train and val from https://image-net.org, "
+        "extract them to ROOT/imagenet/images/train and ROOT/imagenet/images/val, with the val images sorted "
+        "into one folder per class (n01440764/, ...) like train."
     ),
 )
 
@@ -56,7 +82,6 @@ def read_class_folders(split_dir: Path, classnames: dict[str, str], classnames_f
     return items
 
 
-@register_dataset("imagenet")
 def read_imagenet(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/imagenet``; ``val`` is the full test set, as in the official code (which never few-shots it)."""
     reject_options(LAYOUT.name, options)
@@ -69,3 +94,14 @@ def read_imagenet(root: Path, **options: object) -> DatasetSplits:
     test = read_class_folders(dataset_dir / "images/val", classnames, classnames_file)
     # As the official reader: val is the whole ILSVRC val set (= test) and is never few-shot sampled.
     return DatasetSplits(LAYOUT.name, train, list(test), test, fewshot_val=False)
+
+
+RECORD = DatasetRecord(
+    name=LAYOUT.name,
+    reader=read_imagenet,
+    layout=LAYOUT,
+    download=DOWNLOAD,
+    benchmark="fewshot",
+    config="imagenet.yaml",
+    max_epochs=50,
+)

@@ -8,16 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import (
-    DatasetLayout,
-    Requirement,
-    listdir_nohidden,
-    read_classnames_txt,
-    reject_options,
-    require,
-)
-from dapt_lightning.data.datasets.imagenet import CLASSNAMES_URL
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.datasets.common import listdir_nohidden, read_classnames_txt, reject_options, require
+from dapt_lightning.data.datasets.imagenet import classnames_requirement, classnames_resource
+from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 
 IMAGE_FOLDER = "imagenetv2-matched-frequency-format-val"
@@ -31,12 +24,24 @@ LAYOUT = DatasetLayout(
             "dir",
             "imagenetv2-matched-frequency.tar.gz from https://github.com/modestyachts/ImageNetV2",
         ),
-        Requirement("imagenetv2/classnames.txt", "file", "copy imagenet/classnames.txt (" + CLASSNAMES_URL + ")"),
+        classnames_requirement("imagenetv2"),
+    ),
+)
+
+DOWNLOAD = DownloadPlan(
+    LAYOUT.name,
+    (
+        Resource(
+            "imagenetv2-matched-frequency.tar.gz",
+            "https://s3-us-west-2.amazonaws.com/imagenetv2public/imagenetv2-matched-frequency.tar.gz",
+            "imagenetv2",
+            extract=True,
+        ),
+        classnames_resource("imagenetv2"),
     ),
 )
 
 
-@register_dataset("imagenetv2")
 def read_imagenetv2(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/imagenetv2`` (test split only).
 
@@ -55,3 +60,14 @@ def read_imagenetv2(root: Path, **options: object) -> DatasetSplits:
         require(LAYOUT, root, str(class_dir.relative_to(root)))
         items += [Datum(os.path.join(str(class_dir), name), label, classname) for name in listdir_nohidden(class_dir)]
     return DatasetSplits(LAYOUT.name, [], [], items, classnames)
+
+
+RECORD = DatasetRecord(
+    name=LAYOUT.name,
+    reader=read_imagenetv2,
+    layout=LAYOUT,
+    download=DOWNLOAD,
+    benchmark="domain_shift",
+    config="imagenetv2.yaml",
+    max_epochs=50,
+)

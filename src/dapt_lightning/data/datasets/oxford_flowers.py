@@ -9,14 +9,18 @@ from pathlib import Path
 from dapt_lightning.data.datasets.common import (
     SPLIT_SEED,
     DatasetError,
-    DatasetLayout,
-    Requirement,
     load_json,
     read_or_generate_split,
     reject_options,
 )
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
+
+_SPLIT = Resource(
+    "split_zhou_OxfordFlowers.json",
+    drive_id="1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT",
+    dest="oxford_flowers/split_zhou_OxfordFlowers.json",
+)
 
 LAYOUT = DatasetLayout(
     name="oxford_flowers",
@@ -26,14 +30,37 @@ LAYOUT = DatasetLayout(
             "oxford_flowers/jpg", "dir", "102flowers.tgz from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
         ),
         Requirement(
-            "oxford_flowers/split_zhou_OxfordFlowers.json",
+            _SPLIT.dest,
             "file",
-            "https://drive.google.com/file/d/1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT/view",
+            _SPLIT.page_url(),
             unless=("oxford_flowers/imagelabels.mat", "oxford_flowers/cat_to_name.json"),
         ),
     ),
-    split_file="oxford_flowers/split_zhou_OxfordFlowers.json",
+    split_file=_SPLIT.dest,
     image_dir="oxford_flowers/jpg",
+)
+
+DOWNLOAD = DownloadPlan(
+    LAYOUT.name,
+    (
+        Resource(
+            "102flowers.tgz",
+            "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+            "oxford_flowers",
+            extract=True,
+            md5="52808999861908f626f3c1f4e79d11fa",
+        ),
+        Resource(
+            "imagelabels.mat",
+            "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
+            "oxford_flowers/imagelabels.mat",
+            md5="e0620be6f572b9609742df49c70aed4d",
+        ),
+        Resource(
+            "cat_to_name.json", drive_id="1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0", dest="oxford_flowers/cat_to_name.json"
+        ),
+        _SPLIT,
+    ),
 )
 
 
@@ -65,10 +92,20 @@ def _generate(dataset_dir: Path) -> tuple[list[Datum], list[Datum], list[Datum]]
     return train, val, test
 
 
-@register_dataset("oxford_flowers")
 def read_oxford_flowers(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/oxford_flowers`` from its split file (or split ``imagelabels.mat`` 50/20/30 if absent)."""
     reject_options(LAYOUT.name, options)
     root = Path(root)
     train, val, test = read_or_generate_split(LAYOUT, root, lambda: _generate(root / "oxford_flowers"))
     return DatasetSplits(LAYOUT.name, train, val, test)
+
+
+RECORD = DatasetRecord(
+    name=LAYOUT.name,
+    reader=read_oxford_flowers,
+    layout=LAYOUT,
+    download=DOWNLOAD,
+    template="a photo of a {}, a type of flower.",
+    benchmark="fewshot",
+    config="flowers102.yaml",
+)

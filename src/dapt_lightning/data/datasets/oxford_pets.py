@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import (
-    DatasetError,
-    DatasetLayout,
-    Requirement,
-    read_or_generate_split,
-    reject_options,
-    split_trainval,
-)
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.datasets.common import DatasetError, read_or_generate_split, reject_options, split_trainval
+from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
+
+_SPLIT = Resource(
+    "split_zhou_OxfordPets.json",
+    drive_id="1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs",
+    dest="oxford_pets/split_zhou_OxfordPets.json",
+)
 
 LAYOUT = DatasetLayout(
     name="oxford_pets",
@@ -22,14 +21,35 @@ LAYOUT = DatasetLayout(
     requirements=(
         Requirement("oxford_pets/images", "dir", "images.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/"),
         Requirement(
-            "oxford_pets/split_zhou_OxfordPets.json",
+            _SPLIT.dest,
             "file",
-            "https://drive.google.com/file/d/1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs/view",
+            _SPLIT.page_url(),
             unless=("oxford_pets/annotations/trainval.txt", "oxford_pets/annotations/test.txt"),
         ),
     ),
-    split_file="oxford_pets/split_zhou_OxfordPets.json",
+    split_file=_SPLIT.dest,
     image_dir="oxford_pets/images",
+)
+
+DOWNLOAD = DownloadPlan(
+    LAYOUT.name,
+    (
+        Resource(
+            "images.tar.gz",
+            "https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
+            "oxford_pets",
+            extract=True,
+            md5="5c4f3ee8e5d25df40f4fd59a7f44e54c",
+        ),
+        Resource(
+            "annotations.tar.gz",
+            "https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz",
+            "oxford_pets",
+            extract=True,
+            md5="95a8c909bbe2e81eed6a22bccdf3f68f",
+        ),
+        _SPLIT,
+    ),
 )
 
 
@@ -47,7 +67,6 @@ def _read_annotations(path: Path, image_dir: Path) -> list[Datum]:
     return items
 
 
-@register_dataset("oxford_pets")
 def read_oxford_pets(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/oxford_pets`` from its split file (or split ``annotations/trainval.txt`` 80/20 if absent)."""
     reject_options(LAYOUT.name, options)
@@ -62,3 +81,14 @@ def read_oxford_pets(root: Path, **options: object) -> DatasetSplits:
 
     train, val, test = read_or_generate_split(LAYOUT, root, generate)
     return DatasetSplits(LAYOUT.name, train, val, test)
+
+
+RECORD = DatasetRecord(
+    name=LAYOUT.name,
+    reader=read_oxford_pets,
+    layout=LAYOUT,
+    download=DOWNLOAD,
+    template="a photo of a {}, a type of pet.",
+    benchmark="fewshot",
+    config="oxfordpets.yaml",
+)

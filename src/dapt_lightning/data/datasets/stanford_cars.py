@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import (
-    DatasetLayout,
-    Requirement,
-    read_or_generate_split,
-    reject_options,
-    split_trainval,
-)
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.datasets.common import read_or_generate_split, reject_options, split_trainval
+from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
+
+_SPLIT = Resource(
+    "split_zhou_StanfordCars.json",
+    drive_id="1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT",
+    dest="stanford_cars/split_zhou_StanfordCars.json",
+)
 
 LAYOUT = DatasetLayout(
     name="stanford_cars",
@@ -22,9 +22,9 @@ LAYOUT = DatasetLayout(
         Requirement("stanford_cars/cars_train", "dir", "cars_train.tgz (Stanford Cars train images)"),
         Requirement("stanford_cars/cars_test", "dir", "cars_test.tgz (Stanford Cars test images)"),
         Requirement(
-            "stanford_cars/split_zhou_StanfordCars.json",
+            _SPLIT.dest,
             "file",
-            "https://drive.google.com/file/d/1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT/view",
+            _SPLIT.page_url(),
             unless=(
                 "stanford_cars/devkit/cars_train_annos.mat",
                 "stanford_cars/devkit/cars_meta.mat",
@@ -32,9 +32,20 @@ LAYOUT = DatasetLayout(
             ),
         ),
     ),
-    split_file="stanford_cars/split_zhou_StanfordCars.json",
+    split_file=_SPLIT.dest,
     # The split's paths start with cars_train/ or cars_test/, relative to the dataset folder itself.
     image_dir="stanford_cars",
+)
+
+DOWNLOAD = DownloadPlan(
+    LAYOUT.name,
+    (_SPLIT,),
+    manual=(
+        "The Stanford Cars images are no longer served at their original URLs "
+        "(http://ai.stanford.edu/~jkrause/car196/). Get cars_train.tgz, cars_test.tgz, car_devkit.tgz and "
+        "cars_test_annos_withlabels.mat from a mirror and extract them to ROOT/stanford_cars/ so that it holds "
+        "cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat."
+    ),
 )
 
 
@@ -60,7 +71,6 @@ def _read_mat(dataset_dir: Path, image_folder: str, anno_file: Path, meta_file: 
     return items
 
 
-@register_dataset("stanford_cars")
 def read_stanford_cars(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/stanford_cars`` from its split file (or from the devkit ``.mat`` files, train split 80/20)."""
     reject_options(LAYOUT.name, options)
@@ -76,3 +86,13 @@ def read_stanford_cars(root: Path, **options: object) -> DatasetSplits:
 
     train, val, test = read_or_generate_split(LAYOUT, root, generate)
     return DatasetSplits(LAYOUT.name, train, val, test)
+
+
+RECORD = DatasetRecord(
+    name=LAYOUT.name,
+    reader=read_stanford_cars,
+    layout=LAYOUT,
+    download=DOWNLOAD,
+    benchmark="fewshot",
+    config="stanfordcars.yaml",
+)

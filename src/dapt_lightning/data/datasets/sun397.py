@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import (
-    DatasetError,
-    DatasetLayout,
-    Requirement,
-    read_or_generate_split,
-    reject_options,
-    split_trainval,
-)
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.datasets.common import DatasetError, read_or_generate_split, reject_options, split_trainval
+from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
+
+_SPLIT = Resource(
+    "split_zhou_SUN397.json", drive_id="1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq", dest="sun397/split_zhou_SUN397.json"
+)
 
 LAYOUT = DatasetLayout(
     name="sun397",
@@ -22,14 +19,28 @@ LAYOUT = DatasetLayout(
     requirements=(
         Requirement("sun397/SUN397", "dir", "SUN397.tar.gz from https://vision.princeton.edu/projects/2010/SUN/"),
         Requirement(
-            "sun397/split_zhou_SUN397.json",
+            _SPLIT.dest,
             "file",
-            "https://drive.google.com/file/d/1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq/view",
+            _SPLIT.page_url(),
             unless=("sun397/ClassName.txt", "sun397/Training_01.txt", "sun397/Testing_01.txt"),
         ),
     ),
-    split_file="sun397/split_zhou_SUN397.json",
+    split_file=_SPLIT.dest,
     image_dir="sun397/SUN397",
+)
+
+DOWNLOAD = DownloadPlan(
+    LAYOUT.name,
+    (
+        Resource(
+            "SUN397.tar.gz",
+            "http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz",
+            "sun397",
+            extract=True,
+            md5="8ca2778205c41d23104230ba66911c7a",
+        ),
+        _SPLIT,
+    ),
 )
 
 
@@ -50,7 +61,6 @@ def _read_list(path: Path, image_dir: Path, cname2lab: dict[str, int]) -> list[D
     return items
 
 
-@register_dataset("sun397")
 def read_sun397(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/sun397`` from its split file (or from partition 01, train split 80/20, if absent)."""
     reject_options(LAYOUT.name, options)
@@ -69,3 +79,13 @@ def read_sun397(root: Path, **options: object) -> DatasetSplits:
 
     train, val, test = read_or_generate_split(LAYOUT, root, generate)
     return DatasetSplits(LAYOUT.name, train, val, test)
+
+
+RECORD = DatasetRecord(
+    name=LAYOUT.name,
+    reader=read_sun397,
+    layout=LAYOUT,
+    download=DOWNLOAD,
+    benchmark="fewshot",
+    config="sun397.yaml",
+)

@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 from dapt_lightning.data.datasets.common import read_split, reject_options, write_json_atomic
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.records import DatasetRecord
 from dapt_lightning.data.synthetic_render import COLOURS, SHAPES, Style, render
 from dapt_lightning.data.types import DatasetSplits
 
@@ -42,7 +42,6 @@ def write_synthetic_dataset(
     return split_path
 
 
-@register_dataset("synthetic")
 def read_synthetic(root: Path, **options: object) -> DatasetSplits:
     """Read (writing it first if absent) the synthetic shapes-and-colours dataset under ``root``."""
     reject_options(FOLDER, options)
@@ -52,3 +51,6 @@ def read_synthetic(root: Path, **options: object) -> DatasetSplits:
         write_synthetic_dataset(folder)
     train, val, test = read_split(split_path, folder)
     return DatasetSplits(FOLDER, train, val, test)
+
+
+RECORD = DatasetRecord(name=FOLDER, reader=read_synthetic, config="demo.yaml")

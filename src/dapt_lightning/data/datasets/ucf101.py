@@ -6,30 +6,24 @@ import os
 import re
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import (
-    DatasetError,
-    DatasetLayout,
-    Requirement,
-    read_or_generate_split,
-    reject_options,
-    split_trainval,
-)
-from dapt_lightning.data.registry import register_dataset
+from dapt_lightning.data.datasets.common import DatasetError, read_or_generate_split, reject_options, split_trainval
+from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
+
+_FRAMES = Resource("UCF-101-midframes.zip", drive_id="10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O", dest="ucf101", extract=True)
+_SPLIT = Resource(
+    "split_zhou_UCF101.json", drive_id="1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y", dest="ucf101/split_zhou_UCF101.json"
+)
 
 LAYOUT = DatasetLayout(
     name="ucf101",
     folder="ucf101",
     requirements=(
+        Requirement("ucf101/UCF-101-midframes", "dir", f"{_FRAMES.filename} from {_FRAMES.page_url()}"),
         Requirement(
-            "ucf101/UCF-101-midframes",
-            "dir",
-            "UCF-101-midframes.zip from https://drive.google.com/file/d/10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O/view",
-        ),
-        Requirement(
-            "ucf101/split_zhou_UCF101.json",
+            _SPLIT.dest,
             "file",
-            "https://drive.google.com/file/d/1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y/view",
+            _SPLIT.page_url(),
             unless=(
                 "ucf101/ucfTrainTestlist/classInd.txt",
                 "ucf101/ucfTrainTestlist/trainlist01.txt",
@@ -37,8 +31,13 @@ LAYOUT = DatasetLayout(
             ),
         ),
     ),
-    split_file="ucf101/split_zhou_UCF101.json",
+    split_file=_SPLIT.dest,
     image_dir="ucf101/UCF-101-midframes",
+)
+
+DOWNLOAD = DownloadPlan(
+    LAYOUT.name,
+    (_FRAMES, _SPLIT),
 )
 
 
@@ -61,7 +60,6 @@ def _read_list(path: Path, image_dir: Path, cname2lab: dict[str, int]) -> list[D
     return items
 
 
-@register_dataset("ucf101")
 def read_ucf101(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/ucf101`` from its split file (or from split 01 of ``ucfTrainTestlist``, 80/20, if absent)."""
     reject_options(LAYOUT.name, options)
@@ -82,3 +80,14 @@ def read_ucf101(root: Path, **options: object) -> DatasetSplits:
 
     train, val, test = read_or_generate_split(LAYOUT, root, generate)
     return DatasetSplits(LAYOUT.name, train, val, test)
+
+
+RECORD = DatasetRecord(
+    name=LAYOUT.name,
+    reader=read_ucf101,
+    layout=LAYOUT,
+    download=DOWNLOAD,
+    template="a photo of a person doing {}.",
+    benchmark="fewshot",
+    config="ucf101.yaml",
+)

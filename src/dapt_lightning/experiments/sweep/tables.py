@@ -9,23 +9,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from dapt_lightning.data.registry import benchmark_datasets
 from dapt_lightning.experiments.runs import METRICS_FILE, read_metrics
 from dapt_lightning.methods import METHODS
 
-PAPER_DATASETS = (
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-)
-DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+PAPER_DATASETS = benchmark_datasets("fewshot")
+DG_TARGETS = benchmark_datasets("domain_shift")
 METHOD_ORDER = tuple(METHODS)
 
 
