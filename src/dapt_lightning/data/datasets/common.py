@@ -252,3 +252,30 @@ def read_class_folder_dataset(
         layout, root, lambda: read_and_split_data(image_dir, ignored=ignored, new_cnames=new_cnames)
     )
     return DatasetSplits(layout.name, train, val, test)
+
+
+def read_trainval_test_dataset(
+    layout: DatasetLayout,
+    root: Path,
+    options: Mapping[str, object],
+    read_lists: Callable[[Path], tuple[list[Datum], list[Datum]]],
+) -> DatasetSplits:
+    """A dataset with official train+val and test lists: read its split file, or (as CoOp's OxfordPets, StanfordCars,
+    SUN397 and UCF101 readers) split the train+val list 80/20 per class and save the split when the file is absent.
+
+    Args:
+        layout: the dataset's layout (split file, image folder, requirements).
+        root: the data root.
+        options: ``--data.dataset_options`` (built-in datasets take none).
+        read_lists: ``root`` -> the train+val and test lists, read from the dataset's own annotation files.
+    """
+    reject_options(layout.name, options)
+    root = Path(root)
+
+    def generate() -> SplitTriple:
+        trainval, test = read_lists(root)
+        train, val = split_trainval(trainval)
+        return train, val, test
+
+    train, val, test = read_or_generate_split(layout, root, generate)
+    return DatasetSplits(layout.name, train, val, test)

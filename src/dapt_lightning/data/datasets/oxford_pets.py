@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import DatasetError, read_or_generate_split, reject_options, split_trainval
+from dapt_lightning.data.datasets.common import DatasetError, read_trainval_test_dataset
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 
@@ -67,20 +67,15 @@ def _read_annotations(path: Path, image_dir: Path) -> list[Datum]:
     return items
 
 
+def _read_lists(root: Path) -> tuple[list[Datum], list[Datum]]:
+    image_dir = root / "oxford_pets/images"
+    trainval = _read_annotations(root / "oxford_pets/annotations/trainval.txt", image_dir)
+    return trainval, _read_annotations(root / "oxford_pets/annotations/test.txt", image_dir)
+
+
 def read_oxford_pets(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/oxford_pets`` from its split file (or split ``annotations/trainval.txt`` 80/20 if absent)."""
-    reject_options(LAYOUT.name, options)
-    root = Path(root)
-    image_dir = root / "oxford_pets/images"
-
-    def generate() -> tuple[list[Datum], list[Datum], list[Datum]]:
-        trainval = _read_annotations(root / "oxford_pets/annotations/trainval.txt", image_dir)
-        test = _read_annotations(root / "oxford_pets/annotations/test.txt", image_dir)
-        train, val = split_trainval(trainval)
-        return train, val, test
-
-    train, val, test = read_or_generate_split(LAYOUT, root, generate)
-    return DatasetSplits(LAYOUT.name, train, val, test)
+    return read_trainval_test_dataset(LAYOUT, root, options, _read_lists)
 
 
 RECORD = DatasetRecord(

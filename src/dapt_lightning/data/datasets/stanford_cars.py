@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import read_or_generate_split, reject_options, split_trainval
+from dapt_lightning.data.datasets.common import read_trainval_test_dataset
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 
@@ -71,21 +71,16 @@ def _read_mat(dataset_dir: Path, image_folder: str, anno_file: Path, meta_file: 
     return items
 
 
+def _read_lists(root: Path) -> tuple[list[Datum], list[Datum]]:
+    dataset_dir = root / "stanford_cars"
+    meta = dataset_dir / "devkit/cars_meta.mat"
+    trainval = _read_mat(dataset_dir, "cars_train", dataset_dir / "devkit/cars_train_annos.mat", meta)
+    return trainval, _read_mat(dataset_dir, "cars_test", dataset_dir / "cars_test_annos_withlabels.mat", meta)
+
+
 def read_stanford_cars(root: Path, **options: object) -> DatasetSplits:
     """Read ``ROOT/stanford_cars`` from its split file (or from the devkit ``.mat`` files, train split 80/20)."""
-    reject_options(LAYOUT.name, options)
-    root = Path(root)
-    dataset_dir = root / "stanford_cars"
-
-    def generate() -> tuple[list[Datum], list[Datum], list[Datum]]:
-        meta = dataset_dir / "devkit/cars_meta.mat"
-        trainval = _read_mat(dataset_dir, "cars_train", dataset_dir / "devkit/cars_train_annos.mat", meta)
-        test = _read_mat(dataset_dir, "cars_test", dataset_dir / "cars_test_annos_withlabels.mat", meta)
-        train, val = split_trainval(trainval)
-        return train, val, test
-
-    train, val, test = read_or_generate_split(LAYOUT, root, generate)
-    return DatasetSplits(LAYOUT.name, train, val, test)
+    return read_trainval_test_dataset(LAYOUT, root, options, _read_lists)
 
 
 RECORD = DatasetRecord(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import DatasetError, read_or_generate_split, reject_options, split_trainval
+from dapt_lightning.data.datasets.common import DatasetError, read_trainval_test_dataset
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 
@@ -61,24 +61,19 @@ def _read_list(path: Path, image_dir: Path, cname2lab: dict[str, int]) -> list[D
     return items
 
 
-def read_sun397(root: Path, **options: object) -> DatasetSplits:
-    """Read ``ROOT/sun397`` from its split file (or from partition 01, train split 80/20, if absent)."""
-    reject_options(LAYOUT.name, options)
-    root = Path(root)
+def _read_lists(root: Path) -> tuple[list[Datum], list[Datum]]:
     dataset_dir = root / "sun397"
     image_dir = dataset_dir / "SUN397"
+    with open(dataset_dir / "ClassName.txt", encoding="utf-8") as handle:
+        classnames = [line.strip()[1:] for line in handle]
+    cname2lab = {c: i for i, c in enumerate(classnames)}
+    trainval = _read_list(dataset_dir / "Training_01.txt", image_dir, cname2lab)
+    return trainval, _read_list(dataset_dir / "Testing_01.txt", image_dir, cname2lab)
 
-    def generate() -> tuple[list[Datum], list[Datum], list[Datum]]:
-        with open(dataset_dir / "ClassName.txt", encoding="utf-8") as handle:
-            classnames = [line.strip()[1:] for line in handle]
-        cname2lab = {c: i for i, c in enumerate(classnames)}
-        trainval = _read_list(dataset_dir / "Training_01.txt", image_dir, cname2lab)
-        test = _read_list(dataset_dir / "Testing_01.txt", image_dir, cname2lab)
-        train, val = split_trainval(trainval)
-        return train, val, test
 
-    train, val, test = read_or_generate_split(LAYOUT, root, generate)
-    return DatasetSplits(LAYOUT.name, train, val, test)
+def read_sun397(root: Path, **options: object) -> DatasetSplits:
+    """Read ``ROOT/sun397`` from its split file (or from partition 01, train split 80/20, if absent)."""
+    return read_trainval_test_dataset(LAYOUT, root, options, _read_lists)
 
 
 RECORD = DatasetRecord(

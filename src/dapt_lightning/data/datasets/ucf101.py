@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import DatasetError, read_or_generate_split, reject_options, split_trainval
+from dapt_lightning.data.datasets.common import DatasetError, read_trainval_test_dataset
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 
@@ -60,26 +60,21 @@ def _read_list(path: Path, image_dir: Path, cname2lab: dict[str, int]) -> list[D
     return items
 
 
-def read_ucf101(root: Path, **options: object) -> DatasetSplits:
-    """Read ``ROOT/ucf101`` from its split file (or from split 01 of ``ucfTrainTestlist``, 80/20, if absent)."""
-    reject_options(LAYOUT.name, options)
-    root = Path(root)
+def _read_lists(root: Path) -> tuple[list[Datum], list[Datum]]:
     dataset_dir = root / "ucf101"
     image_dir = dataset_dir / "UCF-101-midframes"
+    cname2lab = {}
+    with open(dataset_dir / "ucfTrainTestlist/classInd.txt", encoding="utf-8") as handle:
+        for line in handle:
+            label, classname = line.strip().split(" ")
+            cname2lab[classname] = int(label) - 1
+    trainval = _read_list(dataset_dir / "ucfTrainTestlist/trainlist01.txt", image_dir, cname2lab)
+    return trainval, _read_list(dataset_dir / "ucfTrainTestlist/testlist01.txt", image_dir, cname2lab)
 
-    def generate() -> tuple[list[Datum], list[Datum], list[Datum]]:
-        cname2lab = {}
-        with open(dataset_dir / "ucfTrainTestlist/classInd.txt", encoding="utf-8") as handle:
-            for line in handle:
-                label, classname = line.strip().split(" ")
-                cname2lab[classname] = int(label) - 1
-        trainval = _read_list(dataset_dir / "ucfTrainTestlist/trainlist01.txt", image_dir, cname2lab)
-        test = _read_list(dataset_dir / "ucfTrainTestlist/testlist01.txt", image_dir, cname2lab)
-        train, val = split_trainval(trainval)
-        return train, val, test
 
-    train, val, test = read_or_generate_split(LAYOUT, root, generate)
-    return DatasetSplits(LAYOUT.name, train, val, test)
+def read_ucf101(root: Path, **options: object) -> DatasetSplits:
+    """Read ``ROOT/ucf101`` from its split file (or from split 01 of ``ucfTrainTestlist``, 80/20, if absent)."""
+    return read_trainval_test_dataset(LAYOUT, root, options, _read_lists)
 
 
 RECORD = DatasetRecord(
