@@ -10,6 +10,7 @@ import torch
 import benchmarks as bench
 from benchmarks.throughput import time_steady_loader
 
+
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     """Each test compiles from scratch: graphs compiled by an earlier test would hide a broken compiler."""

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from tiny import REPO, SIZES, TINY_CONFIG, write_subset_dataset
 
-from dapt_lightning import cli as cli_module
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
 from dapt_lightning.experiments.runs import write_metrics
+from dapt_lightning.experiments.sweep import command as sweep_command
 from dapt_lightning.experiments.sweep import load_sweep, plan, summarize, sweep_main
 from dapt_lightning.model.clip import load_clip
 
@@ -166,12 +166,12 @@ def test_tiny_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert new["subsample"] == "new" and new["trained_on"]["subsample"] == "base" and new["num_classes"] == 18
 
     # Re-running skips every finished run without starting the CLI.
-    original = cli_module.cli_main
+    original = sweep_command.cli_main
 
     def refuse(args: list[str]) -> None:
         raise AssertionError(f"finished run started again: {args}")
 
-    monkeypatch.setattr(cli_module, "cli_main", refuse)
+    monkeypatch.setattr(sweep_command, "cli_main", refuse)
     assert sweep_main([str(fewshot)]) == 0
     assert "skip finished" in capsys.readouterr().out
 
@@ -183,7 +183,7 @@ def test_tiny_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         calls.append(args)
         return original(args)
 
-    monkeypatch.setattr(cli_module, "cli_main", record)
+    monkeypatch.setattr(sweep_command, "cli_main", record)
     assert sweep_main([str(fewshot), "--index", "4"]) == 0  # runs: zeroshot, coop s1, coop s2, dapt s1, dapt s2
     assert len(calls) == 1 and calls[0][:1] == ["fit"] and calls[0][-2:] == ["--ckpt_path", "last"]
     assert json.loads((dapt_run / "metrics.json").read_text())["epochs"] == metrics["epochs"]

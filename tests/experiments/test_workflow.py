@@ -152,9 +152,8 @@ def test_metrics_json_and_prompt_only_checkpoint(trained_run: Path) -> None:
     with open(trained_run / "per_class_test_accuracy.csv") as handle:
         rows = list(csv.DictReader(handle))
     correct, images = sum(int(r["correct"]) for r in rows), sum(int(r["images"]) for r in rows)
-    assert (
-        metrics["test"]["test/acc"] == pytest.approx(correct / images, abs=1e-9) and "test/macro_f1" in metrics["test"]
-    )
+    assert metrics["test"]["test/acc"] == pytest.approx(correct / images, abs=1e-6)  # a float32 metric
+    assert "test/macro_f1" in metrics["test"]
     assert "val/acc" in metrics["fit"] and metrics["elapsed_s"] > 0
     assert metrics["settings"]["model"]["method"] == "dapt"
 
