@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
 
 
 def wandb_credentials_present() -> bool:
@@ -55,11 +54,12 @@ class DAPTWandbLogger(WandbLogger):
                 self._wandb_init["group"] = group
             self._wandb_init["tags"] = sorted(set(self._wandb_init.get("tags") or []) | set(tags))
 
-    def finalize(self, status: str) -> None:
-        super().finalize(status)
-        if self.mode == "offline" and self._experiment is not None:
-            run_dir = Path(self._experiment.dir).parent
-            rank_zero_info(f"W&B run saved offline at {run_dir}\n  upload it with: wandb sync {run_dir}")
+    @property
+    def offline_run_dir(self) -> Path | None:
+        """The folder of this offline W&B run (what ``wandb sync`` uploads), or None when online or not started."""
+        if self.mode != "offline" or self._experiment is None:
+            return None
+        return Path(self._experiment.dir).parent
 
 
 def finish_wandb_runs(trainer: Any) -> None:

@@ -133,7 +133,17 @@ def test_non_finite_loss_stops_with_the_step_and_term_and_keeps_the_last_checkpo
     good = last.read_bytes()
     # A negative RBF bandwidth makes exp(-t * d^2) overflow: the inter-dispersion term becomes inf.
     with pytest.raises(SystemExit):
-        main(["fit", *tiny_args(synthetic_root, out), "--trainer.max_epochs", "2", "--model.rbf_t=-1e6"])
+        main(
+            [
+                "fit",
+                *tiny_args(synthetic_root, out),
+                "--trainer.max_epochs",
+                "2",
+                "--model.rbf_t=-1e6",
+                "--ckpt_path",
+                "last",
+            ]
+        )
     message = capsys.readouterr().err
     assert "'inter'" in message and "global step" in message and "--model.lr" in message and "16-mixed" in message
     assert last.read_bytes() == good

@@ -27,6 +27,12 @@ def resolve_data_root(root: str | None) -> Path:
     return Path(os.path.expandvars(chosen)).expanduser().resolve()
 
 
+def default_num_workers() -> int:
+    """One DataLoader worker per CPU core this process may use, at most 8 (more rarely help decoding JPEGs)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cores)
+
+
 def validate_num_shots(num_shots: Any) -> int:
     """``num_shots`` must be an integer >= 1, or -1 for every training image (as the official code)."""
     if isinstance(num_shots, bool) or not isinstance(num_shots, int):
@@ -48,7 +54,7 @@ class DAPTDataModule(L.LightningDataModule):
         batch_size: the global training batch, summed over all processes (the paper's 32); each of W processes
             gets ``batch_size / W`` images, so the effective batch and learning rate do not change with W.
         test_batch_size: evaluation batch per device.
-        num_workers: DataLoader worker processes per device.
+        num_workers: DataLoader worker processes per device; None: one per CPU core this process may use, at most 8.
         image_size: input resolution; the `dapt` CLI sets the CLIP's own (224 for ViT-B/16) when not given.
         cache_images: keep the decoded few-shot training images in memory.
         train_crop_scale: area range of the training RandomResizedCrop; (0.08, 1.0) is the official setting.
@@ -64,7 +70,7 @@ class DAPTDataModule(L.LightningDataModule):
         subsample: Subsample = "all",
         batch_size: int = 32,
         test_batch_size: int = 100,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         image_size: int | None = None,
         cache_images: bool = False,
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
@@ -78,7 +84,7 @@ class DAPTDataModule(L.LightningDataModule):
         self.seed = 1 if seed is None else seed
         self.batch_size = batch_size
         self.test_batch_size = test_batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
         self.cache_images = cache_images
         if not 0 < train_crop_scale[0] <= train_crop_scale[1] <= 1:
@@ -143,7 +149,8 @@ class DAPTDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            pin_memory=True,
+            # Pinned memory only speeds up copies to a GPU; elsewhere it is refused with a warning.
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
             persistent_workers=self.num_workers > 0,
         )
 

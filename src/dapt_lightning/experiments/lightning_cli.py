@@ -7,26 +7,38 @@ checkpoint callbacks, and with ``--run.dir`` keeps the whole run in one folder e
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 from dapt_lightning.callbacks.embeddings import EmbeddingPlots
 from dapt_lightning.callbacks.evaluation import DispersionMonitor, PerClassAccuracy
+from dapt_lightning.callbacks.predictions import PredictionWriter
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
 from dapt_lightning.callbacks.run_info import LoggedSaveConfig, RunInfo, name_run
-from dapt_lightning.checkpoint import SafeCheckpointIO, read_datamodule_settings
+from dapt_lightning.checkpoint import SafeCheckpointIO, load_checkpoint_file, read_datamodule_settings
 from dapt_lightning.data.datamodule import DAPTDataModule
 from dapt_lightning.data.registry import dataset_template
 from dapt_lightning.experiments.runs import (
     LAST_CHECKPOINT,
     METRICS_FILE,
+    RUN_LOG,
     RunOptions,
+    check_run_folder,
+    evaluation_folder,
+    last_checkpoint,
     metric_values,
+    run_folder,
+    run_folder_of_checkpoint,
     run_record,
     write_metrics,
 )
@@ -59,22 +71,47 @@ class DAPTCLI(LightningCLI):
         parser.add_lightning_class_args(PrototypeCallback, "prototypes")
         # A last.ckpt after every training epoch, whatever the validation interval, so a killed run resumes.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_on_train_epoch_end": True})
+        # One checkpoint file per run (last.ckpt) unless more are asked for with --checkpoint.save_top_k.
+        parser.set_defaults(
+            {"checkpoint.save_last": True, "checkpoint.save_on_train_epoch_end": True, "checkpoint.save_top_k": 0}
+        )
         parser.add_lightning_class_args(RunInfo, "run_info")
         parser.add_lightning_class_args(DispersionMonitor, "dispersion")
         parser.add_lightning_class_args(PerClassAccuracy, "per_class")
         parser.add_lightning_class_args(EmbeddingPlots, "embedding_plots")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_class_arguments(RunOptions, "run", instantiate=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._run_log: RunLog | None = None
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if self._run_log is not None:
+                self._run_log.close()
 
     def before_instantiate_classes(self) -> None:
         self._run_started = time.time()
         config = self.config[self.subcommand] if self.subcommand else self.config
         derive_protocol_settings(config)
+        check_devices_and_precision(config)
         check_checkpoint_request(config, self.subcommand)
-        if config.get("run") is not None and config.run.get("dir"):
-            point_outputs_at(config, Path(config.run.dir))
-        if config.trainer.default_root_dir:
-            ensure_writable_dir(config.trainer.default_root_dir, "--trainer.default_root_dir")
+        if self.subcommand is None or config.get("run") is None:
+            return  # built without running (tests): no run folder
+        run_dir = Path(config.run.dir) if config.run.get("dir") else default_run_folder(config, self.subcommand)
+        config.run.dir = str(run_dir)
+        check_same_model(config, run_dir)
+        if is_first_process():  # processes relaunched for DDP find the folder as the first one left it
+            resuming = self.subcommand != "fit" or bool(config.get("ckpt_path"))
+            check_run_folder(run_dir, resuming, config.run.overwrite)
+            ensure_writable_dir(run_dir, "--run.dir")
+            self._run_log = RunLog(run_dir / RUN_LOG)
+        point_outputs_at(config, run_dir, self.subcommand)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would replace every --model.* setting by the checkpoint's hyperparameters (unpickling the file
+        # with its own error messages); `check_same_model` compares them instead, once the run folder is known.
+        return
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)
@@ -108,11 +145,21 @@ class DAPTCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=None)
         if options.dir:
             self._write_run_metrics("fit", fit_metrics)
+            self._summarise(Path(options.dir))
 
     def after_test(self) -> None:
         options = self.config[self.subcommand].get("run")
         if options is not None and options.dir:
             self._write_run_metrics("test", {})
+            self._summarise(Path(options.dir))
+
+    def _summarise(self, run_dir: Path) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        lines = closing_summary(run_dir, self.trainer.callback_metrics, self.trainer.loggers)
+        print("\n".join(lines), flush=True)
+        if self._run_log is not None:
+            self._run_log.write(lines)
 
     def _write_run_metrics(self, kind: str, fit_metrics: dict[str, Any]) -> None:
         if not self.trainer.is_global_zero:
@@ -168,7 +215,115 @@ def check_checkpoint_request(config: Any, subcommand: str | None) -> None:
         )
 
 
-def point_outputs_at(config: Any, run_dir: Path) -> None:
+def default_run_folder(config: Any, subcommand: str) -> Path:
+    """Where a run goes without ``--run.dir``: its own folder (``fit``, zero-shot ``test``), or, for evaluating a
+    checkpoint, a subfolder of the checkpoint's run folder (``<run>/test/<dataset>/``)."""
+    data, options = config.data, config.run
+    method = config.model.method
+    label = options.get("label") or method
+    zero_shot = method == "zeroshot"
+    shots = 0 if zero_shot else data.num_shots  # zero-shot CLIP uses no training image
+    own = run_folder(options.root, data.dataset, label, shots, data.seed, data.subsample)
+    if subcommand == "fit" or (zero_shot and not config.get("ckpt_path")):
+        return own
+    ckpt_path = config.get("ckpt_path")
+    trained = run_folder_of_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+    return evaluation_folder(trained or own, subcommand, data.dataset, data.subsample)
+
+
+MODEL_SETTINGS = (
+    "method",
+    "clip_name",
+    "quick_gelu",
+    "text_tokens",
+    "text_init",
+    "class_specific_context",
+    "visual_tokens",
+)
+"""``--model.*`` settings that decide the shapes and meaning of a checkpoint's prompts: they must match it. Every
+other setting (where the CLIP weights are, text encoding, compilation, learning rate, ...) is the command line's."""
+
+
+def check_same_model(config: Any, run_dir: Path) -> None:
+    """Refuse, in one line, a ``--ckpt_path`` trained with other model-defining settings than this command's."""
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "last":
+        ckpt_path = last_checkpoint(run_dir)
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return
+    trained = load_checkpoint_file(ckpt_path).get("hyper_parameters") or {}
+    for name in MODEL_SETTINGS:
+        if name in trained and trained[name] != config.model.get(name):
+            raise ValueError(
+                f"--model.{name} {config.model.get(name)!r} differs from the checkpoint's {trained[name]!r} "
+                f"({ckpt_path}): its prompts fit only the model they were trained with. Drop the setting (or set it "
+                f"to {trained[name]!r}), or use a checkpoint trained with it."
+            )
+
+
+def check_devices_and_precision(config: Any) -> None:
+    """Before any process starts: the global batch must split evenly over the processes, and the precision recorded
+    must be the one that runs (16-bit floats are not supported on the CPU; bf16 is)."""
+    trainer = config.trainer
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
+    count = process_count(devices)
+    if count is not None and count > 0 and config.data.batch_size % (count * nodes):
+        world = count * nodes
+        raise ValueError(
+            f"--data.batch_size {config.data.batch_size} is the global batch, split over {world} processes "
+            f"(--trainer.devices {devices} x --trainer.num_nodes {nodes}): use a multiple of {world}, e.g. "
+            f"{world * max(1, round(config.data.batch_size / world))}"
+        )
+    if str(trainer.get("precision")) in ("16-mixed", "16", "16-true") and runs_on_cpu(trainer.get("accelerator")):
+        rank_zero_warn(
+            f"--trainer.precision {trainer.precision}: the CPU has no float16 kernels for training; running and "
+            "recording bf16-mixed instead"
+        )
+        trainer.precision = "bf16-mixed"
+
+
+def process_count(devices: Any) -> int | None:
+    """The processes per node ``--trainer.devices`` asks for (a count, ``"3"``, a list of ids), None for ``auto``."""
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if "," in devices:
+            return len([part for part in devices.split(",") if part.strip()])
+        return int(devices) if devices.lstrip("-").isdigit() else None
+    return devices if isinstance(devices, int) else None
+
+
+def runs_on_cpu(accelerator: Any) -> bool:
+    """Whether ``--trainer.accelerator`` resolves to the CPU."""
+    if accelerator == "cpu":
+        return True
+    return accelerator in (None, "auto") and not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
+def is_first_process() -> bool:
+    """False in the processes Lightning relaunches for the other DDP ranks (they find LOCAL_RANK/NODE_RANK set)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def closing_summary(run_dir: Path, metrics: dict[str, Any], loggers: list[Any]) -> list[str]:
+    """The lines that end a run: its metrics and where everything went (the W&B sync command once)."""
+    lines = [f"Run folder: {run_dir}"]
+    shown = {k: v for k, v in metric_values(metrics, ("test/", "val/")).items() if "dispersion" not in k}
+    if shown:
+        lines.append("  " + "  ".join(f"{name} {value:.4f}" for name, value in shown.items() if value is not None))
+    for label, path in (("checkpoint", last_checkpoint(run_dir)), ("metrics", run_dir / METRICS_FILE)):
+        if path.is_file():
+            lines.append(f"  {label:<10} {path}")
+    lines.append(f"  {'log':<10} {run_dir / RUN_LOG}")
+    for logger in loggers:
+        offline = getattr(logger, "offline_run_dir", None)
+        if offline is not None:
+            lines.append(f"  {'W&B':<10} saved offline; upload it with: wandb sync {offline}")
+    return lines
+
+
+def point_outputs_at(config: Any, run_dir: Path, subcommand: str) -> None:
     """Send the trainer's files, the logger's and the last checkpoint into ``run_dir``."""
     config.trainer.default_root_dir = str(run_dir)
     logger = config.trainer.get("logger")
@@ -176,7 +331,10 @@ def point_outputs_at(config: Any, run_dir: Path) -> None:
         logger.init_args.save_dir = str(run_dir)
     if config.get("checkpoint") is not None:
         # The CLI's ModelCheckpoint (save_last every epoch) writes into the run folder, where sweeps resume from.
-        config.checkpoint.dirpath = str(run_dir / LAST_CHECKPOINT.parent)
+        # An evaluation saves nothing: its callback keeps the trained run's folder, which it restores from.
+        ckpt_path = config.get("ckpt_path")
+        evaluated = subcommand != "fit" and ckpt_path and Path(ckpt_path).is_file()
+        config.checkpoint.dirpath = str(Path(ckpt_path).parent if evaluated else run_dir / LAST_CHECKPOINT.parent)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> DAPTCLI:
@@ -193,7 +351,40 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
     )
 
 
+class RunLog:
+    """A plain-text copy of what a run logs (Lightning's and dapt_lightning's messages), in its folder."""
+
+    LOGGERS = ("lightning.pytorch", "lightning.fabric", "dapt_lightning")
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self.handler)
+
+    def write(self, lines: list[str]) -> None:
+        """Append ``lines`` (printed to the console as well) to the log."""
+        self.handler.stream.write("\n".join(lines) + "\n")
+        self.handler.flush()
+
+    def close(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self.handler)
+        self.handler.close()
+
+
 def trainer_main(argv: list[str]) -> int:
     """Run ``dapt fit|validate|test|predict ARGV``; return the exit status."""
-    cli_main(argv)
+    # The closing summary says where the W&B run went and how to upload it; W&B's own banner would repeat it.
+    os.environ.setdefault("WANDB_SILENT", "true")
+    with warnings.catch_warnings():
+        # Raised inside Lightning by this torch version; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        # The frozen CLIP is in eval mode on purpose (no dropout, fixed statistics) while the prompts train.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        # `dapt` hands LightningCLI the arguments it was given, which are also sys.argv: no mistake to warn about.
+        warnings.filterwarnings(
+            "ignore", message=r"LightningCLI's args parameter is intended to run from within Python"
+        )
+        cli_main(argv)
     return 0
