@@ -216,7 +216,7 @@ def test_unwritable_output_folder_is_named(tmp_path: Path, synthetic_root: Path,
     with pytest.raises(SystemExit):
         main(["fit", *tiny_args(synthetic_root, tmp_path / "run"), "--run.dir", str(blocker / "run")])
     err = capsys.readouterr().err
-    assert "--trainer.default_root_dir" in err and str(blocker / "run") in err
+    assert "--run.dir: cannot write to" in err and str(blocker / "run") in err
 
 
 def test_missing_checkpoint_is_refused(tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:

@@ -240,7 +240,9 @@ def test_zero_shot_template_defaults_to_the_datasets(
     args = tiny_args(synthetic_root, tmp_path / "run", "--model.method", "zeroshot")
     cli = cli_main(["test", *args, "--trainer.limit_test_batches", "1"])
     assert cli.model.model.template == "a drawing of a {}."
-    explicit = cli_main(["test", *args, "--model.template", "{}.", "--trainer.limit_test_batches", "1"])
+    explicit = cli_main(
+        ["test", *args, "--model.template", "{}.", "--trainer.limit_test_batches", "1", "--run.dir", str(tmp_path / "b")]
+    )
     assert explicit.model.model.template == "{}."
 
 

@@ -7,8 +7,11 @@ checkpoint callbacks, and with ``--run.dir`` keeps the whole run in one folder e
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -107,6 +110,21 @@ class DAPTCLI(LightningCLI):
             ensure_writable_dir(run_dir, "--run.dir")
             self._run_log = RunLog(run_dir / RUN_LOG)
         point_outputs_at(config, run_dir, self.subcommand)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        # A bad setting raises (one line, see parse_arguments) instead of printing the whole usage and exiting.
+        parser.exit_on_error = False
+        return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as error:
+            keys: set[str] = set()
+            for subparser in getattr(self, "_subcommand_parsers", {}).values():
+                keys |= set(subparser.get_defaults().keys())
+            raise ValueError(argument_error_line(str(error), sorted(keys))) from None
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would replace every --model.* setting by the checkpoint's hyperparameters (unpickling the file
@@ -229,6 +247,17 @@ def default_run_folder(config: Any, subcommand: str) -> Path:
     ckpt_path = config.get("ckpt_path")
     trained = run_folder_of_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
     return evaluation_folder(trained or own, subcommand, data.dataset, data.subsample)
+
+
+def argument_error_line(message: str, keys: list[str]) -> str:
+    """One line for a command-line or config error: what is wrong, and the closest valid setting to an unknown one."""
+    line = " ".join(message.split())
+    unknown = re.search(r"(?:option '|arguments: --)([\w.]+)", line)
+    if unknown is None:
+        return f"{line} (`dapt SUBCOMMAND --help` lists every setting)"
+    close = difflib.get_close_matches(unknown.group(1), keys, n=1, cutoff=0.6)
+    hint = f"did you mean --{close[0]}?" if close else "`dapt SUBCOMMAND --help` lists every setting"
+    return f"unknown setting --{unknown.group(1)} ({line}); {hint}"
 
 
 MODEL_SETTINGS = (
