@@ -12,10 +12,10 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,notebook]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create/update the virtual environment (.venv) with the package and dev tools
+install: $(STAMP) ## Create/update the virtual environment (.venv) with the package, dev and notebook tools
 
 demo: $(STAMP) ## Train DAPT on the synthetic dataset with the tiny CLIP and print zero-shot vs tuned accuracy
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/dapt demo

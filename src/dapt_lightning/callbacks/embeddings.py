@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from dapt_lightning.callbacks.features import image_features, subset
 from dapt_lightning.callbacks.paths import output_folder
+from dapt_lightning.data.registry import dataset_template
 
 
 class EmbeddingPlots(L.Callback):
@@ -50,7 +51,9 @@ class EmbeddingPlots(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            text_zero, text_tuned = pl_module.model.encode_template(), pl_module.model.encode_text().float()
+            # The zero-shot classifier of `dapt test --model.method zeroshot`: the dataset's own template.
+            template = dataset_template(datamodule.dataset_name)
+            text_zero, text_tuned = pl_module.model.encode_template(template), pl_module.model.encode_text().float()
         classes = torch.arange(text_zero.shape[0])
         images = subset(datamodule.dataset(self.split, transform="test"), self.max_images)
         zero, labels = image_features(pl_module, images, zero_shot=True, batch_size=self.batch_size)

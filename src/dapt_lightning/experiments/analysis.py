@@ -17,6 +17,7 @@ from dapt_lightning.callbacks.embeddings import plot_embedding_pair, tsne
 from dapt_lightning.callbacks.features import image_features, subset
 from dapt_lightning.checkpoint import load_checkpoint_file
 from dapt_lightning.data.datamodule import DAPTDataModule
+from dapt_lightning.data.registry import dataset_template
 from dapt_lightning.model.clip import clip_image_size
 from dapt_lightning.module import DAPTModule
 
@@ -63,9 +64,17 @@ def load_checkpoint(
     return module, datamodule
 
 
-def zero_shot_text_features(module: DAPTModule, template: str | None = None) -> torch.Tensor:
-    """L2-normalised class text features ``[C, D]`` of a hand-crafted prompt (None: the module's template)."""
-    return module.model.encode_template(template)
+def zero_shot_text_features(
+    module: DAPTModule, dataset: str | None = None, template: str | None = None
+) -> torch.Tensor:
+    """L2-normalised class text features ``[C, D]`` of a hand-crafted prompt: zero-shot CLIP's classifier.
+
+    Args:
+        module: the model whose frozen CLIP encodes the prompts.
+        dataset: take this dataset's template, as ``dapt test --model.method zeroshot`` does.
+        template: the prompt (``{}``: class name); wins over ``dataset``. Neither: the module's template.
+    """
+    return module.model.encode_template(template or (dataset_template(dataset) if dataset else None))
 
 
 @torch.no_grad()
