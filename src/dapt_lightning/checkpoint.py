@@ -12,29 +12,104 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from dapt_lightning.model.clip import ClipIdentity
+from dapt_lightning.model.clip import (
+    ClipIdentity,
+    ClipLoadError,
+    FileKind,
+    clip_weights_layout,
+    identify_file,
+    read_weights_file,
+    unsafe_pickle_reason,
+)
 from dapt_lightning.storage import atomic_write_bytes
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointFileError(ValueError):
+    """A ``--ckpt_path`` file that is no dapt_lightning checkpoint: damaged, not a torch file, CLIP weights, or the
+    checkpoint of another library or model. The message is one line naming the file and what to pass instead."""
+
+
+class UnsafeCheckpointError(CheckpointFileError):
     """A checkpoint holds objects that ``torch.load(weights_only=True)`` refuses to build."""
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` and errors that name the file."""
-    path = Path(path)
+CKPT_PATH_TAKES = "--ckpt_path takes a checkpoint written by `dapt fit` (RUN_DIR/checkpoints/last.ckpt, or `last`)"
+
+
+def _read_torch_file(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``, after making sure it is a torch.save file at all."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; check --ckpt_path (or use `--ckpt_path last`)")
+    kind = identify_file(path)
+    if kind.kind == "damaged":
+        raise CheckpointFileError(
+            f"checkpoint {path} is {kind.description}: it was not completely written or copied. Copy it again, "
+            "or pass another checkpoint (`--ckpt_path last` resumes from the run's last complete one)."
+        )
+    if kind.kind in ("torchscript", "safetensors"):
+        raise CheckpointFileError(
+            f"{path} is {_describe_tensor_file(path, kind)}, not a checkpoint. {CKPT_PATH_TAKES}."
+        )
+    if kind.kind == "other":
+        raise CheckpointFileError(f"{path} is {kind.description}, not a checkpoint. {CKPT_PATH_TAKES}.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
-            f"refusing to load checkpoint {path}: it contains objects other than tensors and plain Python values "
-            f"({str(error).splitlines()[0]}). dapt_lightning never unpickles arbitrary code; only load checkpoints "
+            f"refusing to load checkpoint {path}: it holds objects other than tensors and plain Python values "
+            f"({unsafe_pickle_reason(error)}). dapt_lightning never unpickles arbitrary code; only load checkpoints "
             "you trust, and re-save them as plain state dicts."
         ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error})") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointFileError(
+            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {reason}). Copy it again, or pass "
+            "another checkpoint."
+        ) from error
+
+
+def _describe_tensor_file(path: Path, kind: FileKind) -> str:
+    """``a TorchScript archive of CLIP weights (pass it as --model.pretrained ...)`` and the like."""
+    try:
+        is_clip = clip_weights_layout(read_weights_file(path).tensors) is not None
+    except ClipLoadError:
+        return f"{kind.description} that cannot be read (truncated or damaged?)"
+    if is_clip:
+        return f"{kind.description} of CLIP weights (pass it as --model.pretrained {path})"
+    return f"{kind.description} of tensors"
+
+
+def _refuse_foreign(path: Path, checkpoint: Any) -> None:
+    """Raise :class:`CheckpointFileError` unless ``checkpoint`` was written by a dapt_lightning model."""
+    if isinstance(checkpoint, dict) and "dapt_checkpoint_format" in checkpoint:
+        return
+    if not isinstance(checkpoint, dict):
+        what = f"a torch.save file holding a {type(checkpoint).__name__}"
+    elif clip_weights_layout(checkpoint) is not None:
+        what = f"a state dict of CLIP weights (pass it as --model.pretrained {path})"
+    elif "pytorch-lightning_version" in checkpoint:
+        keys = ", ".join(list(checkpoint.get("state_dict") or {})[:3]) or "no tensors"
+        what = f"the Lightning checkpoint of another model (no dapt_checkpoint_format key; its state dict holds {keys})"
+    else:
+        keys = ", ".join(str(k) for k in list(checkpoint)[:4]) or "nothing"
+        what = f"a torch.save file of another library (a dict of {keys}, ...; no Lightning state)"
+    raise CheckpointFileError(f"{path} is {what}, not a dapt_lightning checkpoint. {CKPT_PATH_TAKES}.")
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a dapt_lightning checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: the file holds objects other than tensors and plain values (nothing is unpickled).
+        CheckpointFileError: the file is truncated, not a torch file (an image, random bytes), CLIP weights
+            (state dict, safetensors, TorchScript), or another library's or model's checkpoint; one line naming the
+            file, what it is and what to pass instead.
+    """
+    path = Path(path)
+    checkpoint = _read_torch_file(path, map_location)
+    _refuse_foreign(path, checkpoint)
+    return checkpoint
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -56,7 +131,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return load_checkpoint_file(path, map_location if map_location is not None else "cpu")
+        path = Path(path)
+        checkpoint = _read_torch_file(path, map_location if map_location is not None else "cpu")
+        # Lightning also passes bare model state dicts through here (ddp_spawn returns the trained weights so).
+        bare_state = isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+        if not bare_state or clip_weights_layout(checkpoint) is not None:
+            _refuse_foreign(path, checkpoint)
+        return checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------------------

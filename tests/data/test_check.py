@@ -112,3 +112,26 @@ def test_check_lists_the_registered_layouts_in_coops_order(full_root: Path) -> N
     assert [s.name for s in check_datasets(full_root)] == list(layouts())
     with pytest.raises(ValueError, match="unknown dataset.*synthetic; choose from imagenet, caltech101"):
         check_datasets(full_root, names=["synthetic"])
+
+
+def test_full_check_decodes_every_image_and_lists_the_corrupt_ones(full_root: Path, capsys) -> None:
+    splits = get_dataset_reader("food101")(full_root)
+    victims = [splits.train[3].impath, splits.test[-1].impath]
+    for victim in victims:  # cut short, as an interrupted extraction leaves them: they still exist
+        data = Path(victim).read_bytes()
+        Path(victim).write_bytes(data[: len(data) // 2])
+    Path(splits.val[0].impath).write_bytes(b"not an image at all")
+    victims.append(splits.val[0].impath)
+
+    assert check_datasets(full_root, names=["food101"])[0].status == "found"  # the quick check only sees files
+    status = check_datasets(full_root, names=["food101"], full=True)[0]
+    assert status.status == "incomplete"
+    corrupt = [problem for problem in status.problems if "corrupt image" in problem]
+    assert len(corrupt) == 3
+    assert [problem.split(" corrupt image ")[0] for problem in corrupt] == ["train:", "val:", "test:"]
+    assert sorted(path for path in victims if any(path in problem for problem in corrupt)) == sorted(victims)
+    assert "UnidentifiedImageError" in next(p for p in corrupt if splits.val[0].impath in p)
+
+    assert data_main(["check", "food101", "--full", "--root", str(full_root)]) == 1
+    out = capsys.readouterr().out
+    assert all(f"corrupt image {path} (" in out for path in victims)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
+import shutil
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fake_datasets import FAKES, IMAGENET_CLASSES, make_fake_dataset, make_fake_datasets
+from tiny import SIZES, run_dapt, tiny_args
 
 from dapt_lightning.data.datasets.common import DatasetError
+from dapt_lightning.data.datasets.synthetic import write_synthetic_dataset
 from dapt_lightning.data.registry import get_dataset_reader, layouts, list_datasets
 from dapt_lightning.data.types import Datum
 
@@ -292,3 +298,124 @@ def test_malformed_class_name_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "oxford_flowers/cat_to_name.json").write_text('{"1": "pink primrose",', encoding="utf-8")
     with pytest.raises(DatasetError, match="class-name file .*cat_to_name.json is not valid JSON"):
         get_dataset_reader("oxford_flowers")(tmp_path)
+
+
+def test_custom_empty_class_folder_is_named(tmp_path: Path) -> None:
+    _class_tree(tmp_path / "birds", ["blue_jay", "cardinal", "wren"], 10)
+    (tmp_path / "birds/robin").mkdir()  # empty
+    (tmp_path / "birds/owl").mkdir()
+    (tmp_path / "birds/owl/readme.txt").write_text("photos to come")  # no image either
+    with pytest.raises(DatasetError, match="class folder.s. without images") as caught:
+        get_dataset_reader("custom")(tmp_path, path="birds")
+    assert str(tmp_path / "birds/robin") in str(caught.value) and str(tmp_path / "birds/owl") in str(caught.value)
+    assert "blue_jay" not in str(caught.value)
+    assert not (tmp_path / "birds/split_zhou_custom.json").exists()
+
+    dataset = tmp_path / "cells"  # the same in a train/ and test/ tree
+    _class_tree(dataset / "train", ["a01", "b02"], 10)
+    _class_tree(dataset / "test", ["a01", "b02"], 3)
+    (dataset / "test/b02/000.jpg").unlink()
+    (dataset / "test/b02/001.jpg").unlink()
+    (dataset / "test/b02/002.jpg").unlink()
+    with pytest.raises(DatasetError, match=f"without images: {re.escape(str(dataset / 'test/b02'))} "):
+        get_dataset_reader("custom")(tmp_path, path="cells")
+
+
+def test_custom_folders_with_one_class_name_are_named(tmp_path: Path) -> None:
+    _class_tree(tmp_path / "cars", ["red_car", "red car", "blue_car"], 10)
+    with pytest.raises(DatasetError, match="'red car' and 'red_car' -> 'red car'") as caught:
+        get_dataset_reader("custom")(tmp_path, path="cars")
+    assert str(tmp_path / "cars") in str(caught.value) and "rename or merge" in str(caught.value)
+
+    _class_tree(tmp_path / "cells", ["a01", "b02", "c03"], 10)
+    (tmp_path / "cells/names.txt").write_text("a01 platelet\nb02 red blood cell\nc03 platelet\n")
+    with pytest.raises(DatasetError, match="'a01' and 'c03' -> 'platelet'.*names.txt"):
+        get_dataset_reader("custom")(tmp_path, path="cells", classnames="names.txt")
+
+
+def test_custom_dataset_needs_two_classes(tmp_path: Path) -> None:
+    _class_tree(tmp_path / "solo", ["cat"], 10)
+    with pytest.raises(DatasetError, match="solo has 1 class .*only 'cat'.*at least two") as caught:
+        get_dataset_reader("custom")(tmp_path, path="solo")
+    assert str(tmp_path / "solo") in str(caught.value)
+
+    _class_tree(tmp_path / "tree/train", ["cat"], 10)
+    _class_tree(tmp_path / "tree/test", ["cat"], 3)
+    with pytest.raises(DatasetError, match="tree has 1 class"):
+        get_dataset_reader("custom")(tmp_path, path="tree")
+
+    (tmp_path / "listed").mkdir()
+    split = {"train": [["x/1.jpg", 0, "cat"]], "val": [["x/2.jpg", 0, "cat"]], "test": [["x/3.jpg", 0, "cat"]]}
+    (tmp_path / "listed/split.json").write_text(json.dumps(split))
+    with pytest.raises(DatasetError, match="listed by .*split.json: only 'cat'"):
+        get_dataset_reader("custom")(tmp_path, path="listed", split_file="split.json")
+
+
+# --- the line that says a split was generated --------------------------------------------------------------------
+
+
+@pytest.fixture
+def console_lines() -> Iterator[list[str]]:
+    """What Lightning's console logger prints during the test (rank_zero_info lines, as `dapt` shows them)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("lightning.pytorch")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+
+
+def _split_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if "split" in line]
+
+
+def test_generated_split_is_said_once_with_where_it_was_saved(tmp_path: Path, console_lines: list[str]) -> None:
+    make_fake_dataset("oxford_pets", tmp_path)
+    split_file = tmp_path / "oxford_pets/split_zhou_OxfordPets.json"
+    split_file.unlink()
+    get_dataset_reader("oxford_pets")(tmp_path)
+    get_dataset_reader("oxford_pets")(tmp_path)  # reads the saved file: nothing to say
+    [line] = _split_lines(console_lines)
+    assert "\n" not in line
+    assert line.startswith("dataset 'oxford_pets': no split file split_zhou_OxfordPets.json, so a split was generated")
+    assert "80/20 of each class of the train+val list, seed 1" in line
+    assert line.endswith(
+        f"seed 1) and saved to {split_file}; it is not the published split: download the official file to compare "
+        "with published numbers"
+    )
+
+
+def test_generated_custom_split_says_where_it_went(tmp_path: Path, console_lines: list[str]) -> None:
+    _class_tree(tmp_path / "birds", ["blue_jay", "cardinal"], 10)
+    get_dataset_reader("custom")(tmp_path, path="birds")
+    get_dataset_reader("custom")(tmp_path, path="birds", save_split=False)  # the saved file is read back
+    get_dataset_reader("custom")(tmp_path, path="birds", split_file="other.json", save_split=False)
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    get_dataset_reader("custom")(tmp_path, path="birds", split_file="../blocker/split.json")
+    saved, unsaved, failed = _split_lines(console_lines)
+    folder = tmp_path / "birds"
+    assert saved == (
+        f"dataset 'custom': no split_zhou_custom.json in {folder}, so the split was made from its folders (50%/20%/30% "
+        f"of each class folder into train/val/test, seed 1) and saved to {folder / 'split_zhou_custom.json'}"
+    )
+    assert unsaved.endswith("; not saved (save_split is false): every run generates it again, identically")
+    assert f"; could not save it to {folder / '../blocker/split.json'} (" in failed
+
+
+@pytest.mark.slow
+def test_dapt_fit_prints_the_generated_split_line_once(tmp_path: Path) -> None:
+    source = tmp_path / "synthetic"
+    write_synthetic_dataset(source, seed=0, image_size=64, sizes=SIZES)
+    for class_dir in sorted((source / "images").iterdir())[:3]:
+        shutil.copytree(class_dir, tmp_path / "data/mine" / class_dir.name)
+    options = '{"path": "mine"}'
+    args = ["--data.dataset", "custom", "--data.dataset_options", options]
+    result = run_dapt(["fit", *tiny_args(tmp_path / "data", tmp_path / "run", *args)])
+    console = (result.stdout + result.stderr).splitlines()
+    lines = [line for line in console if "so the split was made from its folders" in line]
+    assert lines == [
+        f"dataset 'custom': no split_zhou_custom.json in {tmp_path / 'data/mine'}, so the split was made from its "
+        "folders (50%/20%/30% of each class folder into train/val/test, seed 1) and saved to "
+        f"{tmp_path / 'data/mine/split_zhou_custom.json'}"
+    ]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
 
+from dapt_lightning.data.image_dataset import ImageLoadError, load_rgb
 from dapt_lightning.data.registry import download_plans, get_dataset_reader, layouts
-from dapt_lightning.data.types import Datum
+from dapt_lightning.data.types import DatasetSplits, Datum
 
 Status = Literal["found", "missing", "incomplete"]
 
@@ -69,6 +71,45 @@ def _absent_images(items: list[Datum], full: bool) -> list[str]:
     return [path for path in dict.fromkeys(sample) if not os.path.isfile(path)]
 
 
+def _decode_error(path: str, dataset: str) -> str | None:
+    """Why ``path`` cannot be decoded as training does (None when it can)."""
+    try:
+        load_rgb(path, dataset)
+    except ImageLoadError as error:
+        cause = error.__cause__
+        return f"{type(cause).__name__}: {' '.join(str(cause).split())}" if cause else str(error)
+    return None
+
+
+def _decode_errors(paths: list[str], dataset: str) -> dict[str, str]:
+    """path -> why it does not decode, for every path of ``paths`` that does not."""
+    # Decoders release the GIL: threads read several files at once.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        reasons = list(pool.map(lambda path: _decode_error(path, dataset), paths))
+    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason is not None}
+
+
+def _image_problems(name: str, splits: DatasetSplits, full: bool) -> list[str]:
+    """Missing images (a sample, or all with ``full``) and, with ``full``, every image that does not decode."""
+    problems = []
+    absent = {split_name: _absent_images(getattr(splits, split_name), full) for split_name in ("train", "val", "test")}
+    for split_name, paths in absent.items():
+        if paths:
+            problems.append(f"{split_name}: {len(paths)} listed image(s) not found, e.g. {paths[0]}")
+    if not full:
+        return problems
+    skip = {path for paths in absent.values() for path in paths}
+    listed = dict.fromkeys(item.impath for items in (splits.train, splits.val, splits.test) for item in items)
+    corrupt = _decode_errors(
+        [path for path in listed if path not in skip], name
+    )  # once each: ImageNet's val is its test
+    for split_name in ("train", "val", "test"):
+        for path in dict.fromkeys(item.impath for item in getattr(splits, split_name)):
+            if path in corrupt:
+                problems.append(f"{split_name}: corrupt image {path} ({corrupt[path]})")
+    return problems
+
+
 def check_dataset(name: str, root: Path, full: bool = False) -> DatasetStatus:
     """Check one benchmark dataset; see :func:`check_datasets`."""
     layout = layouts()[name]
@@ -103,10 +144,7 @@ def check_dataset(name: str, root: Path, full: bool = False) -> DatasetStatus:
         status.problems.append(str(err))
         return status
     status.num_images = len(splits.train) + len(splits.val) + len(splits.test)
-    for split_name in ("train", "val", "test"):
-        absent = _absent_images(getattr(splits, split_name), full)
-        if absent:
-            status.problems.append(f"{split_name}: {len(absent)} listed image(s) not found, e.g. {absent[0]}")
+    status.problems += _image_problems(name, splits, full)
     if status.num_images == 0:
         status.problems.append("the reader found no images")
     if status.problems:
@@ -118,7 +156,8 @@ def check_datasets(root: Path, names: list[str] | None = None, full: bool = Fals
     """Check every benchmark dataset (or ``names``) under the data root ``root``.
 
     A dataset is ``found`` when all its files are present, its reader runs, and the first image of each class in
-    each split exists (every image with ``full=True``). Nothing is written: a dataset whose split would be generated
+    each split exists (with ``full=True``: every image exists and decodes as training decodes it; the corrupt ones
+    are listed). Nothing is written: a dataset whose split would be generated
     is reported with a note and not read.
     """
     known = layouts()

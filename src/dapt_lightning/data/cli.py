@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="report which datasets are ready and exactly what the others miss")
     check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
     check.add_argument("--root", help=f"data root (default: ${ROOT_ENV})")
-    check.add_argument("--full", action="store_true", help="check that every listed image exists (slow on ImageNet)")
+    check.add_argument(
+        "--full", action="store_true", help="check that every listed image exists and decodes (slow: reads every image)"
+    )
 
     download = sub.add_parser("download", help="download datasets with public URLs into the CoOp layout")
     download.add_argument("names", nargs="+", metavar="NAME", choices=plans, help=", ".join(plans))

@@ -13,7 +13,67 @@ from dapt_lightning.data.types import Datum
 
 
 class ImageLoadError(RuntimeError):
-    """An image listed by a split could not be read."""
+    """An image listed by a split could not be read: one line naming the dataset, the file and what to do.
+
+    DataLoader workers send an error to the main process as its type and formatted traceback, and PyTorch rebuilds
+    it from that text alone (``ImageLoadError(traceback)``); the constructor takes the one-line message back out of
+    the traceback, so the error a user sees from a worker is the same line as without workers.
+
+    Attributes:
+        path: the image file (None when it could not be recovered from a worker's traceback).
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        message = _message_from_worker_traceback(message)
+        super().__init__(message)
+        self.path = path if path is not None else _path_in(message)
+
+    def __reduce__(self) -> tuple[type[ImageLoadError], tuple[str, str | None]]:
+        return type(self), (str(self), self.path)
+
+
+# The two message shapes of `load_rgb`; the path sits between the prefix and either ending.
+_MISSING, _UNDECODABLE = "is listed in the split but does not exist", "cannot be decoded"
+
+
+def _message_from_worker_traceback(text: str) -> str:
+    # "Caught ImageLoadError in DataLoader worker process 0.\nOriginal Traceback ...\n<module>.ImageLoadError: <msg>"
+    if "\n" not in text:
+        return text
+    for line in reversed(text.splitlines()):
+        head, sep, message = line.partition("ImageLoadError: ")
+        if sep and (not head or head.endswith(".")):
+            return message
+    return text
+
+
+def _path_in(message: str) -> str | None:
+    _, sep, rest = message.partition(": image ")
+    for ending in (f" {_MISSING}", f" {_UNDECODABLE}"):
+        if sep and ending in rest:
+            return rest.split(ending, 1)[0]  # the first: the decoder's reason comes after the path
+    return None
+
+
+def unwrap_worker_error(error: BaseException) -> ImageLoadError | None:
+    """The :class:`ImageLoadError` behind ``error``, or None.
+
+    ``error`` may be the ImageLoadError itself, one PyTorch rebuilt from a worker, a ``RuntimeError`` holding a
+    worker's traceback (what PyTorch raises when it cannot rebuild an error type), or any error caused by one.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ImageLoadError):
+            return current
+        text = str(current)
+        if "Caught ImageLoadError" in text:
+            message = _message_from_worker_traceback(text)
+            if message != text:
+                return ImageLoadError(message)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def load_rgb(path: str, dataset: str) -> Image.Image:
@@ -23,13 +83,16 @@ def load_rgb(path: str, dataset: str) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError as error:
         raise ImageLoadError(
-            f"dataset {dataset!r}: image {path} is listed in the split but does not exist. "
-            f"Check the data root, or run `dapt data check --root <root>`."
+            f"dataset {dataset!r}: image {path} {_MISSING}. Check the data root, or run "
+            "`dapt data check --root <root>`.",
+            path,
         ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        reason = " ".join(str(error).split())  # one line, whatever the decoder said
         raise ImageLoadError(
-            f"dataset {dataset!r}: image {path} cannot be decoded ({type(error).__name__}: {error}); "
-            "the file is corrupt or truncated: re-download or replace it."
+            f"dataset {dataset!r}: image {path} {_UNDECODABLE} ({type(error).__name__}: {reason}); the file is "
+            "corrupt or truncated: re-download or replace it (`dapt data check --full` lists every such file).",
+            path,
         ) from error
 
 

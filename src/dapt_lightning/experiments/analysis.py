@@ -55,9 +55,8 @@ def load_checkpoint(
     }
     data_args.update(data_overrides or {})
     if data_args.get("image_size") is None:  # as the CLI: the data follows the CLIP's input size
-        data_args["image_size"] = clip_image_size(
-            (checkpoint.get("hyper_parameters") or {}).get("clip_name", "ViT-B-16")
-        )
+        trained = checkpoint.get("hyper_parameters") or {}
+        data_args["image_size"] = clip_image_size(trained.get("clip_name", "ViT-B-16"), trained.get("pretrained"))
     datamodule = DAPTDataModule(**data_args)
     module = DAPTModule.load_from_checkpoint(str(path), map_location="cpu", classnames=datamodule.classnames)
     module.eval().to(device)

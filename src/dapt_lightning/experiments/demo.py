@@ -27,7 +27,8 @@ def demo_main(argv: list[str]) -> int:
         parser.error(f"--config {args.config} does not exist (run the demo from the repository root)")
     os.environ.setdefault("WANDB_SILENT", "true")
 
-    common = ["--config", args.config, *extra]
+    # The demo starts afresh each time: its folders are replaced, not refused as finished runs.
+    common = ["--config", args.config, "--run.overwrite", "true", *extra]
     if args.max_epochs is not None:
         common += ["--trainer.max_epochs", str(args.max_epochs)]
     out = Path(args.out)

@@ -217,7 +217,7 @@ def derive_protocol_settings(config: Any) -> None:
         config.model.template = dataset_template(config.data.dataset)
     if config.data.get("image_size") is None:
         # The CLIP's input size, from its architecture's config: the data follows the model.
-        config.data.image_size = clip_image_size(config.model.clip_name)
+        config.data.image_size = clip_image_size(config.model.clip_name, config.model.pretrained)
 
 
 def check_checkpoint_request(config: Any, subcommand: str | None) -> None:

@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_info
 
 from dapt_lightning.data.records import DatasetLayout
 from dapt_lightning.data.types import DatasetSplits, Datum
 from dapt_lightning.storage import atomic_write_bytes
+
+SplitTriple = tuple[list[Datum], list[Datum], list[Datum]]
+"""train, val and test."""
 
 SPLIT_SEED = 1
 """Seed of the generator that makes a split when its split file is absent (see :func:`split_trainval`)."""
@@ -151,12 +155,35 @@ def write_json_atomic(obj: object, path: Path) -> None:
 
 
 def save_split(train: list[Datum], val: list[Datum], test: list[Datum], path: Path, image_dir: Path) -> None:
-    """Write a split_zhou JSON (atomically). A read-only data root only warns: the split is used in memory."""
+    """Write a split_zhou JSON (atomically); ``OSError`` when the folder is not writable."""
     split = {key: split_to_json(items, image_dir) for key, items in (("train", train), ("val", val), ("test", test))}
-    try:
-        write_json_atomic(split, path)
-    except OSError as err:
-        warnings.warn(f"could not save the generated split to {path} ({err}); it will be regenerated", stacklevel=3)
+    write_json_atomic(split, path)
+
+
+def save_generated_split(
+    split: SplitTriple, path: Path, image_dir: Path, message: str, save: bool = True, note: str = ""
+) -> None:
+    """Save a split made because its file was absent, and say so in one line.
+
+    Args:
+        split: train, val and test.
+        path: the split file to write; image_dir: the folder its paths are relative to.
+        message: what was generated and how; the line goes on with where it was saved (or why not) and ``note``.
+        save: write the file (a custom dataset's ``save_split`` option).
+        note: what the user should know about it.
+
+    A folder that cannot be written is no error: the split is used in memory and generated again (identically) on
+    the next run.
+    """
+    ending = "; not saved (save_split is false): every run generates it again, identically"
+    if save:
+        try:
+            save_split(*split, path, image_dir)
+            ending = f" and saved to {path}"
+        except OSError as err:
+            ending = f"; could not save it to {path} ({err}): every run generates it again, identically"
+    # Lightning's console logger: the line shows once, on the first process, and goes into the run's log.
+    rank_zero_info(message + ending + (f"; {note}" if note else ""))
 
 
 def split_trainval(
@@ -219,20 +246,30 @@ def read_and_split_data(
     return train, val, test
 
 
-SplitTriple = tuple[list[Datum], list[Datum], list[Datum]]
+def read_or_generate_split(
+    layout: DatasetLayout, root: Path, generate: Callable[[], SplitTriple], how: str = "as the official reader does"
+) -> SplitTriple:
+    """Read the layout's split file, or (as the official readers) generate the split and save it when absent.
 
-
-def read_or_generate_split(layout: DatasetLayout, root: Path, generate: Callable[[], SplitTriple]) -> SplitTriple:
-    """Read the layout's split file, or (as the official readers) generate the split and save it when absent."""
+    Args:
+        layout: the dataset's layout (split file, image folder, requirements).
+        root: the data root.
+        generate: makes the split.
+        how: how ``generate`` splits, for the line that says a split was generated.
+    """
     assert layout.split_file is not None and layout.image_dir is not None
     split_path = root / layout.split_file
     image_dir = root / layout.image_dir
     require(layout, root)
     if split_path.exists():
         return read_split(split_path, image_dir)
-    train, val, test = generate()
-    save_split(train, val, test, split_path, image_dir)
-    return train, val, test
+    split = generate()
+    message = (
+        f"dataset {layout.name!r}: no split file {split_path.name}, so a split was generated ({how}, seed {SPLIT_SEED})"
+    )
+    note = "it is not the published split: download the official file to compare with published numbers"
+    save_generated_split(split, split_path, image_dir, message, note=note)
+    return split
 
 
 def read_class_folder_dataset(
@@ -249,7 +286,10 @@ def read_class_folder_dataset(
     assert layout.image_dir is not None
     image_dir = root / layout.image_dir
     train, val, test = read_or_generate_split(
-        layout, root, lambda: read_and_split_data(image_dir, ignored=ignored, new_cnames=new_cnames)
+        layout,
+        root,
+        lambda: read_and_split_data(image_dir, ignored=ignored, new_cnames=new_cnames),
+        how=f"50/20/30 of each class folder of {image_dir}",
     )
     return DatasetSplits(layout.name, train, val, test)
 
@@ -277,5 +317,5 @@ def read_trainval_test_dataset(
         train, val = split_trainval(trainval)
         return train, val, test
 
-    train, val, test = read_or_generate_split(layout, root, generate)
+    train, val, test = read_or_generate_split(layout, root, generate, how="80/20 of each class of the train+val list")
     return DatasetSplits(layout.name, train, val, test)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from dapt_lightning.data.datasets.common import (
     DatasetError,
+    SplitTriple,
     load_json,
     read_classnames_txt,
     read_split,
-    save_split,
+    save_generated_split,
     split_trainval,
 )
 from dapt_lightning.data.records import DatasetRecord
@@ -66,7 +67,9 @@ def _class_folders(folder: Path) -> list[str]:
 
 def _load_classnames(opts: CustomDatasetOptions, dataset_dir: Path, folders: list[str]) -> dict[str, str]:
     if opts.classnames == "folder":
-        return {folder: folder.replace("_", " ") for folder in folders}
+        names = {folder: folder.replace("_", " ") for folder in folders}
+        _require_distinct_names(names, dataset_dir, "'_' becomes a space: rename or merge the folders")
+        return names
     source = dataset_dir / opts.classnames
     if not source.is_file():
         raise FileNotFoundError(
@@ -83,15 +86,50 @@ def _load_classnames(opts: CustomDatasetOptions, dataset_dir: Path, folders: lis
     missing = [folder for folder in folders if folder not in mapping]
     if missing:
         raise DatasetError(f"class-name file {source} has no entry for the class folder(s) {', '.join(missing)}")
-    return mapping
+    names = {folder: mapping[folder] for folder in folders}
+    _require_distinct_names(names, dataset_dir, f"as {source} names them: give each folder its own name")
+    return names
+
+
+def _require_distinct_names(names: dict[str, str], dataset_dir: Path, why: str) -> None:
+    """Two folders with one class name would be two labels the text encoder cannot tell apart."""
+    folders_of: dict[str, list[str]] = {}
+    for folder, name in names.items():
+        folders_of.setdefault(name, []).append(folder)
+    clashes = [
+        f"{' and '.join(map(repr, folders))} -> {name!r}" for name, folders in folders_of.items() if len(folders) > 1
+    ]
+    if clashes:
+        raise DatasetError(
+            f"dataset 'custom': class folders of {dataset_dir} become one class name ({'; '.join(clashes)}; {why})"
+        )
+
+
+def _require_two_classes(classnames: list[str], dataset_dir: Path, where: str) -> None:
+    if len(classnames) < 2:
+        found = f"only {classnames[0]!r}" if classnames else "none"
+        raise DatasetError(
+            f"dataset 'custom': {dataset_dir} has {len(classnames)} class{'' if classnames else 'es'} ({where}: "
+            f"{found}), but classification needs at least two; add a folder of images for each class"
+        )
 
 
 def _read_tree(folder: Path, folders: list[str], names: dict[str, str]) -> list[Datum]:
     items = []
+    empty = []
     for label, cls in enumerate(folders):
         class_dir = folder / cls
-        if class_dir.is_dir():
-            items += [Datum(path, label, names[cls]) for path in _image_files(class_dir)]
+        if not class_dir.is_dir():
+            continue  # a split may lack a class (test/ without images of it)
+        images = _image_files(class_dir)
+        if not images:
+            empty.append(str(class_dir))
+        items += [Datum(path, label, names[cls]) for path in images]
+    if empty:
+        raise DatasetError(
+            f"dataset 'custom': class folder(s) without images: {', '.join(empty)} (images are found by the "
+            f"extensions {', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)"
+        )
     return items
 
 
@@ -156,34 +194,51 @@ def read_custom(root: Path, **options: object) -> DatasetSplits:
     split_path = dataset_dir / opts.split_file
     image_dir = dataset_dir / opts.image_dir if opts.image_dir else dataset_dir
     if split_path.is_file():
-        train, val, test = read_split(split_path, image_dir)
-        return DatasetSplits("custom", train, val, test)
+        splits = DatasetSplits("custom", *read_split(split_path, image_dir))
+        _require_two_classes(splits.classnames, dataset_dir, f"listed by {split_path}")
+        return splits
 
-    rng = random.Random(opts.seed)
     if (dataset_dir / "train").is_dir() and (dataset_dir / "test").is_dir():
-        folders = _class_folders(dataset_dir / "train")
-        names = _load_classnames(opts, dataset_dir, folders)
-        train = _read_tree(dataset_dir / "train", folders, names)
-        test = _read_tree(dataset_dir / "test", folders, names)
-        extra = sorted(set(_class_folders(dataset_dir / "test")) - set(folders))
-        if extra:
-            raise DatasetError(f"{dataset_dir / 'test'} has class folders missing from train/: {', '.join(extra)}")
-        if (dataset_dir / "val").is_dir():
-            val = _read_tree(dataset_dir / "val", folders, names)
-        else:
-            train, val = split_trainval(train, p_val=opts.p_val, rng=rng)
+        split, how = _split_from_train_test_folders(opts, dataset_dir)
     else:
-        folders = _class_folders(dataset_dir)
-        if not folders:
-            raise FileNotFoundError(
-                f"dataset 'custom': {dataset_dir} has no {opts.split_file}, no train/ and test/ folders and no class "
-                "folders; put each class's images in its own subfolder"
-            )
-        names = _load_classnames(opts, dataset_dir, folders)
-        train, val, test = _split_per_class(_read_tree(dataset_dir, folders, names), opts.p_val, opts.p_test, rng)
-    if opts.save_split:
-        save_split(train, val, test, split_path, image_dir)
-    return DatasetSplits("custom", train, val, test)
+        split, how = _split_from_class_folders(opts, dataset_dir)
+    message = f"dataset 'custom': no {opts.split_file} in {dataset_dir}, so the split was made from its folders ({how})"
+    save_generated_split(split, split_path, image_dir, message, save=opts.save_split)
+    return DatasetSplits("custom", *split)
+
+
+def _split_from_train_test_folders(opts: CustomDatasetOptions, dataset_dir: Path) -> tuple[SplitTriple, str]:
+    """Layout 2 of :func:`read_custom`, and how the split was made."""
+    folders = _class_folders(dataset_dir / "train")
+    _require_two_classes(folders, dataset_dir, f"class folders in {dataset_dir / 'train'}")
+    names = _load_classnames(opts, dataset_dir, folders)
+    for other in ("val", "test"):
+        given = _class_folders(dataset_dir / other) if (dataset_dir / other).is_dir() else []
+        extra = sorted(set(given) - set(folders))
+        if extra:
+            raise DatasetError(f"{dataset_dir / other} has class folders missing from train/: {', '.join(extra)}")
+    train = _read_tree(dataset_dir / "train", folders, names)
+    test = _read_tree(dataset_dir / "test", folders, names)
+    if (dataset_dir / "val").is_dir():
+        return (train, _read_tree(dataset_dir / "val", folders, names), test), "train/, val/ and test/ as given"
+    train, val = split_trainval(train, p_val=opts.p_val, rng=random.Random(opts.seed))
+    return (train, val, test), f"{opts.p_val:.0%} of each class of train/ held out for val, seed {opts.seed}"
+
+
+def _split_from_class_folders(opts: CustomDatasetOptions, dataset_dir: Path) -> tuple[SplitTriple, str]:
+    """Layout 3 of :func:`read_custom`, and how the split was made."""
+    folders = _class_folders(dataset_dir)
+    if not folders:
+        raise FileNotFoundError(
+            f"dataset 'custom': {dataset_dir} has no {opts.split_file}, no train/ and test/ folders and no class "
+            "folders; put each class's images in its own subfolder"
+        )
+    _require_two_classes(folders, dataset_dir, "class folders")
+    names = _load_classnames(opts, dataset_dir, folders)
+    items = _read_tree(dataset_dir, folders, names)
+    split = _split_per_class(items, opts.p_val, opts.p_test, random.Random(opts.seed))
+    shares = f"{1 - opts.p_val - opts.p_test:.0%}/{opts.p_val:.0%}/{opts.p_test:.0%}"
+    return split, f"{shares} of each class folder into train/val/test, seed {opts.seed}"
 
 
 RECORD = DatasetRecord(name="custom", reader=read_custom)
