@@ -42,6 +42,9 @@ class DAPTWandbLogger(WandbLogger):
         mode = mode or os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(save_dir=save_dir, project=project, name=name, group=group, mode=mode, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            # Passed on as None, it only makes W&B warn that the setting is deprecated.
+            self._wandb_init.pop("anonymous", None)
         self.mode = mode
 
     def set_run_identity(self, name: str, group: str, tags: list[str]) -> None:

@@ -74,7 +74,11 @@ def test_readme_commands_fit_kill_resume_refit_and_test(tmp_path: Path) -> None:
     # The uninterrupted reference, in a folder of its own.
     reference = tmp_path / "reference"
     reference.mkdir()
-    run(fit, reference, data_root)
+    console = run(fit, reference, data_root)
+    # A quiet console: no warning a user cannot act on, and a closing summary.
+    for noise in ("Warning", "💡", "pin_memory", "worker processes", "eval mode", "anonymous"):
+        assert noise not in console.stderr, console.stderr[-3000:]
+    assert f"Run folder: {RUN}" in console.stdout and "checkpoints/last.ckpt" in console.stdout
 
     # The same command, killed inside its second epoch ...
     user = tmp_path / "user"

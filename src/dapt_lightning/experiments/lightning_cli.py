@@ -415,5 +415,15 @@ def trainer_main(argv: list[str]) -> int:
         warnings.filterwarnings(
             "ignore", message=r"LightningCLI's args parameter is intended to run from within Python"
         )
-        cli_main(argv)
+        tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info logs from
+        tips.addFilter(skip_advertisements)
+        try:
+            cli_main(argv)
+        finally:
+            tips.removeFilter(skip_advertisements)
     return 0
+
+
+def skip_advertisements(record: logging.LogRecord) -> bool:
+    """Drop Lightning's product tips from the console: lines nobody needs to act on."""
+    return not str(record.msg).startswith("💡 Tip")
