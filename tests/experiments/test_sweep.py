@@ -1,206 +1,201 @@
-"""`dapt sweep`: planning, printed commands, skipping and resuming runs, and the summary tables."""
+"""`dapt sweep` plans: one folder per run whatever the plan, every variant run, printed commands, sweep-file errors."""
 
 from __future__ import annotations
 
-import csv
-import json
+import itertools
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
-from tiny import REPO, SIZES, TINY_CONFIG, write_subset_dataset
+from tiny import REPO
 
-from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
-from dapt_lightning.experiments.runs import write_metrics
-from dapt_lightning.experiments.sweep import command as sweep_command
-from dapt_lightning.experiments.sweep import load_sweep, plan, summarize, sweep_main
-from dapt_lightning.model.clip import load_clip
+from dapt_lightning.experiments.runs import evaluation_folder, last_checkpoint
+from dapt_lightning.experiments.sweep import load_sweep, plan, sweep_main
+from dapt_lightning.experiments.sweep.results import DG_TARGETS, PAPER_DATASETS
 
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
-
-
-def write_sweeps(tmp_path: Path, root: Path, weights: str) -> tuple[Path, Path]:
-    """A 2 x 2 few-shot sweep (coop, dapt x seeds 1, 2; + zero-shot) with a test-only target, and a base-to-new one."""
-    target = tmp_path / "subset.yaml"
-    target.write_text(yaml.safe_dump({"data": {"dataset": "custom", "dataset_options": write_subset_dataset(root)}}))
-    overrides = {
-        "model.clip_name": "dapt-tiny",  # target configs name only their data
-        "model.pretrained": weights,
-        "data.root": str(root),
-        "data.num_workers": 0,
-        "trainer.max_epochs": 1,
-        "trainer.logger": False,
-        "trainer.enable_progress_bar": False,
-        "embedding_plots.enabled": False,
-    }
-    common = {"shots": [1], "datasets": {"synthetic": str(TINY_CONFIG)}, "overrides": overrides}
-    fewshot = tmp_path / "fewshot.yaml"
-    fewshot.write_text(
-        yaml.safe_dump(
-            {
-                **common,
-                "runs_dir": str(tmp_path / "runs" / "fewshot"),
-                "seeds": [1, 2],
-                "methods": ["zeroshot", "coop", "dapt"],
-                "targets": {"custom": str(target)},
-            }
-        )
-    )
-    base2new = tmp_path / "base2new.yaml"
-    base2new.write_text(
-        yaml.safe_dump(
-            {
-                **common,
-                "runs_dir": str(tmp_path / "runs" / "base2new"),
-                "protocol": "base2new",
-                "seeds": [1],
-                "methods": ["zeroshot", "dapt"],
-            }
-        )
-    )
-    return fewshot, base2new
+CONFIGS = {name: f"configs/{name}.yaml" for name in ("a", "b", "c", "d")}
+VARIANTS = {
+    "inter_only": {"method": "dapt", "overrides": {"model.beta_v": 0.0}},
+    "wide": {"method": "coop_vpt", "overrides": {"model.text_tokens": 4}},
+}
 
 
-def test_plan_layout_and_printed_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    sweep = tmp_path / "s.yaml"
-    sweep.write_text(
-        yaml.safe_dump(
+def write_sweep(tmp_path: Path, **sweep: object) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def generated_sweeps() -> list[dict]:
+    """Plans that used to collide: targets that are also datasets, several sources per target, variants, and both
+    protocols, all into one runs folder."""
+    sweeps = []
+    for datasets, targets, methods, protocol in itertools.product(
+        (["a"], ["a", "b"], ["a", "b", "c"]),
+        ([], ["b"], ["c"], ["b", "c"], ["d"], ["c", "d"]),
+        (["zeroshot", "coop"], ["coop", "inter_only"], ["zeroshot", "dapt", "inter_only", "wide"]),
+        ("fewshot", "base2new"),
+    ):
+        if protocol == "base2new" and targets:
+            continue
+        sweeps.append(
             {
                 "runs_dir": "runs",
-                "datasets": {"oxford_pets": "configs/oxfordpets.yaml"},
-                "shots": [1, 16],
-                "seeds": [1, 2, 3],
-                "methods": ["zeroshot", "coop", "no_inter"],
-                "variants": {"no_inter": {"method": "dapt", "overrides": {"model.beta_t": 0.0}}},
+                "protocol": protocol,
+                "datasets": {name: CONFIGS[name] for name in datasets},
+                "targets": {name: CONFIGS[name] for name in targets},
+                "methods": methods,
+                "variants": VARIANTS,
+                "shots": [1, 4],
+                "seeds": [1, 2],
             }
         )
+    return sweeps
+
+
+def test_every_run_of_every_plan_has_its_own_folder(tmp_path: Path) -> None:
+    owner: dict[Path, list[str]] = {}  # folder -> the command that fills it, across every plan
+    sweeps = generated_sweeps()
+    assert len(sweeps) == 3 * 6 * 3 + 3 * 3
+    for index, sweep in enumerate(sweeps):
+        runs = plan(load_sweep(write_sweep(tmp_path, **sweep)))
+        folders = [step.run_dir for run in runs for step in run.steps]
+        assert len(folders) == len(set(folders)), f"sweep {index} files two steps in one folder"
+        for run in runs:
+            for step in run.steps:
+                assert arg(step.args, "--run.dir") == str(step.run_dir)
+                assert step.run_dir == run.run_dir or run.run_dir in step.run_dir.parents  # a test lives in its run
+                owner.setdefault(step.run_dir, step.args)
+                assert owner[step.run_dir] == step.args, f"{step.run_dir} is a different run in another plan"
+            for step in run.steps[1:]:
+                assert step.kind in ("new", "transfer")
+                if run.method != "zeroshot":  # the prompts tested are this run's, never another's
+                    assert arg(step.args, "--ckpt_path") == str(last_checkpoint(run.run_dir))
+                if step.kind == "transfer":  # where `dapt test --ckpt_path` of this run puts it by default
+                    target = step.run_dir.name
+                    assert step.run_dir == evaluation_folder(run.run_dir, "test", target) and target != run.dataset
+                    assert arg(step.args, "--config") == CONFIGS[target]
+                else:
+                    assert step.run_dir == evaluation_folder(run.run_dir, "test", run.dataset, "new")
+                    assert arg(step.args, "--data.subsample") == "new"
+        # Every (dataset, method, shots, seed) of the grid is run exactly once.
+        expected = {
+            (dataset, label, shots if label != "zeroshot" else 0, seed if label != "zeroshot" else 1)
+            for dataset in sweep["datasets"]
+            for label in [*sweep["methods"], *(v for v in VARIANTS if v not in sweep["methods"])]
+            for shots in sweep["shots"]
+            for seed in sweep["seeds"]
+        }
+        assert sorted((r.dataset, r.label, r.shots, r.seed) for r in runs) == sorted(expected)
+        expected_tests = {(r.dataset, t) for r in runs for t in sweep["targets"] if t != r.dataset}
+        assert {(r.dataset, s.run_dir.name) for r in runs for s in r.steps if s.kind == "transfer"} == expected_tests
+
+
+def test_issue_example_pets_to_eurosat_no_longer_replaces_eurosat(tmp_path: Path) -> None:
+    sweep = write_sweep(
+        tmp_path,
+        runs_dir="runs",
+        datasets={"oxford_pets": "configs/oxfordpets.yaml", "eurosat": "configs/eurosat.yaml"},
+        targets={"eurosat": "configs/eurosat.yaml"},
+        methods=["coop"],
+        shots=[1],
+        seeds=[1],
+    )
+    pets, eurosat = plan(load_sweep(sweep))
+    assert [s.run_dir for s in pets.steps] == [
+        Path("runs/oxford_pets/coop/1shots/seed1"),
+        Path("runs/oxford_pets/coop/1shots/seed1/test/eurosat"),
+    ]
+    assert [s.run_dir for s in eurosat.steps] == [Path("runs/eurosat/coop/1shots/seed1")]  # its own test, no copy
+
+
+def test_variants_all_run_unless_the_file_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sweep = write_sweep(
+        tmp_path,
+        runs_dir=str(tmp_path / "runs"),
+        datasets={"oxford_pets": "configs/oxfordpets.yaml"},
+        methods=["coop", "dapt"],
+        variants={
+            "dapt_inter_only": {"method": "dapt", "overrides": {"model.beta_v": 0.0}},
+            "dapt_intra_only": {"method": "dapt", "overrides": {"model.beta_t": 0.0}},
+            "dapt_lr20": {"method": "dapt", "overrides": {"model.lr": 20}, "skip": "diverges at 16 shots"},
+        },
+        shots=[16],
+        seeds=[1],
+    )
+    runs = plan(load_sweep(sweep))
+    assert [run.label for run in runs] == ["coop", "dapt", "dapt_inter_only", "dapt_intra_only"]
+    assert "--model.beta_v 0.0" in runs[2].command() and "--run.label dapt_inter_only" in runs[2].command()
+    assert sweep_main([str(sweep), "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "not run  variant dapt_lr20: diverges at 16 shots" in out
+    assert "dapt_intra_only 16 shots seed 1" in out and "4 runs: 0 done, 0 running, 0 failed, 4 todo" in out
+
+
+def test_shipped_fewshot_sweep_runs_its_ablations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep("configs/sweeps/fewshot.yaml")
+    runs = plan(sweep)
+    labels = {run.label for run in runs}
+    assert {"dapt_inter_only", "dapt_intra_only"} <= labels
+    # 11 datasets x (zero-shot once + (4 methods + 2 variants) x 5 shot counts x 3 seeds)
+    assert len(runs) == 11 * (1 + 6 * 5 * 3)
+
+
+def test_printed_commands_one_line_per_run_and_index(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sweep = write_sweep(
+        tmp_path,
+        runs_dir="runs",
+        datasets={"oxford_pets": "configs/oxfordpets.yaml"},
+        shots=[1, 16],
+        seeds=[1, 2, 3],
+        methods=["zeroshot", "coop", "no_inter"],
+        variants={"no_inter": {"method": "dapt", "overrides": {"model.beta_t": 0.0}}},
+        targets={"eurosat": {"config": "configs/eurosat.yaml", "overrides": {"data.num_workers": 2}}},
     )
     runs = plan(load_sweep(sweep))
     assert len(runs) == 1 + 2 * 2 * 3  # zero-shot once per dataset
-    assert runs[1].steps[0].run_dir == Path("runs/oxford_pets/coop/1shots/seed1")
     assert sweep_main([str(sweep), "--print-commands"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(runs)
-    assert lines[0].startswith("dapt test --config configs/oxfordpets.yaml") and "zeroshot" in lines[0]
-    assert all(line.startswith("dapt fit --config configs/oxfordpets.yaml") for line in lines[1:])
-    assert "--model.beta_t 0.0" in lines[-1] and "--run.label no_inter" in lines[-1]
-    assert lines[-1].endswith("--ckpt_path last")  # a rerun of a job array resumes
+    assert lines == [run.command() for run in runs]  # line K is run K: `--index K` of a job array runs line K
+    steps = [[shlex.split(part) for part in line.split(" && ")] for line in lines]
+    assert steps[0][0][:4] == ["dapt", "test", "--config", "configs/oxfordpets.yaml"] and "zeroshot" in lines[0]
+    assert all(line_steps[0][:2] == ["dapt", "fit"] for line_steps in steps[1:])
+    assert all(line_steps[0][-2:] == ["--ckpt_path", "last"] for line_steps in steps[1:])  # a rerun resumes
+    last = steps[-1]
+    assert "--model.beta_t" in last[0] and arg(last[0], "--run.label") == "no_inter"
+    assert arg(last[1], "--config") == "configs/eurosat.yaml" and arg(last[1], "--data.num_workers") == "2"
+    assert arg(last[1], "--model.beta_t") == "0.0"  # the variant's settings shape the prompts being tested
     with pytest.raises(SystemExit):
         sweep_main([str(sweep), "--index", str(len(runs))])
-    sweep.write_text(yaml.safe_dump({"datasets": {"x": "x.yaml"}, "methods": ["cocoop"]}))
-    with pytest.raises(ValueError, match="method 'cocoop'"):
-        load_sweep(sweep)
 
 
-def _record(tmp: Path, dataset: str, method: str, shots: int, seed: int, acc: float, **extra: object) -> None:
-    subsample = extra.pop("subsample", "all")
-    trained_on = extra.pop("trained_on", dataset)
-    folder = tmp / dataset / method / f"{shots}shots-{subsample}" / f"seed{seed}"
-    record = {
-        "dataset": dataset,
-        "method": method,
-        "shots": shots,
-        "seed": seed,
-        "subsample": subsample,
-        "trained_on": {"dataset": trained_on} if trained_on else None,
-        "test": {"test/acc": acc},
-    }
-    write_metrics(folder / "metrics.json", record)
-
-
-def test_summary_tables_from_hand_made_records(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    for seed, acc in ((1, 0.80), (2, 0.90)):
-        _record(runs, "oxford_pets", "dapt", 16, seed, acc)
-        _record(runs, "dtd", "dapt", 16, seed, acc - 0.2)
-        _record(runs, "oxford_pets", "dapt", 16, seed, 0.6, subsample="base")
-        _record(runs, "oxford_pets", "dapt", 16, seed, 0.4, subsample="new")
-        _record(runs, "imagenet", "dapt", 16, seed, 0.7)
-        _record(runs, "imagenet_a", "dapt", 16, seed, 0.5, trained_on="imagenet")
-    _record(runs, "oxford_pets", "zeroshot", 0, 1, 0.5, trained_on=None)
-    written = summarize(runs, tmp_path / "results")
-    rows = read_csv(written["fewshot_csv"])
-    pets = next(r for r in rows if r["method"] == "dapt" and r["dataset"] == "oxford_pets")
-    assert float(pets["mean"]) == pytest.approx(85.0) and float(pets["std"]) == pytest.approx(7.0710678, rel=1e-6)
-    assert int(pets["n"]) == 2
-    zero_shot = next(r for r in rows if r["method"] == "zeroshot" and r["dataset"] == "oxford_pets")
-    assert float(zero_shot["mean"]) == pytest.approx(50.0) and zero_shot["shots"] == "16"
-    average = next(r for r in rows if r["method"] == "dapt" and r["dataset"] == "average")
-    assert float(average["mean"]) == pytest.approx((85.0 + 65.0 + 70.0) / 3)
-    markdown = written["fewshot"].read_text()
-    assert "| dapt | 70.00 ± 0.00 | 85.00 ± 7.07 | 65.00 ± 7.07 |" in markdown  # paper order: imagenet, pets, dtd
-
-    b2n = read_csv(written["base2new_csv"])
-    harmonic = next(r for r in b2n if r["dataset"] == "oxford_pets" and r["column"] == "H")
-    assert float(harmonic["mean"]) == pytest.approx(2 * 60 * 40 / 100)
-    dg = written["domain_generalisation"].read_text()
-    assert "| method | imagenet (source) | imagenet_a | Target average |" in dg
-    assert "| dapt | 70.00 ± 0.00 | 50.00 ± 0.00 | 50.00 |" in dg
-    assert "16 shots" in written["ablation"].read_text()
-
-
-@pytest.mark.slow
-def test_tiny_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from safetensors.torch import save_file
-
-    root = tmp_path / "data"
-    write_synthetic_dataset(root / FOLDER, seed=0, image_size=64, sizes=SIZES)
-    clip, _ = load_clip("dapt-tiny", None)
-    weights = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
-    fewshot, base2new = write_sweeps(tmp_path, root, str(weights))
-
-    assert sweep_main([str(fewshot)]) == 0
-    assert sweep_main([str(base2new)]) == 0
-    runs = tmp_path / "runs"
-    dapt_run = runs / "fewshot" / "synthetic" / "dapt" / "1shots" / "seed2"
-    metrics = json.loads((dapt_run / "metrics.json").read_text())
-    assert metrics["kind"] == "fit" and metrics["seed"] == 2 and metrics["shots"] == 1
-    assert (dapt_run / "checkpoints" / "last.ckpt").is_file()
-    target = json.loads((runs / "fewshot" / "custom" / "dapt" / "1shots" / "seed2" / "metrics.json").read_text())
-    assert target["trained_on"]["dataset"] == "synthetic" and target["num_classes"] == 5
-    new = json.loads((runs / "base2new" / "synthetic" / "dapt" / "1shots-new" / "seed1" / "metrics.json").read_text())
-    assert new["subsample"] == "new" and new["trained_on"]["subsample"] == "base" and new["num_classes"] == 18
-
-    # Re-running skips every finished run without starting the CLI.
-    original = sweep_command.cli_main
-
-    def refuse(args: list[str]) -> None:
-        raise AssertionError(f"finished run started again: {args}")
-
-    monkeypatch.setattr(sweep_command, "cli_main", refuse)
-    assert sweep_main([str(fewshot)]) == 0
-    assert "skip finished" in capsys.readouterr().out
-
-    # An interrupted run (checkpoint, no metrics.json) resumes from its last checkpoint.
-    (dapt_run / "metrics.json").unlink()
-    calls: list[list[str]] = []
-
-    def record(args: list[str]) -> object:
-        calls.append(args)
-        return original(args)
-
-    monkeypatch.setattr(sweep_command, "cli_main", record)
-    assert sweep_main([str(fewshot), "--index", "4"]) == 0  # runs: zeroshot, coop s1, coop s2, dapt s1, dapt s2
-    assert len(calls) == 1 and calls[0][:1] == ["fit"] and calls[0][-2:] == ["--ckpt_path", "last"]
-    assert json.loads((dapt_run / "metrics.json").read_text())["epochs"] == metrics["epochs"]
-
-    written = summarize(runs, tmp_path / "results")
-    assert "| dapt |" in written["fewshot"].read_text() and "| coop |" in written["fewshot"].read_text()
-    fewshot_rows = read_csv(written["fewshot_csv"])
-    assert {(r["method"], r["n"]) for r in fewshot_rows if r["dataset"] == "synthetic"} == {
-        ("zeroshot", "1"),
-        ("coop", "2"),
-        ("dapt", "2"),
-    }
-    assert "| dapt |" in written["base2new"].read_text()
-    assert "synthetic (source) | custom" in written["domain_generalisation"].read_text()
-    assert "| dapt |" in written["ablation"].read_text()
-    assert sweep_main(["summarize", "--runs", str(runs), "--out", str(tmp_path / "results2")]) == 0
-    assert (tmp_path / "results2" / "base2new.csv").is_file()
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"methods": ["cocoop"]}, "method 'cocoop' is neither"),
+        ({"shots": [0]}, "'shots' must be a list of integers >= 1"),
+        ({"seeds": [1, 1]}, "'seeds' lists a value twice"),
+        ({"protocol": "b2n"}, "protocol must be 'fewshot' or 'base2new'"),
+        ({"protocol": "base2new", "targets": {"b": "b.yaml"}}, "'targets' needs protocol fewshot"),
+        ({"variants": {"v": {"method": "dapt", "skip": ""}}}, r"variants.v.skip must say why"),
+        ({"variants": {"v": {"method": "dapt", "override": {}}}}, r"variants.v must be \{method"),
+        ({"variants": {"coop": {"method": "dapt"}}}, "shadows the method 'coop'"),
+        ({"targets": {"b": {"path": "b.yaml"}}}, "targets.b must be a config path"),
+        ({"epochs": 3}, "unknown key"),
+    ],
+)
+def test_sweep_file_errors_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    sweep = {"datasets": {"a": "a.yaml"}, "methods": ["coop"], **change}
+    path = write_sweep(tmp_path, **sweep)
+    with pytest.raises(ValueError, match=message) as error:
+        load_sweep(path)
+    assert str(path) in str(error.value)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -212,3 +207,13 @@ def test_shipped_sweeps_parse_and_name_existing_configs(path: Path, monkeypatch:
     configs = {arg for run in runs for step in run.steps for arg in step.args if arg.startswith("configs/")}
     missing = sorted(c for c in configs if not (REPO / c).is_file())
     assert not missing, f"{path.name} names configs that do not exist: {missing}"
+
+
+def test_shipped_transfer_sweeps_cover_the_papers_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    cross = load_sweep("configs/sweeps/cross_dataset.yaml")
+    assert list(cross["datasets"]) == ["imagenet"] and tuple(cross["targets"]) == PAPER_DATASETS[1:]
+    shift = load_sweep("configs/sweeps/domain_generalisation.yaml")
+    assert list(shift["datasets"]) == ["imagenet"] and tuple(shift["targets"]) == DG_TARGETS
+    for sweep in (cross, shift):
+        assert all(len(run.steps) == 1 + len(sweep["targets"]) for run in plan(sweep))  # every run, every target

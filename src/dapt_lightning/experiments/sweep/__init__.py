@@ -1,17 +1,25 @@
-"""Sweeps: ``plan`` (what a sweep file runs), ``command`` (running it), ``tables`` (summarising the results)."""
+"""Sweeps: ``plan`` (what a sweep file runs), ``claims`` (who runs what, each run's status), ``launch`` (running
+runs here, in local workers or on Slurm), ``command`` (``dapt sweep``); ``results`` (what the runs measured),
+``tables`` and ``figures`` (``dapt sweep summarize``)."""
 
-from dapt_lightning.experiments.sweep.command import execute, sweep_main
+from dapt_lightning.experiments.sweep.claims import Status, run_status
+from dapt_lightning.experiments.sweep.command import sweep_main
+from dapt_lightning.experiments.sweep.launch import execute, launch_slurm, run_local
 from dapt_lightning.experiments.sweep.plan import Run, Step, load_sweep, plan
-from dapt_lightning.experiments.sweep.tables import Tables, collect, summarize, summarize_main
+from dapt_lightning.experiments.sweep.tables import Table, collect, summarize, summarize_main
 
 __all__ = [
     "Run",
+    "Status",
     "Step",
-    "Tables",
+    "Table",
     "collect",
     "execute",
+    "launch_slurm",
     "load_sweep",
     "plan",
+    "run_local",
+    "run_status",
     "summarize",
     "summarize_main",
     "sweep_main",

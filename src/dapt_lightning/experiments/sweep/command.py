@@ -1,73 +1,121 @@
-"""``dapt sweep FILE``: run a sweep's plan in this process, one run at a time, or print it for a job array."""
+"""``dapt sweep FILE``: run a sweep (here, in local workers, or on Slurm), list its runs' status, print its commands."""
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
-from dapt_lightning.experiments.lightning_cli import cli_main
-from dapt_lightning.experiments.runs import last_checkpoint
+import yaml
+
 from dapt_lightning.experiments.sweep import plan as sweep_file
-from dapt_lightning.experiments.sweep.plan import Run, load_sweep, plan
+from dapt_lightning.experiments.sweep.claims import STATES, run_status
+from dapt_lightning.experiments.sweep.launch import BUSY, DONE, FAILED, launch_slurm, run_local
+from dapt_lightning.experiments.sweep.plan import Run, load_sweep, plan, skipped_variants
 from dapt_lightning.experiments.sweep.tables import summarize_main
-from dapt_lightning.loggers import finish_wandb_runs
 
 
-def execute(run: Run) -> None:
-    """Run the unfinished steps of ``run`` in this process (resuming a fit from its last checkpoint)."""
-    for step in run.steps:
-        if step.finished:
-            print(f"[sweep] done already: {step.run_dir}", flush=True)
-            continue
-        args = list(step.args)
-        if args[-2:] == ["--ckpt_path", "last"] and not last_checkpoint(step.run_dir).is_file():
-            args = args[:-2]  # nothing to resume: start fresh (Lightning would only warn)
-        print(f"[sweep] dapt {shlex.join(args)}", flush=True)
-        cli = None
-        try:
-            cli = cli_main(args)
-        finally:
-            finish_wandb_runs(getattr(cli, "trainer", None))
-
-
-def sweep_main(argv: list[str]) -> int:
-    """``dapt sweep FILE [--print-commands | --index K | --list]`` and ``dapt sweep summarize``."""
-    if argv and argv[0] == "summarize":
-        return summarize_main(argv[1:])
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dapt sweep", description=sweep_file.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sweep", help="sweep file (configs/sweeps/*.yaml); `dapt sweep summarize -h` for tables")
-    parser.add_argument("--print-commands", action="store_true", help="print one shell line per run (job arrays)")
-    parser.add_argument("--index", type=int, default=None, help="run only run K (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
-    parser.add_argument("--list", action="store_true", help="list the runs with their index and status")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--list", action="store_true", help="list every run: index, status (done/running/failed/todo)")
+    action.add_argument("--print-commands", action="store_true", help="print one shell line per run (job arrays)")
+    action.add_argument("--index", type=int, default=None, help="run only run K (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--workers", type=int, default=1, help="run N runs at once in local processes (default 1)")
+    parser.add_argument(
+        "--launcher", choices=("local", "slurm"), default="local", help="slurm: submit a job array with submitit"
+    )
+    parser.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="submitit parameter for --launcher slurm, repeatable: timeout_min=600, gpus_per_node=1, "
+        "slurm_partition=gpu, slurm_array_parallelism=16, ...",
+    )
+    parser.add_argument("--wait", action="store_true", help="--launcher slurm: wait for the jobs and report them")
+    return parser
+
+
+def _slurm_parameters(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    parameters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--slurm takes KEY=VALUE (e.g. timeout_min=600), got {item!r}")
+        parameters[key] = yaml.safe_load(value)
+    return parameters
+
+
+def list_runs(runs: list[Run], skipped: dict[str, str]) -> None:
+    """Print each run's index, status and folder, the variants not run, and the count per status."""
+    counts: Counter[str] = Counter()
+    width = max((len(run.name) for run in runs), default=0)
+    for index, run in enumerate(runs):
+        status = run_status(run)
+        counts[status.state] += 1
+        detail = f"  {status.detail}" if status.detail else ""
+        print(f"{index:4d}  {status.state:<7}  {run.name:<{width}}  {run.run_dir}{detail}")
+    for name, reason in skipped.items():
+        print(f"      not run  variant {name}: {reason}")
+    print(f"{len(runs)} runs: " + ", ".join(f"{counts[state]} {state}" for state in STATES))
+
+
+def _report(outcomes: dict[str, list[Run]]) -> int:
+    busy = f", {len(outcomes[BUSY])} run by other workers" if outcomes[BUSY] else ""
+    print(f"[sweep] {len(outcomes[DONE])} done, {len(outcomes[FAILED])} failed{busy}", flush=True)
+    for run in outcomes[FAILED]:
+        print(f"[sweep] FAILED: {run.name} (error in {run.run_dir})", file=sys.stderr)
+    return 1 if outcomes[FAILED] else 0
+
+
+def sweep_main(argv: list[str]) -> int:
+    """``dapt sweep FILE [--list | --print-commands | --index K] [--workers N | --launcher slurm]``.
+
+    ``dapt sweep summarize ...`` writes the tables (``tables.py``). Returns 1 when a run failed.
+    """
+    if argv and argv[0] == "summarize":
+        return summarize_main(argv[1:])
+    parser = _parser()
     args = parser.parse_args(argv)
-    runs = plan(load_sweep(args.sweep))
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.launcher != "slurm" and (args.slurm or args.wait):
+        parser.error("--slurm and --wait go with --launcher slurm")
+    if args.launcher == "slurm" and (args.workers > 1 or args.index is not None):
+        parser.error("--launcher slurm runs one job per run: drop --workers and --index")
+    sweep = load_sweep(args.sweep)
+    runs = plan(sweep)
+    skipped = skipped_variants(sweep)
     if args.print_commands:
         for run in runs:
             print(run.command())
         return 0
     if args.list:
-        for index, run in enumerate(runs):
-            status = "done" if run.finished else "todo"
-            print(f"{index:4d}  {status}  {run.dataset} {run.method} {run.shots}shots seed{run.seed}")
+        list_runs(runs, skipped)
         return 0
+    for name, reason in skipped.items():
+        print(f"[sweep] variant {name} is not run: {reason}", flush=True)
     if args.index is not None:
         if not 0 <= args.index < len(runs):
             parser.error(f"--index must be in [0, {len(runs) - 1}], got {args.index}")
-        runs = [runs[args.index]]
-    failed = []
-    for run in runs:
-        if run.finished:
-            print(f"[sweep] skip finished: {run.dataset} {run.method} {run.shots}shots seed{run.seed}", flush=True)
-            continue
-        try:
-            execute(run)
-        except Exception:  # one broken run must not stop a night's sweep; it is reported at the end
-            traceback.print_exc()
-            failed.append(run)
-    for run in failed:
-        print(f"[sweep] FAILED: {run.command()}", file=sys.stderr)
-    return 1 if failed else 0
+        return _report(run_local([runs[args.index]]))
+    pending = [run for run in runs if not run.finished]
+    print(f"[sweep] {len(runs)} runs, {len(runs) - len(pending)} finished already", flush=True)
+    if args.launcher == "slurm":
+        pending = [run for run in pending if run_status(run).state != "running"]
+        if not pending:
+            print("[sweep] nothing to submit", flush=True)
+            return 0
+        folder = Path(sweep["runs_dir"]) / ".submitit"
+        outcomes = launch_slurm(pending, folder, _slurm_parameters(parser, args.slurm), wait=args.wait)
+        if outcomes is None:
+            print(f"[sweep] `dapt sweep {args.sweep} --list` shows their progress", flush=True)
+            return 0
+        return _report(outcomes)
+    return _report(run_local(pending, args.workers))

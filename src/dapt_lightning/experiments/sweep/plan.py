@@ -1,8 +1,8 @@
-"""What a sweep runs: a grid of datasets x shots x seeds x methods, run in-process or printed for a job array.
+"""What a sweep runs: a grid of datasets x shots x seeds x methods (and variants), each run in a folder of its own.
 
 A sweep file (``configs/sweeps/*.yaml``)::
 
-    runs_dir: runs                       # output root: runs/<dataset>/<method>/<shots>shots/seed<seed>/
+    runs_dir: runs                       # output root (layout below)
     protocol: fewshot                    # fewshot (all classes) or base2new (fit on base, test on base and new)
     datasets:                            # layout name -> base config (composed with --config) ...
       oxford_pets: configs/oxfordpets.yaml
@@ -10,17 +10,24 @@ A sweep file (``configs/sweeps/*.yaml``)::
     shots: [1, 2, 4, 8, 16]
     seeds: [1, 2, 3]
     methods: [zeroshot, coop, vpt, coop_vpt, dapt]
-    variants:                            # optional extra "methods": a method plus overrides (ablations)
-      dapt_no_inter: {method: dapt, overrides: {model.beta_t: 0.0}}
-    targets:                             # optional test-only evaluations of every trained checkpoint
+    variants:                            # extra "methods": a method plus overrides (ablations); every one runs
+      dapt_inter_only: {method: dapt, overrides: {model.beta_v: 0.0}}
+      dapt_big_lr: {method: dapt, overrides: {model.lr: 20}, skip: "diverges (NaN) at 16 shots"}   # not run
+    targets:                             # fewshot only: test-only evaluations of every run's prompts
       imagenetv2: configs/imagenetv2.yaml
     overrides:                           # settings for every run, as dotted CLI keys
       trainer.precision: bf16-mixed
 
 Every run is a ``dapt fit --run.dir DIR --run.test_after_fit true`` (zero-shot: ``dapt test``), followed by its
-test-only runs (base-to-new: the new classes; ``targets``: each target dataset) of ``DIR/checkpoints/last.ckpt``.
+test-only runs of ``DIR/checkpoints/last.ckpt``, each in a folder under DIR (where ``dapt test --ckpt_path`` puts
+them by default, ``runs.evaluation_folder``)::
+
+    <runs_dir>/<dataset>/<method or variant>/<shots>shots[-base]/seed<seed>/   (zero-shot: 0shots, first seed)
+        test/<dataset>-new/   base2new: the test on the new classes
+        test/<target>/        the test on each target dataset (a target equal to the dataset is the run's own test)
+
 A run folder with a ``metrics.json`` is finished and skipped; one with only ``last.ckpt`` resumes from it.
-``dapt sweep summarize`` turns every ``metrics.json`` under a folder into the paper's tables.
+``dapt sweep summarize`` turns every ``metrics.json`` under a folder into the papers' tables.
 """
 
 from __future__ import annotations
@@ -32,18 +39,25 @@ from typing import Any
 
 import yaml
 
-from dapt_lightning.experiments.runs import METRICS_FILE, last_checkpoint
+from dapt_lightning.experiments.runs import METRICS_FILE, evaluation_folder, last_checkpoint, run_folder
 from dapt_lightning.methods import METHODS
 
 SWEEP_KEYS = {"runs_dir", "protocol", "datasets", "shots", "seeds", "methods", "variants", "targets", "overrides"}
+VARIANT_KEYS = {"method", "overrides", "skip"}
+PROTOCOLS = ("fewshot", "base2new")
 
 
 @dataclass
 class Step:
-    """One ``dapt`` invocation and the run folder it fills."""
+    """One ``dapt`` invocation and the run folder it fills.
+
+    ``kind`` is ``fit`` (train, then test), ``test`` (zero-shot), ``new`` (base2new: the new classes) or
+    ``transfer`` (another dataset).
+    """
 
     args: list[str]
     run_dir: Path
+    kind: str = "fit"
 
     @property
     def finished(self) -> bool:
@@ -52,17 +66,30 @@ class Step:
 
 @dataclass
 class Run:
-    """One grid point: a fit (or zero-shot test) and the test-only runs of its checkpoint."""
+    """One grid point: a fit (or zero-shot test) and the test-only runs of its prompts, run in that order."""
 
     dataset: str
+    label: str
     method: str
     shots: int
     seed: int
+    subsample: str = "all"
     steps: list[Step] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's folder (its first step's); its test-only runs live below it."""
+        return self.steps[0].run_dir
 
     @property
     def finished(self) -> bool:
         return all(step.finished for step in self.steps)
+
+    @property
+    def name(self) -> str:
+        """``dataset label K shots[ base] seed S``, as ``--list`` and the logs print it."""
+        part = "" if self.subsample == "all" else f" {self.subsample}"
+        return f"{self.dataset} {self.label} {self.shots} shots{part} seed {self.seed}"
 
     def command(self, program: str = "dapt") -> str:
         """The shell line that runs every step in order."""
@@ -78,20 +105,32 @@ def _flags(overrides: dict[str, Any] | None) -> list[str]:
     return flags
 
 
-def _dataset_entry(name: str, entry: Any) -> tuple[str, dict[str, Any]]:
+def _config_entry(path: str | Path, where: str, entry: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(entry, str):
         return entry, {}
-    if isinstance(entry, dict) and "config" in entry:
-        return entry["config"], dict(entry.get("overrides") or {})
+    if isinstance(entry, dict) and isinstance(entry.get("config"), str) and set(entry) <= {"config", "overrides"}:
+        overrides = entry.get("overrides") or {}
+        if isinstance(overrides, dict):
+            return entry["config"], dict(overrides)
     raise ValueError(
-        f"sweep: datasets.{name} must be a config path or {{config: ..., overrides: {{...}}}}, got {entry!r}"
+        f"sweep {path}: {where} must be a config path or {{config: PATH, overrides: {{KEY: VALUE}}}}, got {entry!r}"
     )
 
 
+def _check_list(path: str | Path, sweep: dict[str, Any], key: str, minimum: int) -> None:
+    values = sweep[key]
+    if not isinstance(values, list) or not values or not all(isinstance(v, int) and v >= minimum for v in values):
+        raise ValueError(f"sweep {path}: '{key}' must be a list of integers >= {minimum}, got {values!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"sweep {path}: '{key}' lists a value twice: {values!r}")
+
+
 def load_sweep(path: str | Path) -> dict[str, Any]:
-    """Read and check a sweep file (unknown keys, methods and protocols are errors that name the key)."""
+    """Read and check a sweep file: every error names the file and the key, and says what is allowed."""
     with open(path) as handle:
         sweep = yaml.safe_load(handle) or {}
+    if not isinstance(sweep, dict):
+        raise ValueError(f"sweep {path}: expected a mapping of {', '.join(sorted(SWEEP_KEYS))}")
     unknown = sorted(set(sweep) - SWEEP_KEYS)
     if unknown:
         raise ValueError(f"sweep {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SWEEP_KEYS))}")
@@ -102,75 +141,107 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     sweep.setdefault("protocol", "fewshot")
     sweep.setdefault("shots", [16])
     sweep.setdefault("seeds", [1, 2, 3])
-    if sweep["protocol"] not in ("fewshot", "base2new"):
+    sweep["variants"] = sweep.get("variants") or {}
+    sweep["targets"] = sweep.get("targets") or {}
+    sweep["overrides"] = sweep.get("overrides") or {}
+    if sweep["protocol"] not in PROTOCOLS:
         raise ValueError(f"sweep {path}: protocol must be 'fewshot' or 'base2new', got {sweep['protocol']!r}")
-    variants = sweep.setdefault("variants", {}) or {}
+    if sweep["protocol"] == "base2new" and sweep["targets"]:
+        raise ValueError(
+            f"sweep {path}: 'targets' needs protocol fewshot (transfer uses prompts trained on all classes); "
+            "put the targets in a fewshot sweep"
+        )
+    _check_list(path, sweep, "shots", 1)
+    _check_list(path, sweep, "seeds", 0)
+    for key in ("datasets", "targets", "variants", "overrides"):
+        if not isinstance(sweep[key], dict):
+            raise ValueError(f"sweep {path}: '{key}' must be a mapping, got {sweep[key]!r}")
+    for where in ("datasets", "targets"):
+        for name, entry in sweep[where].items():
+            _config_entry(path, f"{where}.{name}", entry)
+    variants = sweep["variants"]
+    for name, variant in variants.items():
+        if name in METHODS:
+            raise ValueError(f"sweep {path}: variants.{name} shadows the method {name!r}; give the variant a new name")
+        if not isinstance(variant, dict) or variant.get("method") not in METHODS or set(variant) - VARIANT_KEYS:
+            raise ValueError(
+                f"sweep {path}: variants.{name} must be {{method: one of {', '.join(METHODS)}, overrides: {{...}}, "
+                f"skip: 'why it is not run' (optional)}}, got {variant!r}"
+            )
+        if "skip" in variant and not (isinstance(variant["skip"], str) and variant["skip"].strip()):
+            raise ValueError(f"sweep {path}: variants.{name}.skip must say why the variant is not run")
     for name in sweep["methods"]:
         if name not in METHODS and name not in variants:
             raise ValueError(
                 f"sweep {path}: method {name!r} is neither one of {', '.join(METHODS)} nor defined under 'variants'"
             )
-    for name, variant in variants.items():
-        if not isinstance(variant, dict) or variant.get("method") not in METHODS:
-            raise ValueError(f"sweep {path}: variants.{name} needs 'method' (one of {', '.join(METHODS)})")
+    if len(set(sweep["methods"])) != len(sweep["methods"]):
+        raise ValueError(f"sweep {path}: 'methods' lists a method twice: {sweep['methods']!r}")
     return sweep
 
 
-def _run_dir(root: Path, dataset: str, label: str, shots: int, seed: int, subsample: str = "all") -> Path:
-    shots_part = f"{shots}shots" if subsample == "all" else f"{shots}shots-{subsample}"
-    return root / dataset / label / shots_part / f"seed{seed}"
+def skipped_variants(sweep: dict[str, Any]) -> dict[str, str]:
+    """The variants the sweep file defines but does not run, with the reason it gives."""
+    return {name: variant["skip"] for name, variant in sweep["variants"].items() if "skip" in variant}
+
+
+def labels(sweep: dict[str, Any]) -> list[str]:
+    """What runs, in order: the ``methods``, then every variant they do not list, less the skipped ones."""
+    listed = [*sweep["methods"], *(name for name in sweep["variants"] if name not in sweep["methods"])]
+    skipped = skipped_variants(sweep)
+    return [name for name in listed if name not in skipped]
+
+
+def _make_run(sweep: dict[str, Any], dataset: str, label: str, shots: int, seed: int) -> Run:
+    """One run: its fit (zero-shot: its test), then the tests of its prompts (new classes, each target)."""
+    config, dataset_overrides = _config_entry("", dataset, sweep["datasets"][dataset])
+    variant = sweep["variants"].get(label, {})
+    method = variant.get("method", label)
+    base2new = sweep["protocol"] == "base2new"
+    subsample = "base" if base2new else "all"
+    zero_shot = method == "zeroshot"
+    everywhere, variant_flags = _flags(sweep["overrides"]), _flags(variant.get("overrides"))
+    extra = [*everywhere, *_flags(dataset_overrides), *variant_flags]
+    common = ["--seed_everything", str(seed), "--model.method", method, "--run.label", label]
+    if not zero_shot:
+        common += ["--data.num_shots", str(shots)]
+    folder = run_folder(Path(sweep["runs_dir"]), dataset, label, shots, seed, subsample)
+    data = ["--data.subsample", subsample] if base2new else []
+    run = Run(dataset, label, method, shots, seed, subsample)
+    if zero_shot:
+        run.steps.append(
+            Step(["test", "--config", config, *common, *data, "--run.dir", str(folder), *extra], folder, "test")
+        )
+    else:
+        fit = ["fit", "--config", config, *common, *data, "--run.dir", str(folder), "--run.test_after_fit", "true"]
+        run.steps.append(Step([*fit, *extra, "--ckpt_path", "last"], folder, "fit"))
+    prompts = [] if zero_shot else ["--ckpt_path", str(last_checkpoint(folder))]
+    if base2new:
+        new_dir = evaluation_folder(folder, "test", dataset, "new")
+        new = ["test", "--config", config, *common, "--data.subsample", "new", "--run.dir", str(new_dir)]
+        run.steps.append(Step([*new, *extra, *prompts], new_dir, "new"))
+    for target, entry in sweep["targets"].items():
+        if target == dataset:
+            continue  # the run's own test
+        target_config, target_overrides = _config_entry("", target, entry)
+        target_dir = evaluation_folder(folder, "test", target)
+        # The variant's settings shape the prompts the checkpoint holds; the source dataset's do not apply.
+        flags = [*everywhere, *_flags(target_overrides), *variant_flags]
+        test = ["test", "--config", target_config, *common, "--run.dir", str(target_dir)]
+        run.steps.append(Step([*test, *flags, *prompts], target_dir, "transfer"))
+    return run
 
 
 def plan(sweep: dict[str, Any]) -> list[Run]:
-    """Every run of the sweep, in a fixed order (the ``--index`` order)."""
-    root = Path(sweep["runs_dir"])
-    variants = sweep.get("variants") or {}
-    targets = sweep.get("targets") or {}
-    base2new = sweep["protocol"] == "base2new"
-    runs: list[Run] = []
-    for dataset, entry in sweep["datasets"].items():
-        config, dataset_overrides = _dataset_entry(dataset, entry)
-        for label in sweep["methods"]:
-            variant = variants.get(label, {})
-            method = variant.get("method", label)
-            extra = _flags(sweep.get("overrides")) + _flags(dataset_overrides) + _flags(variant.get("overrides"))
-            zero_shot = method == "zeroshot"
+    """Every run of a sweep loaded by :func:`load_sweep`, in a fixed order (the ``--index`` order)."""
+    runs = []
+    for dataset in sweep["datasets"]:
+        for label in labels(sweep):
+            method = sweep["variants"].get(label, {}).get("method", label)
             # Zero-shot CLIP depends on neither shots nor seed: one run per dataset, filed under 0 shots.
-            grid = [(0, sweep["seeds"][0])] if zero_shot else [(k, s) for k in sweep["shots"] for s in sweep["seeds"]]
-            for shots, seed in grid:
-                common = ["--seed_everything", str(seed), "--model.method", method, "--run.label", label]
-                if not zero_shot:
-                    common += ["--data.num_shots", str(shots)]
-                run = Run(dataset, label, shots, seed)
-                subsample = "base" if base2new else "all"
-                run_dir = _run_dir(root, dataset, label, shots, seed, subsample)
-                data = ["--data.subsample", subsample] if base2new else []
-                if zero_shot:
-                    run.steps.append(
-                        Step(["test", "--config", config, *common, *data, "--run.dir", str(run_dir), *extra], run_dir)
-                    )
-                else:
-                    resume = ["--ckpt_path", "last"]
-                    fit = [
-                        "fit",
-                        "--config",
-                        config,
-                        *common,
-                        *data,
-                        "--run.dir",
-                        str(run_dir),
-                        "--run.test_after_fit",
-                        "true",
-                    ]
-                    run.steps.append(Step([*fit, *extra, *resume], run_dir))
-                checkpoint = [] if zero_shot else ["--ckpt_path", str(last_checkpoint(run_dir))]
-                if base2new:
-                    new_dir = _run_dir(root, dataset, label, shots, seed, "new")
-                    test = ["test", "--config", config, *common, "--data.subsample", "new", "--run.dir", str(new_dir)]
-                    run.steps.append(Step([*test, *extra, *checkpoint], new_dir))
-                for target, target_config in targets.items():
-                    target_dir = _run_dir(root, target, label, shots, seed)
-                    test = ["test", "--config", target_config, *common, "--run.dir", str(target_dir)]
-                    run.steps.append(Step([*test, *_flags(sweep.get("overrides")), *checkpoint], target_dir))
-                runs.append(run)
+            if method == "zeroshot":
+                grid = [(0, sweep["seeds"][0])]
+            else:
+                grid = [(shots, seed) for shots in sweep["shots"] for seed in sweep["seeds"]]
+            runs += [_make_run(sweep, dataset, label, shots, seed) for shots, seed in grid]
     return runs

@@ -1,248 +1,334 @@
-"""``dapt sweep summarize``: the paper's tables (mean ± std over seeds) from every run's ``metrics.json``."""
+"""``dapt sweep summarize``: the papers' tables (Markdown, CSV, LaTeX) and the few-shot figure, from ``metrics.json``.
+
+Tables, each written as ``NAME.md``, ``NAME.csv`` (full precision, one row per cell) and ``NAME.tex`` (booktabs):
+
+* ``fewshot``: per shot count, methods x datasets and their average (CoOp's few-shot benchmark);
+* ``base2new``: base / new / harmonic mean, averaged over the datasets, then per dataset (CoCoOp's Table 1);
+* ``cross_dataset``: a source dataset's prompts tested on each target and the target average (CoCoOp's Table 2);
+* ``domain_generalisation``: ImageNet -> ImageNetV2, -Sketch, -A, -R (CoCoOp's Table 3);
+* ``ablation``: which prompts and losses each method or variant uses, and its averages in every protocol.
+
+A cell is the mean over seeds, ``± std`` (sample) only with two or more seeds, and ``(n=K)`` its number of seeds;
+"—" means no run. An average needs every dataset of its table, with the same seeds: otherwise it is left out and a
+note under the table says what is missing. The results come from ``results.py``; the figure from ``figures.py``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
+import csv
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dapt_lightning.data.registry import benchmark_datasets
-from dapt_lightning.experiments.runs import METRICS_FILE, read_metrics
-from dapt_lightning.methods import METHODS
+from dapt_lightning.experiments.sweep.figures import fewshot_figure
+from dapt_lightning.experiments.sweep.results import (
+    COMPONENTS,
+    DG_TARGETS,
+    METHOD_ORDER,
+    PAPER_DATASETS,
+    BaseToNew,
+    Cell,
+    FewShot,
+    Result,
+    average,
+    collect,
+    group_cells,
+    harmonic,
+    order,
+    seeds_text,
+    shot_counts,
+)
 
-PAPER_DATASETS = benchmark_datasets("fewshot")
-DG_TARGETS = benchmark_datasets("domain_shift")
-METHOD_ORDER = tuple(METHODS)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float, int]:
-    count = len(values)
-    mean = sum(values) / count
-    # Sample standard deviation over seeds (0 for a single run).
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (count - 1)) if count > 1 else 0.0
-    return mean, std, count
-
-
-def _order(names: set[str], preferred: tuple[str, ...]) -> list[str]:
-    return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
-
-
-def _cell(stats: tuple[float, float, int] | None) -> str:
-    return "-" if stats is None else f"{stats[0]:.2f} ± {stats[1]:.2f}"
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+MISSING = "—"
+LEGEND = (
+    "Accuracy (%): mean ± sample std over seeds (std only with 2 or more seeds), (n=K) seeds per cell, "
+    f"{MISSING} no run. An average covers every dataset of its table with the same seeds, or is left out."
+)
+CSV_FIELDS = ["table", "section", "method", "column", "mean", "std", "n", "seeds"]
+Value = Cell | str | None
 
 
-def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """Every ``metrics.json`` under ``runs_dir`` with a test accuracy, as records with ``acc`` in percent."""
-    records = []
-    for path in sorted(Path(runs_dir).rglob(METRICS_FILE)):
-        record = read_metrics(path)
-        acc = (record.get("test") or {}).get("test/acc")
-        if acc is None:
-            continue
-        trained_on = record.get("trained_on") or {}
-        record["acc"] = 100.0 * acc
-        record["label"] = record.get("label") or record["method"]
-        record["source"] = trained_on.get("dataset") or record["dataset"]
-        records.append(record)
-    return records
+@dataclass
+class Section:
+    """One table as a paper prints it: a header, rows of (method, values), and notes on what is left out."""
+
+    title: str
+    header: list[str]
+    rows: list[tuple[str, list[Value]]]
+    notes: list[str] = field(default_factory=list)
 
 
-class Tables:
-    """Mean ± std tables from run records, in the layout of the paper's tables."""
+@dataclass
+class Table:
+    """A named table (the file stem) with a title and its sections."""
 
-    def __init__(self, records: list[dict[str, Any]]) -> None:
-        self.records = records
+    name: str
+    title: str
+    sections: list[Section]
 
-    def _group(self, keep: Any) -> dict[tuple, tuple[float, float, int]]:
-        groups: dict[tuple, list[float]] = defaultdict(list)
-        for r in self.records:
-            key = keep(r)
-            if key is not None:
-                groups[key].append(r["acc"])
-        return {k: _mean_std(v) for k, v in groups.items()}
+    def markdown(self) -> str:
+        """The table as Markdown: a heading, the legend, one pipe table per section, notes under each."""
+        parts = [f"## {self.title}\n\n{LEGEND}\n"]
+        for section in self.sections:
+            lines = [f"### {section.title}\n"] if section.title else []
+            lines.append("| " + " | ".join(section.header) + " |")
+            lines.append("|---|" + "|".join(["---:"] * (len(section.header) - 1)) + "|")
+            for label, values in section.rows:
+                lines.append("| " + " | ".join([label, *(_text(v) for v in values)]) + " |")
+            lines += [f"\n{note}" for note in section.notes]
+            parts.append("\n".join(lines) + "\n")
+        if not self.sections:
+            parts.append("No runs for this table.\n")
+        return "\n".join(parts)
 
-    def _trained_shots(self, subsample: str) -> list[int]:
-        return sorted({r["shots"] for r in self.records if r["method"] != "zeroshot" and r["subsample"] == subsample})
+    def latex(self) -> str:
+        """The table as LaTeX (booktabs, amssymb): one ``table`` environment per section."""
+        parts = [f"% {self.title}. {LEGEND}\n% Needs \\usepackage{{booktabs,amssymb}}.\n"]
+        for section in self.sections:
+            caption = _tex(self.title + (f", {section.title}" if section.title else ""))
+            lines = [
+                "\\begin{table}[t]",
+                "\\centering",
+                f"\\caption{{{caption}.}}",
+                "\\begin{tabular}{l" + "r" * (len(section.header) - 1) + "}",
+                "\\toprule",
+                " & ".join(_tex(h) for h in section.header) + " \\\\",
+                "\\midrule",
+            ]
+            for label, values in section.rows:
+                lines.append(" & ".join([_tex(label), *(_tex_value(v) for v in values)]) + " \\\\")
+            lines += ["\\bottomrule", "\\end{tabular}"]
+            lines += [f"\\par\\footnotesize {_tex(note)}" for note in section.notes]
+            lines.append("\\end{table}")
+            parts.append("\n".join(lines) + "\n")
+        if not self.sections:
+            parts.append("% No runs for this table.\n")
+        return "\n".join(parts)
 
-    def fewshot(self) -> tuple[list[dict[str, Any]], str]:
-        """Per shot count: methods x datasets (+ average over datasets) on all classes of each dataset."""
-        stats = self._group(
-            lambda r: (
-                (r["label"], r["dataset"], None if r["method"] == "zeroshot" else r["shots"])
-                if r["subsample"] == "all" and r["source"] == r["dataset"]
-                else None
-            )
+    def csv_rows(self) -> list[dict[str, Any]]:
+        """One row per number in the table, at full precision (text and missing cells are not rows)."""
+        rows = []
+        for section in self.sections:
+            for label, values in section.rows:
+                for column, value in zip(section.header[1:], values, strict=True):
+                    if isinstance(value, Cell):
+                        rows.append(
+                            {
+                                "table": self.name,
+                                "section": section.title,
+                                "method": label,
+                                "column": column,
+                                "mean": value.mean,
+                                "std": "" if value.std is None else value.std,
+                                "n": len(value.seeds),
+                                "seeds": " ".join(map(str, value.seeds)),
+                            }
+                        )
+        return rows
+
+
+def _text(value: Value) -> str:
+    if value is None:
+        return MISSING
+    return value if isinstance(value, str) else value.text()
+
+
+def _tex(text: str) -> str:
+    for char in "\\&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text.replace("±", "$\\pm$").replace(MISSING, "--").replace("->", "$\\to$")
+
+
+def _tex_value(value: Value) -> str:
+    if value is None:
+        return "--"
+    if value == "✓":
+        return "$\\checkmark$"
+    return _tex(value) if isinstance(value, str) else value.text(pm="$\\pm$")
+
+
+def _shots_title(shots: int) -> str:
+    return "zero-shot" if shots == 0 else f"{shots} shots"
+
+
+def _left_out(what: str, reasons: list[str]) -> list[str]:
+    return [f"{what} left out: " + "; ".join(reasons) + "."] if reasons else []
+
+
+def fewshot_table(fewshot: FewShot) -> Table:
+    """Per shot count: methods x datasets and the average over them."""
+    sections = []
+    for shots in fewshot.shots:
+        rows, reasons = [], []
+        for label in fewshot.labels_at(shots):
+            mean, why = fewshot.average(label, shots)
+            reasons += [f"{label} ({why})"] if why else []
+            rows.append((label, [*(fewshot.cell(label, d, shots) for d in fewshot.datasets), mean]))
+        header = ["method", *fewshot.datasets, f"Average ({len(fewshot.datasets)})"]
+        sections.append(Section(_shots_title(shots), header, rows, _left_out("Average", reasons)))
+    return Table("fewshot", "Few-shot accuracy (%)", sections)
+
+
+def base2new_table(b2n: BaseToNew) -> Table:
+    """Base, new and H per method: the average over the datasets first, then each dataset (CoCoOp's layout)."""
+    sections = []
+    header = ["method", "Base", "New", "H"]
+    for shots in b2n.shots:
+        rows, reasons = [], []
+        for label in b2n.labels:
+            base, new, why = b2n.average(label, shots)
+            reasons += [f"{label} ({why})"] if why else []
+            rows.append((label, [base, new, harmonic(base, new)]))
+        title = f"{_shots_title(shots)}, average over {len(b2n.datasets)} datasets"
+        sections.append(Section(title, header, rows, _left_out("Average", reasons)))
+        for dataset in b2n.datasets:
+            rows, reasons = [], []
+            for label in b2n.labels:
+                base, new = (b2n.cell(label, dataset, shots, part) for part in ("base", "new"))
+                h = harmonic(base, new)
+                if base is not None and new is not None and h is None:
+                    reasons.append(f"{label} (base {seeds_text(base.seeds)}, new {seeds_text(new.seeds)})")
+                rows.append((label, [base, new, h]))
+            sections.append(Section(f"{_shots_title(shots)}, {dataset}", header, rows, _left_out("H", reasons)))
+    return Table("base2new", "Base-to-new generalisation, accuracy (%)", sections)
+
+
+def transfer_table(results: list[Result], fewshot: FewShot, domain_shift: bool) -> Table:
+    """A source's prompts on each target (cross-dataset, or ImageNet's domain shifts), the source's own accuracy
+    first and the average over the targets last (CoCoOp's Tables 2 and 3)."""
+    transfers = [r for r in results if r.transfer and (r.registered in DG_TARGETS) == domain_shift]
+    cells = group_cells(transfers, lambda r: (r.label, r.source, r.dataset, r.shots))
+    sections = []
+    for source in order({r.source for r in transfers}, PAPER_DATASETS):
+        mine = [r for r in transfers if r.source == source]
+        targets = order({r.dataset for r in mine}, DG_TARGETS if domain_shift else PAPER_DATASETS)
+        for shots in shot_counts(mine):
+            rows, reasons = [], []
+            for label in order({r.label for r in mine if r.shots in (shots, 0)}, METHOD_ORDER):
+                on = {t: cells.get((label, source, t, shots)) or cells.get((label, source, t, 0)) for t in targets}
+                mean, why = average(on)
+                reasons += [f"{label} ({why})"] if why else []
+                rows.append((label, [fewshot.cell(label, source, shots), *on.values(), mean]))
+            header = ["method", f"{source} (source)", *targets, f"Average ({len(targets)} targets)"]
+            title = f"{source} -> targets, {_shots_title(shots)}"
+            sections.append(Section(title, header, rows, _left_out("Average", reasons)))
+    if domain_shift:
+        return Table("domain_generalisation", "Domain generalisation, accuracy (%)", sections)
+    return Table("cross_dataset", "Cross-dataset transfer, accuracy (%)", sections)
+
+
+def ablation_table(results: list[Result], fewshot: FewShot, b2n: BaseToNew) -> Table:
+    """Each method and variant: the prompts and losses its runs used, and its averages in every protocol."""
+    used: dict[str, set[tuple[bool, ...]]] = defaultdict(set)
+    for result in results:
+        used[result.label].add(result.components)
+    labels = order({*fewshot.labels, *b2n.labels}, METHOD_ORDER)
+    trained = [k for k in fewshot.shots if k]
+    header = ["method", *COMPONENTS, *(f"{k} shots" for k in trained)]
+    header += [f"{part} ({_shots_title(k)})" for k in b2n.shots for part in ("Base", "New", "H")]
+    rows, reasons = [], []
+    for label in labels:
+        flags = used[label]
+        ticks: list[Value] = (
+            ["✓" if on else "" for on in next(iter(flags))] if len(flags) == 1 else ["mixed"] * len(COMPONENTS)
         )
-        rows, text = [], []
-        for shots in self._trained_shots("all"):
-            labels = _order({k[0] for k in stats if k[2] in (shots, None)}, METHOD_ORDER)
-            datasets = _order({k[1] for k in stats if k[2] in (shots, None)}, PAPER_DATASETS)
-            table = []
-            for label in labels:
-                cells = [stats.get((label, d, shots)) or stats.get((label, d, None)) for d in datasets]
-                present = [c[0] for c in cells if c is not None]
-                average = sum(present) / len(present) if present else None
-                table.append([label] + [_cell(c) for c in cells] + [f"{average:.2f}" if average is not None else "-"])
-                for dataset, cell in zip(datasets, cells, strict=True):
-                    if cell is not None:
-                        rows.append(_row("fewshot", shots, label, dataset, "acc", cell))
-                if average is not None:
-                    rows.append(_row("fewshot", shots, label, "average", "acc", (average, 0.0, len(present))))
-            text.append(
-                f"### {shots} shots\n\n" + _markdown(["method", *datasets, f"Average ({len(datasets)})"], table)
-            )
-        return rows, "## Few-shot accuracy (%)\n\n" + "\n".join(text)
-
-    def ablation(self) -> tuple[list[dict[str, Any]], str]:
-        """Methods (and variants) x datasets at the largest shot count."""
-        shots = self._trained_shots("all")
-        if not shots:
-            return [], "## Ablation\n\nNo trained runs.\n"
-        largest = shots[-1]
-        rows, text = self.fewshot()
-        rows = [dict(r, table="ablation") for r in rows if r["shots"] == largest]
-        section = text.split(f"### {largest} shots\n\n", 1)[1].split("\n### ", 1)[0]
-        return rows, f"## Ablation: methods x datasets, {largest} shots, accuracy (%)\n\n{section}"
-
-    def base2new(self) -> tuple[list[dict[str, Any]], str]:
-        """Per dataset: base, new and harmonic-mean accuracy of every method (CoCoOp's layout), plus the average."""
-        stats = self._group(
-            lambda r: (
-                (r["label"], r["dataset"], r["shots"] if r["method"] != "zeroshot" else None, r["subsample"])
-                if r["subsample"] in ("base", "new") and r["source"] == r["dataset"]
-                else None
-            )
-        )
-        rows, text = [], []
-        for shots in self._trained_shots("base"):
-            labels = _order({k[0] for k in stats if k[2] in (shots, None)}, METHOD_ORDER)
-            datasets = _order({k[1] for k in stats if k[2] in (shots, None)}, PAPER_DATASETS)
-            averages: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-            sections = []
-            for dataset in [*datasets, "average"]:
-                table = []
-                for label in labels:
-                    if dataset == "average":
-                        base_values, new_values = averages[label]["base"], averages[label]["new"]
-                        complete = len(base_values) == len(new_values) == len(datasets)
-                        base = (sum(base_values) / len(base_values), 0.0, len(base_values)) if complete else None
-                        new = (sum(new_values) / len(new_values), 0.0, len(new_values)) if complete else None
-                    else:
-                        base = stats.get((label, dataset, shots, "base")) or stats.get((label, dataset, None, "base"))
-                        new = stats.get((label, dataset, shots, "new")) or stats.get((label, dataset, None, "new"))
-                    if base is not None and new is not None:
-                        averages[label]["base"].append(base[0])
-                        averages[label]["new"].append(new[0])
-                    harmonic = 2 * base[0] * new[0] / (base[0] + new[0]) if base and new and base[0] + new[0] else None
-                    table.append([label, _cell(base), _cell(new), "-" if harmonic is None else f"{harmonic:.2f}"])
-                    for column, value in (
-                        ("base", base),
-                        ("new", new),
-                        ("H", (harmonic, 0.0, 1) if harmonic else None),
-                    ):
-                        if value is not None:
-                            rows.append(_row("base2new", shots, label, dataset, column, value))
-                sections.append(f"#### {dataset}\n\n" + _markdown(["method", "Base", "New", "H"], table))
-            text.append(f"### {shots} shots\n\n" + "\n".join(sections))
-        return rows, "## Base-to-new generalisation, accuracy (%)\n\n" + "\n".join(text)
-
-    def domain_generalisation(self) -> tuple[list[dict[str, Any]], str]:
-        """Source dataset and its test-only targets (ImageNet -> V2 / Sketch / A / R), methods as rows."""
-        pairs = {(r["source"], r["dataset"]) for r in self.records if r["source"] != r["dataset"]}
-        rows, text = [], []
-        for source in sorted({s for s, _ in pairs}):
-            targets = _order({t for s, t in pairs if s == source}, DG_TARGETS)
-            stats = self._group(
-                lambda r, source=source, targets=targets: (
-                    (
-                        r["label"],
-                        r["dataset"],
-                        None if r["method"] == "zeroshot" else r["shots"],
-                    )
-                    if r["subsample"] == "all"
-                    and (
-                        (r["dataset"] == source and r["source"] == source)
-                        or (r["dataset"] in targets and (r["source"] == source or r["method"] == "zeroshot"))
-                    )
-                    else None
-                )
-            )
-            shot_counts = sorted({k[2] for k in stats if k[2] is not None and k[1] in targets})
-            for shots in shot_counts:
-                labels = _order({k[0] for k in stats if k[2] in (shots, None)}, METHOD_ORDER)
-                table = []
-                for label in labels:
-                    cells = [stats.get((label, d, shots)) or stats.get((label, d, None)) for d in [source, *targets]]
-                    target_means = [c[0] for c in cells[1:] if c is not None]
-                    average = sum(target_means) / len(target_means) if len(target_means) == len(targets) else None
-                    table.append([label] + [_cell(c) for c in cells] + ["-" if average is None else f"{average:.2f}"])
-                    for dataset, cell in zip([source, *targets], cells, strict=True):
-                        if cell is not None:
-                            rows.append(_row("domain_generalisation", shots, label, dataset, "acc", cell, source))
-                header = ["method", f"{source} (source)", *targets, "Target average"]
-                text.append(f"### {source}, {shots} shots\n\n" + _markdown(header, table))
-        return rows, "## Domain generalisation, accuracy (%)\n\n" + ("\n".join(text) or "No test-only target runs.\n")
+        values: list[Value] = []
+        for shots in trained:
+            mean, why = fewshot.average(label, shots) if label in fewshot.labels else (None, "no few-shot runs")
+            reasons += [f"{label} at {shots} shots ({why})"] if why else []
+            values.append(mean)
+        for shots in b2n.shots:
+            base, new, why = b2n.average(label, shots) if label in b2n.labels else (None, None, "no base2new runs")
+            reasons += [f"{label} base-to-new ({why})"] if why else []
+            values += [base, new, harmonic(base, new)]
+        rows.append((label, [*ticks, *values]))
+    parts = [f"few-shot over {len(fewshot.datasets)} datasets"] if trained else []
+    parts += [f"base-to-new over {len(b2n.datasets)} datasets"] if b2n.shots else []
+    sections = [Section("average accuracy: " + ", ".join(parts), header, rows, _left_out("Average", reasons))]
+    return Table("ablation", "Ablation: prompts, losses and average accuracy (%)", sections if parts else [])
 
 
-def _row(table: str, shots: int, label: str, dataset: str, column: str, stats: tuple, source: str = "") -> dict:
-    mean, std, count = stats
-    return {
-        "table": table,
-        "shots": shots,
-        "method": label,
-        "dataset": dataset,
-        "source": source,
-        "column": column,
-        "mean": mean,
-        "std": std,
-        "n": count,
-    }
+def build_tables(results: list[Result]) -> tuple[list[Table], FewShot]:
+    """Every table of the results, and the few-shot grid the figure is drawn from."""
+    fewshot, b2n = FewShot(results), BaseToNew(results)
+    tables = [
+        fewshot_table(fewshot),
+        base2new_table(b2n),
+        transfer_table(results, fewshot, domain_shift=False),
+        transfer_table(results, fewshot, domain_shift=True),
+        ablation_table(results, fewshot, b2n),
+    ]
+    return tables, fewshot
 
 
-def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``fewshot``, ``ablation``, ``base2new`` and ``domain_generalisation`` as ``.csv`` and ``.md``."""
-    import csv
+def log_to_wandb(tables: list[Table], figure: Path | None, save_dir: Path, project: str) -> None:
+    """Log the figure and every table (as a W&B table of its CSV rows) to a new W&B run named ``summary``.
 
-    tables = Tables(collect(runs_dir))
+    Offline without W&B credentials (``DAPTWandbLogger``); the run's files go under ``save_dir/wandb``.
+    """
+    from dapt_lightning.loggers import DAPTWandbLogger
+
+    logger = DAPTWandbLogger(save_dir=str(save_dir), project=project, name="summary", group="summary")
+    try:
+        if figure is not None:
+            logger.log_image("summary/fewshot", [str(figure)])
+        for table in tables:
+            rows = table.csv_rows()
+            if rows:
+                columns = list(rows[0])
+                data = [[None if value == "" else value for value in r.values()] for r in rows]  # "" is a missing std
+                logger.log_table(f"summary/{table.name}", columns=columns, data=data)
+        logger.finalize("success")
+    finally:
+        logger.experiment.finish()
+
+
+def summarize(runs_dir: str | Path, out_dir: str | Path, wandb_project: str | None = None) -> dict[str, Path]:
+    """Write every table as ``.md``, ``.csv`` and ``.tex``, and the few-shot figure ``fewshot.png``, to ``out_dir``.
+
+    Returns:
+        The written files: ``NAME`` (Markdown), ``NAME_csv``, ``NAME_tex`` for each table, and ``fewshot_png``.
+    """
+    tables, fewshot = build_tables(collect(runs_dir))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name in ("fewshot", "ablation", "base2new", "domain_generalisation"):
-        rows, markdown = getattr(tables, name)()
-        md_path, csv_path = out / f"{name}.md", out / f"{name}.csv"
-        md_path.write_text(markdown)
-        with open(csv_path, "w", newline="") as handle:
-            writer = csv.DictWriter(
-                handle, fieldnames=["table", "shots", "method", "dataset", "source", "column", "mean", "std", "n"]
-            )
+    written: dict[str, Path] = {}
+    for table in tables:
+        written[table.name] = out / f"{table.name}.md"
+        written[table.name].write_text(table.markdown())
+        written[f"{table.name}_tex"] = out / f"{table.name}.tex"
+        written[f"{table.name}_tex"].write_text(table.latex())
+        written[f"{table.name}_csv"] = out / f"{table.name}.csv"
+        with open(written[f"{table.name}_csv"], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
             writer.writeheader()
-            writer.writerows(rows)
-        written[name] = md_path
-        written[f"{name}_csv"] = csv_path
+            writer.writerows(table.csv_rows())
+    figure = fewshot_figure(fewshot, out / "fewshot.png")
+    if figure is not None:
+        written["fewshot_png"] = figure
+    if wandb_project:
+        log_to_wandb(tables, figure, out, wandb_project)
     return written
 
 
 def summarize_main(argv: list[str]) -> int:
-    """``dapt sweep summarize --runs runs --out results``."""
+    """``dapt sweep summarize --runs runs --out results [--wandb PROJECT]``."""
     parser = argparse.ArgumentParser(
-        prog="dapt sweep summarize", description="Mean ± std tables from metrics.json files"
+        prog="dapt sweep summarize", description="The papers' tables and the few-shot figure from metrics.json files"
     )
     parser.add_argument("--runs", default="runs", help="folder searched for metrics.json files (default: runs)")
-    parser.add_argument("--out", default="results", help="where the .csv and .md tables go (default: results)")
+    parser.add_argument("--out", default="results", help="where the tables and the figure go (default: results)")
+    parser.add_argument(
+        "--wandb", metavar="PROJECT", default=None, help="also log the tables and figure to this W&B project"
+    )
     args = parser.parse_args(argv)
-    records = collect(args.runs)
-    if not records:
+    results = collect(args.runs)
+    if not results:
         print(f"dapt sweep summarize: no metrics.json with a test accuracy under {args.runs}", file=sys.stderr)
         return 1
-    written = summarize(args.runs, args.out)
-    print(f"{len(records)} runs -> " + ", ".join(str(p) for p in written.values()))
+    written = summarize(args.runs, args.out, wandb_project=args.wandb)
+    print(f"{len(results)} runs -> {args.out}: " + ", ".join(sorted(p.name for p in written.values())))
     return 0

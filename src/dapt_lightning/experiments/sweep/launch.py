@@ -1,0 +1,197 @@
+"""Running a sweep's runs: one after another in this process, in N local worker processes, or as Slurm jobs.
+
+Whatever runs it, a run goes through :func:`execute`: claim the run (``claims.py``), run its unfinished steps
+in-process (a fit resumes from ``last.ckpt``), keep a failure's error in ``error.txt``, release the claim. A failed
+run never stops the others; the caller turns failures into a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dapt_lightning.experiments.lightning_cli import cli_main
+from dapt_lightning.experiments.runs import last_checkpoint
+from dapt_lightning.experiments.sweep.claims import ERROR_FILE, claimed, write_error
+from dapt_lightning.experiments.sweep.plan import Run, Step
+from dapt_lightning.loggers import finish_wandb_runs
+
+DONE, FAILED, BUSY = "done", "failed", "busy"
+"""What :func:`execute` reports: the run is finished, it failed, or another worker holds it."""
+
+
+class SweepInterrupted(BaseException):  # noqa: N818  (a signal, like KeyboardInterrupt, not an error)
+    """SIGINT or SIGTERM while a run was running (Lightning turns KeyboardInterrupt into ``exit(1)``)."""
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM (Slurm's time limit, ``kill``) raise SweepInterrupted, so the run records why it stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise SweepInterrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _close_wandb(cli: Any) -> None:
+    finish_wandb_runs(getattr(cli, "trainer", None))
+    wandb = sys.modules.get("wandb")
+    if cli is None and wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=1)  # a run that failed before its trainer existed would be reused by the next
+
+
+def _run_step(step: Step) -> None:
+    args = list(step.args)
+    if args[-2:] == ["--ckpt_path", "last"] and not last_checkpoint(step.run_dir).is_file():
+        args = args[:-2]  # nothing to resume: start fresh (Lightning would only warn)
+    print(f"[sweep] dapt {shlex.join(args)}", flush=True)
+    cli = None
+    try:
+        cli = cli_main(args)
+    finally:
+        _close_wandb(cli)
+
+
+def _summary(error: BaseException) -> str:
+    if isinstance(error, SweepInterrupted):
+        return f"interrupted by {error} (a rerun resumes from the last checkpoint)"
+    return "".join(traceback.format_exception_only(type(error), error)).strip().replace("\n", " ")
+
+
+def execute(run: Run) -> str:
+    """Run the unfinished steps of ``run`` in this process, if no other worker holds it.
+
+    Returns:
+        ``done``, ``failed`` (the error is in the run folder's ``error.txt``) or ``busy`` (claimed elsewhere).
+
+    Raises:
+        SweepInterrupted: on SIGINT or SIGTERM, after recording it in ``error.txt``.
+    """
+    if run.finished:
+        print(f"[sweep] done already: {run.name}", flush=True)
+        return DONE
+    with claimed(run.run_dir) as ours:
+        if not ours:
+            print(f"[sweep] another worker runs {run.name}; skipping it", flush=True)
+            return BUSY
+        for step in run.steps:
+            if step.finished:
+                continue
+            try:
+                with _interruptible():
+                    _run_step(step)
+            except (Exception, SystemExit, SweepInterrupted) as error:
+                summary = _summary(error)
+                details = f"step: {step.kind}\ncommand: dapt {shlex.join(step.args)}\n\n"
+                path = write_error(run.run_dir, summary, details + "".join(traceback.format_exception(error)))
+                print(f"[sweep] FAILED {run.name}: {summary}\n  error kept in {path}", file=sys.stderr, flush=True)
+                if isinstance(error, SweepInterrupted):
+                    raise
+                return FAILED
+        (run.run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's error no longer applies
+        return DONE
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_local(runs: list[Run], workers: int = 1) -> dict[str, list[Run]]:
+    """Run ``runs`` here: in this process (``workers`` 1) or in ``workers`` processes at once, sharing the CPUs.
+
+    Returns:
+        The runs by outcome (``done``, ``failed``, ``busy``).
+    """
+    outcomes: dict[str, list[Run]] = {DONE: [], FAILED: [], BUSY: []}
+    if workers <= 1:
+        for run in runs:
+            outcomes[execute(run)].append(run)
+        return outcomes
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    import multiprocessing
+
+    # spawn: a fresh interpreter per worker (forking a process that already ran torch can deadlock its thread pools).
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(threads,))
+    with _interruptible():
+        try:
+            futures = {pool.submit(execute, run): run for run in runs}
+            for count, future in enumerate(as_completed(futures), 1):
+                run = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as error:  # the worker process died (killed, out of memory): its claim is stale
+                    print(f"[sweep] FAILED {run.name}: its worker died ({error!r})", file=sys.stderr, flush=True)
+                    outcome = FAILED
+                outcomes[outcome].append(run)
+                print(f"[sweep] {count}/{len(runs)} {outcome}: {run.name}", flush=True)
+        finally:
+            # On an interrupt, start no further run; the running ones end (or record their own interrupt).
+            pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+def launch_slurm(
+    runs: list[Run],
+    folder: Path,
+    parameters: dict[str, Any],
+    wait: bool = False,
+    cluster: str = "slurm",
+) -> dict[str, list[Run]] | None:
+    """Submit ``runs`` as one Slurm job array through submitit; each job executes one run.
+
+    Args:
+        runs: the runs to submit.
+        folder: where submitit keeps job scripts and logs (``%j`` is the job id).
+        parameters: submitit executor parameters (``timeout_min``, ``gpus_per_node``, ``slurm_partition``, ...).
+        wait: wait for the jobs and return their outcomes; otherwise return None once submitted.
+        cluster: submitit's executor (``slurm``; tests use ``local``, which runs the jobs as local processes).
+    """
+    try:
+        import submitit
+    except ImportError as error:
+        raise RuntimeError(
+            "--launcher slurm needs submitit: pip install 'dapt_lightning[slurm]', or use a job array of "
+            "`dapt sweep FILE --index $SLURM_ARRAY_TASK_ID` (README, Sweeps)"
+        ) from error
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise RuntimeError(
+            "--launcher slurm: no `sbatch` on this machine; submit from a Slurm login node, "
+            "or run the sweep here with --workers N"
+        )
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    executor.update_parameters(**{"name": "dapt-sweep", **parameters})
+    jobs = executor.map_array(execute, runs)
+    print(f"[sweep] submitted {len(jobs)} jobs: {', '.join(job.job_id for job in jobs)} (logs in {folder})", flush=True)
+    if not wait:
+        return None
+    outcomes: dict[str, list[Run]] = {DONE: [], FAILED: [], BUSY: []}
+    for job, run in zip(jobs, runs, strict=True):
+        try:
+            outcome = job.result()
+        except Exception as error:  # the job died before execute() could record it (time limit, node failure)
+            print(f"[sweep] FAILED {run.name}: job {job.job_id} ({error})", file=sys.stderr, flush=True)
+            outcome = FAILED
+        outcomes[outcome].append(run)
+    return outcomes
