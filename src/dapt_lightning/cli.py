@@ -59,6 +59,10 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         status = command.run(argv[1:])
+    except BrokenPipeError:
+        # The reader of our output went away (`dapt sweep FILE --print-commands | head`): nothing more to say.
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit, into the closed pipe
+        raise SystemExit(0) from None
     except USER_ERRORS as error:
         if os.environ.get("DAPT_DEBUG"):
             raise
