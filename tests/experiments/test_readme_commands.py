@@ -76,7 +76,7 @@ def test_readme_commands_fit_kill_resume_refit_and_test(tmp_path: Path) -> None:
     reference.mkdir()
     console = run(fit, reference, data_root)
     # A quiet console: no warning a user cannot act on, and a closing summary.
-    for noise in ("Warning", "💡", "pin_memory", "worker processes", "eval mode", "anonymous"):
+    for noise in ("Warning", "💡", "pin_memory", "worker processes", "in eval mode at the start", "anonymous"):
         assert noise not in console.stderr, console.stderr[-3000:]
     assert f"Run folder: {RUN}" in console.stdout and "checkpoints/last.ckpt" in console.stdout
 

@@ -142,6 +142,8 @@ def test_non_finite_loss_stops_with_the_step_and_term_and_keeps_the_last_checkpo
                 "--model.rbf_t=-1e6",
                 "--ckpt_path",
                 "last",
+                "--run.overwrite",  # the first fit finished: continuing it is a deliberate overwrite
+                "true",
             ]
         )
     message = capsys.readouterr().err

@@ -74,9 +74,15 @@ class DAPTCLI(LightningCLI):
         parser.add_lightning_class_args(PrototypeCallback, "prototypes")
         # A last.ckpt after every training epoch, whatever the validation interval, so a killed run resumes.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        # One checkpoint file per run (last.ckpt) unless more are asked for with --checkpoint.save_top_k.
+        # One checkpoint file per run, written after every training epoch: the latest is kept, named last.ckpt (what
+        # --ckpt_path last finds). More files (best by a metric, every epoch) when --checkpoint.* asks for them.
         parser.set_defaults(
-            {"checkpoint.save_last": True, "checkpoint.save_on_train_epoch_end": True, "checkpoint.save_top_k": 0}
+            {
+                "checkpoint.filename": "last",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": False,
+                "checkpoint.save_on_train_epoch_end": True,
+            }
         )
         parser.add_lightning_class_args(RunInfo, "run_info")
         parser.add_lightning_class_args(DispersionMonitor, "dispersion")
