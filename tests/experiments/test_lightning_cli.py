@@ -30,7 +30,7 @@ def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
     assert fit.datamodule.image_size == 64  # the tiny CLIP's input size, linked when the arguments were parsed
     assert fit.model.has_prototypes
     assert torch.isfinite(fit.trainer.callback_metrics["train/loss_epoch"])
-    checkpoint = Path(fit.trainer.checkpoint_callback.last_model_path)
+    checkpoint = Path(fit.trainer.checkpoint_callback.best_model_path)  # the one kept file, named last.ckpt
     assert checkpoint == tmp_path / "fit" / "checkpoints" / "last.ckpt" and checkpoint.is_file()
 
     logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)]
