@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -81,3 +83,18 @@ def write_subset_dataset(root: Path) -> dict[str, str]:
     subset = {name: [[p, relabel[y], c] for p, y, c in items if y in relabel] for name, items in split.items()}
     (root / FOLDER / "split_zhou_subset.json").write_text(json.dumps(subset))
     return {"path": FOLDER, "split_file": "split_zhou_subset.json"}
+
+
+def kill_inside_second_epoch(process: subprocess.Popen, last: Path, settle: float = 0.3) -> None:
+    """SIGKILL a running ``dapt fit`` once its first epoch is checkpointed at ``last``, ``settle`` seconds into the
+    second: what a crash or a pre-empted cluster job does."""
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if last.exists() and load_checkpoint_file(last)["epoch"] >= 1:
+            break
+        assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else ""
+        time.sleep(0.05)
+    time.sleep(settle)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()

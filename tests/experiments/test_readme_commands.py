@@ -6,18 +6,14 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from fake_datasets import make_fake_dataset
-from tiny import REPO, prompts_of, read_metrics
-
-from dapt_lightning.checkpoint import load_checkpoint_file
+from tiny import REPO, kill_inside_second_epoch, prompts_of, read_metrics
 
 # The only flags the test adds: ViT-B/16 on a real dataset becomes the tiny CLIP on a fake one, and an epoch takes
 # 10 small steps (the fake has 20 training images), so that a run can be killed inside one.
@@ -86,16 +82,7 @@ def test_readme_commands_fit_kill_resume_refit_and_test(tmp_path: Path) -> None:
     argv, env = as_user(fit, data_root)
     process = subprocess.Popen(argv, cwd=user, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = user / RUN / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 180
-    while time.time() < deadline:  # wait until epoch 1 has been checkpointed, then kill inside epoch 2
-        if last.exists() and load_checkpoint_file(last)["epoch"] >= 1:
-            break
-        assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else ""
-        time.sleep(0.05)
-    time.sleep(0.2)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_inside_second_epoch(process, last, settle=0.2)
     assert not (user / RUN / "metrics.json").exists()
 
     # ... is refused as it was written (an unfinished run), and resumed with --ckpt_path last.

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import REPO, TINY_CONFIG, prompts_of, read_test_metrics, run_dapt, tiny_args
+from tiny import REPO, TINY_CONFIG, kill_inside_second_epoch, prompts_of, read_test_metrics, run_dapt, tiny_args
 
 from dapt_lightning.checkpoint import SafeCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
 from dapt_lightning.cli import main
@@ -77,16 +75,7 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result(synthetic_root: Path, t
     command = [sys.executable, "-m", "dapt_lightning.cli", *args]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = killed / "checkpoints/last.ckpt"
-    deadline = time.time() + 180
-    while time.time() < deadline:  # wait until epoch 1 has been checkpointed, then kill inside epoch 2
-        if last.exists() and load_checkpoint_file(last)["epoch"] >= 1:
-            break
-        assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else ""
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_inside_second_epoch(process, last)
     assert not (killed / "metrics.json").exists()
     interrupted_epoch = load_checkpoint_file(last)["epoch"]
     assert interrupted_epoch < 4
