@@ -26,7 +26,7 @@ def text_flops(model, mode: str) -> float:
     width, layers = model.text_tower.width, len(transformer.resblocks)
     mlp = transformer.resblocks[0].mlp.c_fc.out_features
     per_token = 2 * (4 * width * width + 2 * width * mlp)  # q, k, v, out projections and the MLP
-    eot = model.text_prompt.eot_positions.tolist()
+    eot = model.text_prompt.pool_positions.tolist()
     if mode == "full":
         length = model.text_tower.context_length
         tokens, attention = len(eot) * length, len(eot) * 4 * length * length * width

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import open_clip
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MetricCollection
@@ -21,8 +20,9 @@ from dapt_lightning.checkpoint import (
 )
 from dapt_lightning.losses import LossTerms, dapt_loss
 from dapt_lightning.methods import Method, MethodSpec, method_spec
-from dapt_lightning.model.clip import ClipIdentity, load_clip
+from dapt_lightning.model.clip import ClipIdentity, clip_tokenizer, load_clip
 from dapt_lightning.model.compilation import CompileMode
+from dapt_lightning.model.families import config_method_refusal, method_refusal
 from dapt_lightning.model.prompted_clip import PromptedCLIP
 from dapt_lightning.model.shared_prefix import SharedPrefixLayout
 from dapt_lightning.model.text_encoding import TextEncoding
@@ -173,10 +173,10 @@ class DAPTModule(L.LightningModule):
         self.optimisation = OptimisationSettings(lr, momentum, weight_decay, warmup_epochs, warmup_lr)
         self.execution = ExecutionSettings(text_encoding, text_layout, text_checkpointing, compile)
         self.model, self.clip_identity = build_model(
-            classnames, spec, self.clip_settings, self.prompt_settings, self.execution
+            classnames, method, self.clip_settings, self.prompt_settings, self.execution
         )
         # Class prototypes (DAPT's intra-dispersion targets) are saved with the checkpoint.
-        self.register_buffer("prototypes", torch.zeros(len(classnames), _embed_dim(self.model.clip)))
+        self.register_buffer("prototypes", torch.zeros(len(classnames), self.model.text_tower.output_dim))
         self.register_buffer("prototypes_ready", torch.tensor(False))
         # The same fact on the host, so that no step reads the buffer (which would synchronise a GPU).
         self.has_prototypes = False
@@ -420,11 +420,19 @@ class NonFiniteWatch:
 
 
 def build_model(
-    classnames: list[str], spec: MethodSpec, clip: ClipSettings, prompts: PromptSettings, execution: ExecutionSettings
+    classnames: list[str], method: str, clip: ClipSettings, prompts: PromptSettings, execution: ExecutionSettings
 ) -> tuple[PromptedCLIP, ClipIdentity]:
-    """The frozen CLIP (with its own tokenizer) and the method's prompts around it."""
+    """The frozen CLIP (with its own tokenizer) and the method's prompts around it; a method the CLIP's towers
+    cannot serve is refused in one line (``model/families.py``)."""
+    spec = method_spec(method)
+    refusal = config_method_refusal(clip.name, method)
+    if refusal is not None:  # before any weights are read
+        raise ValueError(refusal)
     model, identity = load_clip(clip.name, clip.pretrained, clip.quick_gelu, clip.cache_dir)
-    tokenizer = open_clip.get_tokenizer(clip.name, context_length=_context_length(model))
+    refusal = method_refusal(model, clip.name, method)
+    if refusal is not None:  # an architecture read from a weights file
+        raise ValueError(refusal)
+    tokenizer = clip_tokenizer(clip.name, _context_length(model))
     template = {} if prompts.template is None else {"template": prompts.template}
     prompted = PromptedCLIP(
         model,
@@ -454,10 +462,3 @@ def _read_prototypes_ready(module: DAPTModule, incompatible_keys: Any) -> None:
 def _context_length(clip: torch.nn.Module) -> int:
     text = getattr(clip, "text", clip)
     return int(text.positional_embedding.shape[0])
-
-
-def _embed_dim(clip: torch.nn.Module) -> int:
-    visual = clip.visual
-    if getattr(visual, "proj", None) is not None:
-        return visual.proj.shape[1]
-    return visual.output_dim

@@ -151,7 +151,7 @@ def _assert_towers_trace_whole(model: PromptedCLIP, images: torch.Tensor, layout
         explained = torch._dynamo.explain(model.image_tower.forward)(images, prompts)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     text_prompt = model.text_prompt
-    explained = torch._dynamo.explain(model.text_tower.forward)(text_prompt(None), text_prompt.eot_positions)
+    explained = torch._dynamo.explain(model.text_tower.forward)(text_prompt(None), text_prompt.pool_positions)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     encoder = SharedPrefixTextEncoder(model.text_tower, text_prompt, layout=layout)
     prefix = torch.cat([text_prompt.token_prefix[0], text_prompt.txt_ctx], dim=0)

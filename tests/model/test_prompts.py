@@ -42,7 +42,7 @@ def test_token_layout(tiny_clip: nn.Module) -> None:
 
 def test_eot_position_is_argmax(tiny_clip: nn.Module) -> None:
     learner = TextPromptLearner(TextTower(tiny_clip), CLASSNAMES, num_tokens=16)
-    positions = learner.eot_positions.tolist()
+    positions = learner.pool_positions.tolist()
     assert positions == learner.tokens.argmax(-1).tolist()
     assert positions == [1 + 16 + len(_ids(name)) + 1 for name in ["cat", "american bulldog", "sea or lake"]]
     assert all(learner.tokens[i, p] == EOT for i, p in enumerate(positions))
@@ -82,7 +82,7 @@ def test_init_from_phrase(tiny_clip: nn.Module) -> None:
     torch.testing.assert_close(learner.txt_ctx.detach(), expected, rtol=0, atol=0)
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
     assert torch.equal(learner.tokens[1], tokenizer(["a photo of a american bulldog."])[0])
-    assert learner.eot_positions.tolist() == [
+    assert learner.pool_positions.tolist() == [
         1 + 4 + len(_ids(n)) + 1 for n in ["cat", "american bulldog", "sea or lake"]
     ]
     # Initialised from the phrase, the prompt embeddings equal the embeddings of the real sentence.

@@ -184,7 +184,7 @@ def test_lean_text_blocks_equal_open_clip_transformer(perturbed_clip: nn.Module)
     tower = model.text_tower
     assert tower.causal and tower.lean_blocks
     embeddings = model.text_prompt(None).detach().requires_grad_()
-    eot = model.text_prompt.eot_positions
+    eot = model.text_prompt.pool_positions
     lean = tower(embeddings, eot)
     lean_grad = torch.autograd.grad(lean.square().sum(), embeddings)[0]
     tower.transformer.grad_checkpointing = True  # open_clip's own transformer runs then

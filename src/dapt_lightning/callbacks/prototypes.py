@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -77,7 +78,7 @@ class PrototypeCallback(L.Callback):
                 "augmentation_seed": seed,
                 "clip": module.clip_identity.to_dict(),
                 "transform": self.transform,
-                "image_size": datamodule.image_size,
+                "preprocessing": asdict(datamodule.preprocessing),
             }
         )
 

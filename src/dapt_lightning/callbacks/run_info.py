@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,13 @@ def resolved_settings(trainer: L.Trainer, module: L.LightningModule) -> dict[str
     if datamodule is not None and hasattr(datamodule, "dataset"):
         from dapt_lightning.data.transforms import build_transform
 
-        size = datamodule.image_size
+        preprocessing = datamodule.preprocessing
         settings["data"] = {
             "root": str(datamodule.root),
             "dataset": datamodule.dataset_name,
             "num_classes": len(datamodule.classnames),
-            "image_size": size,
-            "transforms": {name: repr(build_transform(name, size)) for name in ("train", "test")},
+            "preprocessing": asdict(preprocessing),
+            "transforms": {name: repr(build_transform(name, preprocessing)) for name in ("train", "test")},
             "split_sizes": {split: len(getattr(datamodule.splits, split)) for split in ("train", "val", "test")},
         }
     return settings

@@ -13,11 +13,10 @@ from dapt_lightning.data.fewshot import Subsample, fewshot_splits, subsample_cla
 from dapt_lightning.data.image_dataset import ImageListDataset
 from dapt_lightning.data.registry import get_dataset_reader
 from dapt_lightning.data.samplers import EpochShuffleSampler, ShardSampler
-from dapt_lightning.data.transforms import TransformName, build_transform
+from dapt_lightning.data.transforms import ImagePreprocessing, TransformName, build_transform
 from dapt_lightning.data.types import DatasetSplits
 
 DATA_ROOT_ENV = "DAPT_DATA_ROOT"
-DEFAULT_IMAGE_SIZE = 224
 """The input size of the paper's ViT-B/16, for DataModules built without the CLI (which links the CLIP's size)."""
 
 
@@ -56,6 +55,9 @@ class DAPTDataModule(L.LightningDataModule):
         test_batch_size: evaluation batch per device.
         num_workers: DataLoader worker processes per device; None: one per CPU core this process may use, at most 8.
         image_size: input resolution; the `dapt` CLI sets the CLIP's own (224 for ViT-B/16) when not given.
+        image_mean, image_std, interpolation, resize_mode: the CLIP's normalisation, resampling and evaluation
+            resize (``shortest``, ``longest`` or ``squash``); the `dapt` CLI sets the CLIP's own, from its pretrained
+            configuration, when not given; otherwise OpenAI's.
         cache_images: keep the decoded few-shot training images in memory.
         train_crop_scale: area range of the training RandomResizedCrop; (0.08, 1.0) is the official setting.
         dataset_options: extra keyword arguments for the dataset reader (e.g. the ``custom`` dataset's path).
@@ -72,6 +74,10 @@ class DAPTDataModule(L.LightningDataModule):
         test_batch_size: int = 100,
         num_workers: int | None = None,
         image_size: int | None = None,
+        image_mean: tuple[float, float, float] | None = None,
+        image_std: tuple[float, float, float] | None = None,
+        interpolation: str | None = None,
+        resize_mode: str | None = None,
         cache_images: bool = False,
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
         dataset_options: dict[str, Any] | None = None,
@@ -85,7 +91,14 @@ class DAPTDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.test_batch_size = test_batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
-        self.image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+        given = {
+            "size": image_size,
+            "mean": None if image_mean is None else tuple(image_mean),
+            "std": None if image_std is None else tuple(image_std),
+            "interpolation": interpolation,
+            "resize_mode": resize_mode,
+        }
+        self.preprocessing = ImagePreprocessing(**{key: value for key, value in given.items() if value is not None})
         self.cache_images = cache_images
         if not 0 < train_crop_scale[0] <= train_crop_scale[1] <= 1:
             raise ValueError(f"--data.train_crop_scale must be 0 < low <= high <= 1, got {train_crop_scale}")
@@ -111,6 +124,10 @@ class DAPTDataModule(L.LightningDataModule):
             )
 
     @property
+    def image_size(self) -> int:
+        return self.preprocessing.size
+
+    @property
     def classnames(self) -> list[str]:
         """Class names indexed by label (linked to the model's ``classnames`` by the CLI)."""
         return list(self.splits.classnames)
@@ -123,7 +140,7 @@ class DAPTDataModule(L.LightningDataModule):
         transform = transform or ("train" if split == "train" else "test")
         return ImageListDataset(
             items,
-            build_transform(transform, self.image_size, self.train_crop_scale),
+            build_transform(transform, self.preprocessing, self.train_crop_scale),
             self.dataset_name,
             cache_decoded=self.cache_images and split == "train",
             augment_seed=self.seed if split == "train" else None,

@@ -18,7 +18,7 @@ from dapt_lightning.callbacks.features import image_features, subset
 from dapt_lightning.checkpoint import load_checkpoint_file
 from dapt_lightning.data.datamodule import DAPTDataModule
 from dapt_lightning.data.registry import dataset_template
-from dapt_lightning.model.clip import clip_image_size
+from dapt_lightning.model.clip import fill_clip_preprocessing
 from dapt_lightning.module import DAPTModule
 
 __all__ = [
@@ -54,9 +54,8 @@ def load_checkpoint(
         k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")
     }
     data_args.update(data_overrides or {})
-    if data_args.get("image_size") is None:  # as the CLI: the data follows the CLIP's input size
-        trained = checkpoint.get("hyper_parameters") or {}
-        data_args["image_size"] = clip_image_size(trained.get("clip_name", "ViT-B-16"), trained.get("pretrained"))
+    trained = checkpoint.get("hyper_parameters") or {}  # as the CLI: the data follows the CLIP's preprocessing
+    fill_clip_preprocessing(data_args, trained.get("clip_name", "ViT-B-16"), trained.get("pretrained"))
     datamodule = DAPTDataModule(**data_args)
     module = DAPTModule.load_from_checkpoint(str(path), map_location="cpu", classnames=datamodule.classnames)
     module.eval().to(device)

@@ -46,7 +46,7 @@ from dapt_lightning.experiments.runs import (
     write_metrics,
 )
 from dapt_lightning.methods import method_spec
-from dapt_lightning.model.clip import clip_image_size
+from dapt_lightning.model.clip import fill_clip_preprocessing
 from dapt_lightning.module import DAPTModule
 from dapt_lightning.schedule import official_max_epochs
 from dapt_lightning.storage import ensure_writable_dir
@@ -221,9 +221,7 @@ def derive_protocol_settings(config: Any) -> None:
         config.trainer.max_epochs = official_max_epochs(config.data.dataset, config.data.num_shots)
     if config.model.get("template") is None and config.model.method == "zeroshot":
         config.model.template = dataset_template(config.data.dataset)
-    if config.data.get("image_size") is None:
-        # The CLIP's input size, from its architecture's config: the data follows the model.
-        config.data.image_size = clip_image_size(config.model.clip_name, config.model.pretrained)
+    fill_clip_preprocessing(config.data, config.model.clip_name, config.model.pretrained)
 
 
 def check_checkpoint_request(config: Any, subcommand: str | None) -> None:

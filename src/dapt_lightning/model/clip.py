@@ -8,11 +8,11 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import open_clip
 import torch
@@ -345,7 +345,7 @@ def _follows_openai_rules(name: str) -> bool:
 def _fits(name: str, tensors: Mapping[str, torch.Tensor]) -> bool:
     """Whether ``tensors`` have exactly the names and shapes of architecture ``name``'s state dict."""
     try:
-        with _no_random_init_notice(), torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        with quiet_random_init(), torch.device("meta"):  # shapes only: nothing is allocated or initialised
             expected = open_clip.create_model(name, device="meta").state_dict()
     except Exception:  # towers from timm or Hugging Face may not build on the meta device; those are no fit
         return False
@@ -367,7 +367,7 @@ def _is_openai_architecture(name: str, weights: WeightsFile) -> bool:
 
 
 @contextmanager
-def _no_random_init_notice() -> Iterator[None]:
+def quiet_random_init() -> Iterator[None]:
     """Drop open_clip's "Model initialized randomly" line while building a model whose weights are loaded next.
 
     open_clip logs it whenever ``create_model`` itself loads nothing; here it would be false.
@@ -406,7 +406,7 @@ def _build_openai(weights: WeightsFile, quick_gelu: bool) -> nn.Module:
 
 
 def _build_open_clip(name: str, weights: WeightsFile, quick_gelu: bool) -> nn.Module:
-    with _no_random_init_notice():
+    with quiet_random_init():
         model = open_clip.create_model(name, pretrained=None, **_activation_kwargs(quick_gelu))
     tensors = weights.tensors
     if "positional_embedding" in tensors and not hasattr(model, "positional_embedding"):
@@ -523,3 +523,59 @@ def load_clip(
     model = model.float().eval()
     model.requires_grad_(False)
     return model, ClipIdentity(name, pretrained, use_quick_gelu, state_dict_sha256(model), source)
+
+
+def clip_tokenizer(name: str, context_length: int) -> Callable[[list[str]], torch.Tensor]:
+    """The tokenizer open_clip pairs with architecture ``name`` (CLIP's BPE, or a Hugging Face tokenizer).
+
+    Raises:
+        ClipLoadError: a Hugging Face tokenizer that cannot be loaded here, saying what it needs.
+    """
+    try:
+        return open_clip.get_tokenizer(name, context_length=context_length)
+    except Exception as error:  # ImportError without transformers; OSError and others when offline
+        hf_name = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name", "?")
+        raise ClipLoadError(
+            f"--model.clip_name {name}: its tokenizer is the Hugging Face tokenizer {hf_name}, which could not be "
+            f"loaded ({_first_line(error)}). Install transformers (pip install transformers) and run once with "
+            "network access; it is cached for later offline runs."
+        ) from error
+
+
+def clip_preprocessing(name: str, pretrained: str | None = None) -> dict[str, Any]:
+    """How images become ``name``'s input, as open_clip sets it up: image size, mean, std, interpolation, resize
+    mode and fill colour (the fields of open_clip's ``PreprocessCfg``).
+
+    open_clip's defaults (OpenAI's normalisation, bicubic, resize the shortest side), updated by the pretrained
+    tag's configuration (SigLIP's tags: mean and std 0.5, squash), with the size of the image tower. A weights file
+    carries no such configuration: it gets the defaults, which are OpenAI's.
+    """
+    config = asdict(open_clip.transform.PreprocessCfg())
+    is_file = pretrained is not None and Path(pretrained).expanduser().is_file()
+    if pretrained and not is_file and pretrained in open_clip.list_pretrained_tags_by_model(name):
+        config = open_clip.transform.merge_preprocess_dict(config, open_clip.get_pretrained_cfg(name, pretrained))
+    config["size"] = clip_image_size(name, pretrained)
+    config["mean"], config["std"] = tuple(config["mean"]), tuple(config["std"])
+    config.pop("mode", None)
+    return config
+
+
+# The DataModule's flags for clip_preprocessing's fields.
+_PREPROCESSING_FLAGS = {
+    "image_size": "size",
+    "image_mean": "mean",
+    "image_std": "std",
+    "interpolation": "interpolation",
+    "resize_mode": "resize_mode",
+}
+
+
+def fill_clip_preprocessing(data_args: MutableMapping[str, Any], name: str, pretrained: str | None) -> None:
+    """Set every preprocessing flag of the DataModule's arguments left unset (None) to the CLIP's own: the data
+    follows the model (:func:`clip_preprocessing`). A flag given explicitly is kept."""
+    if all(data_args.get(flag) is not None for flag in _PREPROCESSING_FLAGS):
+        return
+    preprocessing = clip_preprocessing(name, pretrained)
+    for flag, key in _PREPROCESSING_FLAGS.items():
+        if data_args.get(flag) is None:
+            data_args[flag] = preprocessing[key]

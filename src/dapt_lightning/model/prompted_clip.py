@@ -66,6 +66,8 @@ class PromptedCLIP(nn.Module):
         self.clip = clip
         self.image_tower = ImageTower(clip)
         self.text_tower = TextTower(clip, tokenizer)
+        if visual_prompts and self.image_tower.prompt_refusal is not None:
+            raise ValueError(f"visual prompts are not possible: this CLIP's {self.image_tower.prompt_refusal}")
         self.classnames = list(classnames)
         self.template = template
         self.compile_mode = compile

@@ -343,4 +343,6 @@ def shared_prefix_unsupported(text_tower: TextTower, text_prompt: TextPromptLear
         return "the context is class-specific, so the prefix differs between classes"
     if not text_tower.causal:
         return "the text transformer's attention mask is not the standard causal mask"
+    if text_tower.pool_type != "argmax":
+        return f"the text tower pools with {text_tower.pool_type!r}, not at the highest token id"
     return unsupported_block_reason(text_tower.transformer)

@@ -4,10 +4,11 @@ Every strategy returns the same unnormalised class text features ``[C, D]`` (up 
 
 * ``full``: every prompt at the tower's whole context length (77 tokens), the official computation;
 * ``truncated``: every prompt cut after the longest end-of-text token (exact: the mask is causal, so later tokens
-  cannot reach an end-of-text row);
+  cannot reach an end-of-text row); only for causal towers that pool at the end of text;
 * ``shared_prefix``: the class-shared SOT + context computed once, then each class's own tokens
   (``model/shared_prefix.py``); needs a learned, class-shared context;
-* ``auto``: ``shared_prefix`` where possible, else ``truncated``.
+* ``auto``: ``shared_prefix`` where possible, else ``truncated``, else ``full`` (bidirectional towers such as
+  SigLIP's, or pooling at a fixed position: every token can change the pooled one).
 
 A strategy owns what makes it fast and what that costs: its compilation, its activation checkpointing, and cloning
 its outputs where compiled code replays CUDA graphs. Callers only call it.
@@ -15,6 +16,7 @@ its outputs where compiled code replays CUDA graphs. Callers only call it.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal, Protocol
 
 import torch
@@ -24,6 +26,8 @@ from dapt_lightning.model.compilation import CompileMode, compile_module, may_us
 from dapt_lightning.model.prompts import TextPromptLearner
 from dapt_lightning.model.shared_prefix import SharedPrefixLayout, SharedPrefixTextEncoder, shared_prefix_unsupported
 from dapt_lightning.model.towers import TextTower
+
+log = logging.getLogger(__name__)
 
 TextEncoding = Literal["full", "truncated", "shared_prefix", "auto"]
 TEXT_ENCODINGS: tuple[str, ...] = ("full", "truncated", "shared_prefix", "auto")
@@ -49,13 +53,10 @@ class FixedTextPrompts(nn.Module):
     def __init__(self, text_tower: TextTower, classnames: list[str], template: str) -> None:
         super().__init__()
         texts = [template.format(name.replace("_", " ")) for name in classnames]
-        self.register_buffer("tokens", text_tower.tokenize(texts), persistent=False)
+        tokens = text_tower.tokenize(texts)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("pool_positions", text_tower.pool_positions(tokens), persistent=False)
         self._embed = text_tower.embed_tokens  # a bound method: not registered, so no state_dict entries
-
-    @property
-    def eot_positions(self) -> torch.Tensor:
-        """Index of the end-of-text token (the largest id) in each class's sequence."""
-        return self.tokens.argmax(dim=-1)
 
     def forward(self, length: int | None = None) -> torch.Tensor:
         """Token embeddings ``[C, length, width]`` of the prompts (None: the whole context)."""
@@ -88,14 +89,14 @@ class TokenTextEncoder:
         self.tower = text_tower
         self.prompts = prompts
         # Fixed by the token ids, known now: reading them later would synchronise a GPU at every call.
-        self.length = int(prompts.tokens.argmax(-1).max()) + 1 if truncate else None
+        self.length = int(prompts.pool_positions.max()) + 1 if truncate else None
         self.checkpointing = checkpointing
         compile_module(text_tower, compile_mode)
         # CUDA-graph replays reuse their output memory: features that outlive the call are cloned (they are small).
         self._clone_outputs = may_use_cuda_graphs(compile_mode)
 
     def __call__(self) -> torch.Tensor:
-        features = self.tower(self.prompts(self.length), self.prompts.eot_positions, self.checkpointing)
+        features = self.tower(self.prompts(self.length), self.prompts.pool_positions, self.checkpointing)
         return features.clone() if self._clone_outputs else features
 
 
@@ -103,7 +104,16 @@ def resolve_text_encoding(mode: str, text_tower: TextTower, prompts: ClassPrompt
     """Turn ``auto`` into the fastest exact strategy and check that an explicit ``shared_prefix`` is possible."""
     if mode not in TEXT_ENCODINGS:
         raise ValueError(f"--model.text_encoding must be one of {', '.join(TEXT_ENCODINGS)}; got {mode!r}")
-    if mode not in ("auto", "shared_prefix"):
+    if mode == "full":
+        return mode
+    if not text_tower.pools_at_end_of_text:
+        if mode == "auto":
+            _announce_full_path(text_tower)
+            return "full"
+        raise ValueError(
+            f"--model.text_encoding {mode} is not possible: {_why_full(text_tower)}. Use 'auto' or 'full'."
+        )
+    if mode == "truncated":
         return mode
     reason = shared_prefix_unsupported(text_tower, prompts)
     if reason is None:
@@ -111,6 +121,23 @@ def resolve_text_encoding(mode: str, text_tower: TextTower, prompts: ClassPrompt
     if mode == "auto":
         return "truncated"
     raise ValueError(f"--model.text_encoding shared_prefix is not possible: {reason}. Use 'auto' or 'truncated'.")
+
+
+def _why_full(text_tower: TextTower) -> str:
+    if not text_tower.causal:
+        return "this CLIP's text tower is bidirectional, so every token reaches the pooled one"
+    return f"this CLIP's text tower pools at a fixed position ({text_tower.pool_type!r}), after every token"
+
+
+_announced: set[str] = set()
+
+
+def _announce_full_path(text_tower: TextTower) -> None:
+    """Say once per process why the text features take the full path (a choice the user did not make)."""
+    reason = _why_full(text_tower)
+    if reason not in _announced:
+        _announced.add(reason)
+        log.info("text features: the full %d-token path (%s)", text_tower.context_length, reason)
 
 
 def build_text_encoder(

@@ -1,7 +1,7 @@
 """Thin views onto open_clip's text and image towers that expose the steps prompt tuning needs.
 
-They hold references to the frozen CLIP modules (no copies) and re-run open_clip's own sub-modules, so any
-open_clip model with the standard CLIP text transformer (causal mask, EOT pooling) and a ViT image tower works.
+They hold references to the frozen CLIP modules (no copies) and re-run open_clip's (and timm's) own sub-modules.
+Which towers they serve, and how, is in ``model/families.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dapt_lightning.model.blocks import (
     is_causal_mask,
     unsupported_block_reason,
 )
+from dapt_lightning.model.families import ImageFamily, image_tower_family, text_tower_refusal, visual_prompt_refusal
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 """Texts -> token ids ``[N, context_length]`` (open_clip's tokenizers)."""
@@ -27,6 +28,9 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 
 class TextTower(nn.Module):
     """The text transformer of a CLIP, fed with token embeddings instead of token ids, and its tokenizer.
+
+    Any open_clip ``TextTransformer`` (``model/families.py``): causal or bidirectional, pooled where the tower pools
+    (the end-of-text token for ``argmax``/``eos``, a fixed position for ``first``/``last``).
 
     Args:
         clip: an open_clip CLIP model.
@@ -36,28 +40,39 @@ class TextTower(nn.Module):
 
     def __init__(self, clip: nn.Module, tokenizer: Tokenizer | None = None) -> None:
         super().__init__()
+        refusal = text_tower_refusal(clip)
+        if refusal is not None:
+            raise ValueError(f"this CLIP cannot be prompted: {refusal}")
         text = getattr(clip, "text", clip)  # CustomTextCLIP keeps the tower under .text; CLIP keeps it inline
-        for attribute in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
-            if not hasattr(text, attribute):
-                raise ValueError(
-                    f"this CLIP's text tower has no {attribute!r}: only models with the standard CLIP text "
-                    "transformer (e.g. ViT-B-16, ViT-L-14) support text prompts; set --model.text_prompts false"
-                )
-        if (
-            getattr(text, "cls_emb", None) is not None
-            or getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax")) != "argmax"
-        ):
-            raise ValueError("this CLIP's text tower does not pool at the EOT token; CoOp prompts need one that does")
         self.token_embedding = text.token_embedding
         self.positional_embedding = text.positional_embedding
         self.transformer = text.transformer
         self.ln_final = text.ln_final
         self.text_projection = text.text_projection
-        self.register_buffer("attn_mask", text.attn_mask, persistent=False)
+        self.register_buffer("attn_mask", text.attn_mask, persistent=False)  # None: bidirectional
         # Checked once here: reading the mask on a GPU would synchronise every step.
-        self.causal = is_causal_mask(text.attn_mask)
+        self.causal = text.attn_mask is not None and is_causal_mask(text.attn_mask)
+        # CLIP keeps the pooling rule as text_pool_type/text_eos_id, TextTransformer as pool_type/eos_id.
+        self.pool_type: str = getattr(text, "text_pool_type", None) or text.pool_type
+        self.eos_id: int | None = getattr(text, "text_eos_id", getattr(text, "eos_id", None))
         self.tokenizer = tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
         self.casts = CastCache()
+
+    @property
+    def pools_at_end_of_text(self) -> bool:
+        """Whether the features are read at each prompt's end-of-text token behind a causal mask: then no later
+        token can change them, and prompts may be cut after it (the fast text paths)."""
+        return self.causal and self.pool_type in ("argmax", "eos")
+
+    def pool_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Where the tower reads each prompt's features from, given its token ids ``[N, L]`` (as open_clip's
+        ``text_global_pool``): the highest id (``argmax``), the first ``eos_id`` (``eos``), or position 0 / L-1."""
+        if self.pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (tokens == self.eos_id).int().argmax(dim=-1)
+        position = 0 if self.pool_type == "first" else tokens.shape[-1] - 1
+        return torch.full(tokens.shape[:1], position, dtype=torch.long, device=tokens.device)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids ``[N, context_length]`` of ``texts``, with this CLIP's tokenizer."""
@@ -79,8 +94,19 @@ class TextTower(nn.Module):
         """Frozen token embeddings ``[N, L, width]`` of token ids ``[N, L]``."""
         return self.token_embedding(tokens)
 
+    @property
+    def output_dim(self) -> int:
+        """The joint embedding width (the text projection's output)."""
+        if self.text_projection is None:
+            return self.width
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection.out_features
+        return self.text_projection.shape[1]
+
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Map pooled hidden states to the joint embedding space."""
+        if self.text_projection is None:
+            return pooled
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(pooled)
         return pooled @ self.text_projection
@@ -97,13 +123,13 @@ class TextTower(nn.Module):
         )
 
     def forward(
-        self, embeddings: torch.Tensor, eot_positions: torch.Tensor, checkpointing: bool = False
+        self, embeddings: torch.Tensor, pool_positions: torch.Tensor, checkpointing: bool = False
     ) -> torch.Tensor:
-        """Unnormalised text features from prompt embeddings ``[N, L, width]``, pooled at ``eot_positions``.
+        """Unnormalised text features from prompt embeddings ``[N, L, width]``, pooled at ``pool_positions``.
 
-        ``L`` may be shorter than the context length: the mask is causal, so positions after the EOT cannot
-        change the EOT row. ``checkpointing`` recomputes each block in the backward pass instead of storing its
-        activations.
+        ``L`` may be shorter than the context length only where :attr:`pools_at_end_of_text`: then positions
+        after the end of text cannot change its row. ``checkpointing`` recomputes each block in the backward pass
+        instead of storing its activations.
         """
         batch, length, width = embeddings.shape
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
@@ -122,32 +148,40 @@ class TextTower(nn.Module):
                 x = checkpoint(self.transformer, x, attn_mask=mask, use_reentrant=False)
             else:
                 x = self.transformer(x, attn_mask=mask)
-        # LayerNorm is per token: normalising only the pooled EOT rows is the same.
-        pooled = self.ln_final(x[torch.arange(batch, device=x.device), eot_positions])
+        # LayerNorm is per token: normalising only the pooled rows is the same.
+        pooled = self.ln_final(x[torch.arange(batch, device=x.device), pool_positions])
         return self.project(pooled)
 
 
 class ImageTower(nn.Module):
-    """The ViT image tower of a CLIP with an optional hook that inserts visual prompt tokens after ``ln_pre``."""
+    """The image tower of a CLIP, with visual prompt tokens where its family takes them (``model/families.py``).
+
+    Prompts go after the tower's prefix tokens (the class token, and timm's register tokens; first when there are
+    none), without positional embedding, before the first block (VPT-shallow). They act through attention only: the
+    pooling (class token, average or attention pool) reads the same tokens it reads without prompts.
+    """
 
     def __init__(self, clip: nn.Module) -> None:
         super().__init__()
-        visual = clip.visual
-        for attribute in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post"):
-            if not hasattr(visual, attribute):
-                raise ValueError(
-                    f"this CLIP's image tower has no {attribute!r}: visual prompts need a ViT image tower; "
-                    "set --model.visual_prompts false or choose a ViT model"
-                )
-        self.visual = visual
+        self.visual = clip.visual
+        self.family: ImageFamily = image_tower_family(self.visual)
         self.casts = CastCache()
 
     @property
+    def prompt_refusal(self) -> str | None:
+        """Why this tower takes no visual prompts, or None when it does."""
+        return visual_prompt_refusal(self.visual)
+
+    @property
     def width(self) -> int:
+        if self.family == "timm-vit":
+            return self.visual.trunk.embed_dim
         return self.visual.conv1.weight.shape[0]
 
     @property
     def patch_size(self) -> tuple[int, int]:
+        if self.family == "timm-vit":
+            return tuple(self.visual.trunk.patch_embed.patch_size)
         return tuple(self.visual.conv1.weight.shape[-2:])
 
     @property
@@ -166,7 +200,8 @@ class ImageTower(nn.Module):
         savings, see ``forward``); otherwise open_clip's own transformer runs."""
         visual = self.visual
         return (
-            unsupported_block_reason(visual.transformer, "image") is None
+            self.family == "vit"
+            and unsupported_block_reason(visual.transformer, "image") is None
             and getattr(visual.transformer, "batch_first", False)
             and not visual.transformer.grad_checkpointing
             and getattr(visual, "attn_pool", None) is None
@@ -176,19 +211,25 @@ class ImageTower(nn.Module):
         )
 
     def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised image features; ``prompts`` ``[P, width]`` go between CLS and the patches.
+        """Unnormalised image features; ``prompts`` ``[P, width]`` go after the prefix tokens.
 
-        Only the class token's output is pooled, so the last block computes attention and MLP for that one query
+        Where only the class token's output is pooled, the last block computes attention and MLP for that one query
         (attending to every token) instead of for all of them: the same features with ~1/depth less compute. The
         other blocks run lean, with fewer operators than open_clip's ``nn.MultiheadAttention`` path.
         """
+        if prompts is not None and self.prompt_refusal is not None:
+            raise ValueError(f"this CLIP's {self.prompt_refusal}")
+        if self.family == "timm-vit":
+            return self._timm_forward(images, prompts)
+        if self.family == "other":
+            return self.visual(images)  # open_clip's own forward: nothing is inserted
         visual = self.visual
         x = visual._embeds(images)  # conv1, CLS, positional embedding, patch dropout, ln_pre
         if prompts is not None:
-            # VPT-shallow: prompts enter after ln_pre, without positional embedding, once before the first block.
-            x = torch.cat([x[:, :1], prompts.to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+            x = _insert(x, prompts, 1)
         if not self.cls_only_last_block:
-            pooled, _ = visual._pool(visual.transformer(x))
+            x = visual.transformer(x)
+            pooled, _ = visual._pool(x if prompts is None else _remove(x, len(prompts), 1))
         else:
             blocks = visual.transformer.resblocks
             batch = x.shape[0]
@@ -197,3 +238,25 @@ class ImageTower(nn.Module):
                 x = block_forward(block, x, batch, self.casts)
             pooled = visual.ln_post(class_token_block_forward(blocks[-1], x, batch, self.casts))
         return pooled @ visual.proj if visual.proj is not None else pooled
+
+    def _timm_forward(self, images: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+        """timm's ``VisionTransformer.forward_features`` and ``forward_head``, then open_clip's head, with prompts
+        between the prefix tokens and the patches."""
+        trunk = self.visual.trunk
+        if prompts is None:
+            return self.visual(images)
+        prefix = trunk.num_prefix_tokens
+        x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))
+        x = trunk.norm(trunk.blocks(_insert(x, prompts, prefix)))
+        return self.visual.head(trunk.forward_head(_remove(x, len(prompts), prefix)))
+
+
+def _insert(tokens: torch.Tensor, prompts: torch.Tensor, position: int) -> torch.Tensor:
+    """``tokens`` ``[B, N, W]`` with ``prompts`` ``[P, W]`` inserted at ``position`` in every sequence."""
+    prompts = prompts.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+    return torch.cat([tokens[:, :position], prompts, tokens[:, position:]], dim=1)
+
+
+def _remove(tokens: torch.Tensor, count: int, position: int) -> torch.Tensor:
+    """``tokens`` without the ``count`` tokens at ``position`` (the prompts' outputs, which no pooling reads)."""
+    return torch.cat([tokens[:, :position], tokens[:, position + count :]], dim=1)

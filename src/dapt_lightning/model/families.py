@@ -1,0 +1,120 @@
+"""Which CLIP towers dapt_lightning can prompt, told from a built model or from an open_clip config alone.
+
+Text towers: open_clip's own ``TextTransformer`` (inline in ``CLIP`` or under ``.text`` in ``CustomTextCLIP``),
+causal or not, pooled at the end-of-text token (``argmax``/``eos``) or at a fixed position (``first``/``last``).
+Hugging Face text towers and CoCa's appended class token are refused.
+
+Image towers (:data:`ImageFamily`):
+
+* ``vit``: open_clip's ``VisionTransformer`` (OpenAI, LAION, DataComp, CLIPA...);
+* ``timm-vit``: timm's ``VisionTransformer`` inside open_clip's ``TimmModel`` (SigLIP, ...), with or without a
+  class token;
+* ``other``: convolutional towers (RN50's ``ModifiedResNet``, ConvNeXt), ViTs with rotary position embeddings
+  (EVA-02, PE) and every other timm model. These take no visual prompts: text-prompt methods only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import open_clip
+import torch
+from torch import nn
+
+from dapt_lightning.methods import METHODS, method_spec
+from dapt_lightning.model.clip import quiet_random_init
+
+ImageFamily = Literal["vit", "timm-vit", "other"]
+
+
+def image_tower_family(visual: nn.Module) -> ImageFamily:
+    """The family of a built CLIP's image tower (``clip.visual``)."""
+    if isinstance(visual, open_clip.transformer.VisionTransformer):
+        return "vit"
+    trunk = getattr(visual, "trunk", None)
+    if trunk is not None:
+        from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
+
+        if isinstance(trunk, TimmVisionTransformer):
+            return "timm-vit"
+    return "other"
+
+
+def visual_prompt_refusal(visual: nn.Module) -> str | None:
+    """Why this image tower takes no visual prompts, or None when it does."""
+    family = image_tower_family(visual)
+    if family != "other":
+        return None
+    tower = getattr(visual, "trunk", visual)
+    kind = f"timm's {type(tower).__name__}" if tower is not visual else f"open_clip's {type(tower).__name__}"
+    if getattr(tower, "rope", None) is not None:
+        why = "its rotary position embeddings give every token after the class token a patch position"
+    elif not hasattr(tower, "blocks") and not hasattr(tower, "transformer"):
+        why = "it is convolutional: there is no token sequence to put prompts in"
+    else:
+        why = "visual prompts go only into open_clip's and timm's VisionTransformer"
+    return f"its image tower ({kind}) takes no visual prompts: {why}"
+
+
+def text_tower_refusal(clip: nn.Module) -> str | None:
+    """Why this CLIP's text tower cannot be used at all, or None when it can."""
+    text = getattr(clip, "text", clip)
+    if not hasattr(text, "token_embedding") or not hasattr(text, "transformer"):
+        return (
+            f"its text tower is {type(text).__name__} (a Hugging Face transformer), not open_clip's TextTransformer, "
+            "which dapt_lightning needs to place prompt tokens"
+        )
+    if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
+        return "its text tower appends a class token or masks padding (CoCa), which dapt_lightning does not replicate"
+    pool_type = getattr(text, "text_pool_type", None) or getattr(text, "pool_type", "argmax")
+    if pool_type not in ("argmax", "eos", "first", "last"):
+        return f"its text tower pools with {pool_type!r}, not at one token"
+    return None
+
+
+def supported_methods(clip: nn.Module) -> list[str]:
+    """The methods (``methods.METHODS``) this built CLIP supports."""
+    if text_tower_refusal(clip) is not None:
+        return []
+    visual_ok = visual_prompt_refusal(clip.visual) is None
+    return [name for name, spec in METHODS.items() if visual_ok or not spec.visual_prompts]
+
+
+def method_refusal(clip: nn.Module, clip_name: str, method: str) -> str | None:
+    """One line saying why ``method`` cannot run on this built CLIP (and what can), or None when it can."""
+    spec = method_spec(method)
+    text_refusal = text_tower_refusal(clip)
+    if text_refusal is not None:
+        return f"--model.clip_name {clip_name}: {text_refusal}; choose another CLIP."
+    refusal = visual_prompt_refusal(clip.visual)
+    if spec.visual_prompts and refusal is not None:
+        methods = ", ".join(supported_methods(clip))
+        return (
+            f"--model.method {method} needs visual prompts, but {clip_name}'s {refusal}. "
+            f"With {clip_name} use: {methods}."
+        )
+    return None
+
+
+def config_method_refusal(clip_name: str, method: str) -> str | None:
+    """:func:`method_refusal` from ``clip_name``'s open_clip config alone, before any weights or data are read.
+
+    The architecture is built on the meta device (shapes only, nothing allocated). A config that does not build that
+    way (a Hugging Face text tower needs its config from the network) is judged from its keys, or left to the check
+    on the built model.
+    """
+    config = open_clip.get_model_config(clip_name)
+    if config is None:
+        return None  # the loader reports unknown names
+    hf_name = config.get("text_cfg", {}).get("hf_model_name")
+    if hf_name:
+        return (
+            f"--model.clip_name {clip_name}: its text tower is the Hugging Face transformer {hf_name}, not open_clip's "
+            "TextTransformer, which dapt_lightning needs to place prompt tokens; choose another CLIP."
+        )
+    try:
+        with quiet_random_init(), torch.device("meta"):
+            model = open_clip.create_model(clip_name, device="meta")
+    except Exception:  # towers that do not build on the meta device are checked once built
+        return None
+    return method_refusal(model, clip_name, method)
