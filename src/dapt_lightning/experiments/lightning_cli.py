@@ -47,6 +47,7 @@ from dapt_lightning.experiments.runs import (
 )
 from dapt_lightning.methods import method_spec
 from dapt_lightning.model.clip import fill_clip_preprocessing
+from dapt_lightning.model.families import config_method_refusal
 from dapt_lightning.module import DAPTModule
 from dapt_lightning.schedule import official_max_epochs
 from dapt_lightning.storage import ensure_writable_dir
@@ -103,6 +104,7 @@ class DAPTCLI(LightningCLI):
         self._run_started = time.time()
         config = self.config[self.subcommand] if self.subcommand else self.config
         derive_protocol_settings(config)
+        check_clip_serves_method(config)
         check_devices_and_precision(config)
         check_checkpoint_request(config, self.subcommand)
         if self.subcommand is None or config.get("run") is None:
@@ -222,6 +224,14 @@ def derive_protocol_settings(config: Any) -> None:
     if config.model.get("template") is None and config.model.method == "zeroshot":
         config.model.template = dataset_template(config.data.dataset)
     fill_clip_preprocessing(config.data, config.model.clip_name, config.model.pretrained)
+
+
+def check_clip_serves_method(config: Any) -> None:
+    """Refuse, before any data or weights are read, a method the CLIP's towers cannot serve (``model/families.py``):
+    visual prompts on a convolutional image tower, a Hugging Face text tower."""
+    refusal = config_method_refusal(config.model.clip_name, config.model.method)
+    if refusal is not None:
+        raise ValueError(refusal)
 
 
 def check_checkpoint_request(config: Any, subcommand: str | None) -> None:

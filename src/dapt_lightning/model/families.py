@@ -50,10 +50,10 @@ def visual_prompt_refusal(visual: nn.Module) -> str | None:
     if getattr(tower, "rope", None) is not None:
         why = "its rotary position embeddings give every token after the class token a patch position"
     elif not hasattr(tower, "blocks") and not hasattr(tower, "transformer"):
-        why = "it is convolutional: there is no token sequence to put prompts in"
+        why = "it is convolutional, with no token sequence to put prompts in"
     else:
         why = "visual prompts go only into open_clip's and timm's VisionTransformer"
-    return f"its image tower ({kind}) takes no visual prompts: {why}"
+    return f"the image tower ({kind}) takes no visual prompts: {why}"
 
 
 def text_tower_refusal(clip: nn.Module) -> str | None:
@@ -90,7 +90,7 @@ def method_refusal(clip: nn.Module, clip_name: str, method: str) -> str | None:
     if spec.visual_prompts and refusal is not None:
         methods = ", ".join(supported_methods(clip))
         return (
-            f"--model.method {method} needs visual prompts, but {clip_name}'s {refusal}. "
+            f"--model.method {method} needs visual prompts, but in {clip_name} {refusal}. "
             f"With {clip_name} use: {methods}."
         )
     return None

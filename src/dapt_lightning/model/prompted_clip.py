@@ -67,7 +67,7 @@ class PromptedCLIP(nn.Module):
         self.image_tower = ImageTower(clip)
         self.text_tower = TextTower(clip, tokenizer)
         if visual_prompts and self.image_tower.prompt_refusal is not None:
-            raise ValueError(f"visual prompts are not possible: this CLIP's {self.image_tower.prompt_refusal}")
+            raise ValueError(f"visual prompts are not possible: in this CLIP {self.image_tower.prompt_refusal}")
         self.classnames = list(classnames)
         self.template = template
         self.compile_mode = compile
@@ -110,7 +110,7 @@ class PromptedCLIP(nn.Module):
         """
         prompts = FixedTextPrompts(self.text_tower, self.classnames, template or self.template)
         prompts.to(self.text_tower.ln_final.weight.device)
-        features = build_text_encoder("truncated", self.text_tower, prompts)()
+        features = build_text_encoder("auto", self.text_tower, prompts)()
         return F.normalize(features.float(), dim=-1)
 
     def encode_image(self, images: torch.Tensor, use_prompts: bool = True) -> torch.Tensor:

@@ -218,7 +218,7 @@ class ImageTower(nn.Module):
         other blocks run lean, with fewer operators than open_clip's ``nn.MultiheadAttention`` path.
         """
         if prompts is not None and self.prompt_refusal is not None:
-            raise ValueError(f"this CLIP's {self.prompt_refusal}")
+            raise ValueError(f"in this CLIP {self.prompt_refusal}")
         if self.family == "timm-vit":
             return self._timm_forward(images, prompts)
         if self.family == "other":

@@ -1,0 +1,182 @@
+"""Every tower family (tests/clip_families.py): zero-shot features equal open_clip's own on open_clip's own inputs,
+one training step of each supported method, fast and full text paths agree, unsupported methods are refused early."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from clip_families import ARCHITECTURES, reduced_clip, tokenizer_for
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+
+from dapt_lightning.data.transforms import ImagePreprocessing, build_transform
+from dapt_lightning.losses import dapt_loss
+from dapt_lightning.methods import METHODS
+from dapt_lightning.model.clip import clip_preprocessing
+from dapt_lightning.model.families import config_method_refusal, method_refusal, supported_methods
+from dapt_lightning.model.prompted_clip import PromptedCLIP
+
+CLASSNAMES = ["red fox", "golden retriever", "sunflower"]
+TEMPLATE = "a photo of a {}."
+KEYS = list(ARCHITECTURES)
+# Which families take visual prompts, stated here rather than read back from the code under test.
+TAKES_VISUAL_PROMPTS = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion", "vit-l-14-clipa", "siglip"}
+CAUSAL_TEXT = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion", "eva02", "rn50", "convnext"}
+
+
+def pictures() -> list[Image.Image]:
+    """Two RGB pictures, neither square nor at the model's size, so resize modes differ."""
+    generator = torch.Generator().manual_seed(0)
+    return [
+        Image.fromarray(torch.randint(0, 256, size, generator=generator, dtype=torch.uint8).numpy())
+        for size in ((180, 260, 3), (300, 210, 3))
+    ]
+
+
+def open_clip_inputs(key: str) -> torch.Tensor:
+    """The pictures through open_clip's own evaluation transform for the architecture and its tag."""
+    arch = ARCHITECTURES[key]
+    config = open_clip.transform.merge_preprocess_dict(
+        PreprocessCfg(), open_clip.get_pretrained_cfg(arch.name, arch.tag)
+    )
+    config["size"] = reduced_clip(key).visual.image_size
+    transform = image_transform_v2(PreprocessCfg(**config), is_train=False)
+    return torch.stack([transform(picture) for picture in pictures()])
+
+
+def prompted(key: str, method: str, **kwargs) -> PromptedCLIP:
+    model = reduced_clip(key)
+    spec = METHODS[method]
+    return PromptedCLIP(
+        model,
+        CLASSNAMES,
+        text_prompts=spec.text_prompts,
+        visual_prompts=spec.visual_prompts,
+        text_tokens=4,
+        visual_tokens=3,
+        template=TEMPLATE,
+        tokenizer=tokenizer_for(key, model),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_our_test_transform_is_open_clips_for_the_models_pretrained_configuration(key: str) -> None:
+    arch = ARCHITECTURES[key]
+    preprocessing = ImagePreprocessing(**clip_preprocessing(arch.name, arch.tag))
+    ours = torch.stack([build_transform("test", preprocessing)(picture) for picture in pictures()])
+    assert torch.equal(ours, open_clip_inputs(key))
+
+
+def test_siglip_preprocessing_is_its_own_not_openais() -> None:
+    preprocessing = clip_preprocessing("ViT-B-16-SigLIP", "webli")
+    assert (preprocessing["mean"], preprocessing["std"]) == ((0.5,) * 3, (0.5,) * 3)
+    assert preprocessing["resize_mode"] == "squash"
+    assert clip_preprocessing("ViT-B-16", "openai")["mean"] == (0.48145466, 0.4578275, 0.40821073)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_zero_shot_features_equal_open_clips_encoders(key: str) -> None:
+    model = reduced_clip(key)
+    images = open_clip_inputs(key)
+    zero_shot = prompted(key, "zeroshot")
+    with torch.no_grad():
+        ours_image = zero_shot.encode_image(images, use_prompts=False)
+        ours_text = zero_shot.encode_template(TEMPLATE)
+        reference_image = F.normalize(model.encode_image(images), dim=-1)
+        tokens = tokenizer_for(key, model)([TEMPLATE.format(name) for name in CLASSNAMES])
+        reference_text = F.normalize(model.encode_text(tokens), dim=-1)
+    torch.testing.assert_close(ours_image, reference_image, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_text, reference_text, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_families_take_visual_prompts_as_stated(key: str) -> None:
+    methods = supported_methods(reduced_clip(key))
+    expected = list(METHODS) if key in TAKES_VISUAL_PROMPTS else ["zeroshot", "coop"]
+    assert methods == expected
+
+
+@pytest.mark.parametrize("key", sorted(TAKES_VISUAL_PROMPTS))
+def test_prompt_insertion_path_with_no_prompts_is_the_towers_own_forward(key: str) -> None:
+    """The path that inserts prompts, given none, computes exactly the tower's own features: inserting cannot have
+    dropped or reordered a step of the tower."""
+    model = reduced_clip(key)
+    tower = prompted(key, "vpt").image_tower
+    images = open_clip_inputs(key)
+    with torch.no_grad():
+        inserted = tower(images, torch.zeros(0, tower.width))
+        torch.testing.assert_close(inserted, model.visual(images), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(tower(images, torch.randn(3, tower.width)), inserted, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("key", "method"),
+    [(key, method) for key in KEYS for method in METHODS if method != "zeroshot"],
+)
+def test_one_training_step_of_each_method(key: str, method: str) -> None:
+    supported = method in supported_methods(reduced_clip(key))
+    if not supported:
+        with pytest.raises(ValueError, match="takes no visual prompts"):
+            prompted(key, method)
+        return
+    torch.manual_seed(1)
+    model = prompted(key, method)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in parameters]
+    images = open_clip_inputs(key)
+    labels = torch.tensor([0, 2])
+    logits, image_features, text_features = model(images)
+    prototypes = F.normalize(torch.randn(len(CLASSNAMES), text_features.shape[1]), dim=-1)
+    terms = dapt_loss(logits, labels, image_features, text_features, prototypes, 10.0, 0.01, 2.0)
+    torch.optim.SGD(parameters, lr=0.1).zero_grad()
+    terms.total.backward()
+    torch.optim.SGD(parameters, lr=0.1).step()
+    assert parameters and all(p.grad is not None and torch.isfinite(p.grad).all() for p in parameters)
+    assert all(not torch.equal(p, b) for p, b in zip(parameters, before, strict=True))
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_fast_and_full_text_paths_agree_where_both_apply(key: str) -> None:
+    torch.manual_seed(2)
+    full = prompted(key, "coop", text_encoding="full")
+    fast = prompted(key, "coop", text_encoding="auto")
+    fast.load_state_dict(full.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fast.encode_text(), full.encode_text(), rtol=1e-5, atol=1e-6)
+    if key in CAUSAL_TEXT:
+        assert fast.text_encoder.name == "shared_prefix"
+    else:  # bidirectional: every token reaches the pooled one, so only the full path is exact
+        assert fast.text_encoder.name == "full"
+        with pytest.raises(ValueError, match="bidirectional"):
+            prompted(key, "coop", text_encoding="truncated")
+
+
+def test_context_goes_where_the_tokenizer_puts_the_first_word() -> None:
+    clip_layout = prompted("vit-b-32-openai", "coop").text_prompt
+    siglip_layout = prompted("siglip", "coop").text_prompt
+    assert clip_layout.context_start == 1  # after CLIP's start-of-text token
+    assert siglip_layout.context_start == 0  # SigLIP's tokenizer has no start token
+    # SigLIP pools its last position; CLIP its end-of-text token, right after "{context} {name} ."
+    assert siglip_layout.pool_positions.tolist() == [63] * len(CLASSNAMES)
+    name_lengths = [len(name.split()) for name in CLASSNAMES]
+    assert clip_layout.pool_positions.tolist() == [1 + 4 + n + 1 for n in name_lengths]
+
+
+@pytest.mark.parametrize("key", ["rn50", "convnext", "eva02"])
+def test_visual_prompt_methods_are_refused_from_the_config_in_one_line(key: str) -> None:
+    arch = ARCHITECTURES[key]
+    for method in ("vpt", "coop_vpt", "dapt"):
+        message = config_method_refusal(arch.name, method)
+        assert message is not None and "\n" not in message
+        assert message.startswith(f"--model.method {method} needs visual prompts")
+        assert message.endswith(f"With {arch.name} use: zeroshot, coop.")
+        assert method_refusal(reduced_clip(key), arch.name, method) is not None
+    assert config_method_refusal(arch.name, "coop") is None
+
+
+def test_hugging_face_text_towers_are_refused_from_the_config() -> None:
+    message = config_method_refusal("xlm-roberta-base-ViT-B-32", "coop")
+    assert message is not None and "Hugging Face transformer xlm-roberta-base" in message
