@@ -21,7 +21,7 @@ from dapt_lightning.experiments.tune import DEFAULT_SPACE, StudyFolder, load_spa
 from dapt_lightning.experiments.tune.command import check_seeds
 from dapt_lightning.experiments.tune.fit import ReportToTrial, ValidateLastEpoch
 from dapt_lightning.experiments.tune.objective import setting_args
-from dapt_lightning.experiments.tune.report import nested, write_overlay
+from dapt_lightning.experiments.tune.report import nested, param_importances, write_figures, write_overlay
 from dapt_lightning.experiments.tune.study import WORKER_ATTR, count_states, fail_trials_of_dead_workers
 
 # The tests create trials with study.ask() (outside Study.optimize, which beats the heartbeat) to stage workers.
@@ -248,3 +248,34 @@ def test_a_study_is_joined_with_its_own_seeds(tmp_path: Path) -> None:
     check_seeds(study, [1, 2])
     with pytest.raises(ValueError, match="was started with --seeds 1,2: join it with the same seeds"):
         check_seeds(study, [3])
+
+
+def test_figures_show_the_history_and_which_setting_matters(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
+    for _ in range(12):
+        trial = study.ask()
+        lr = trial.suggest_float("model.lr", 0.002, 20.0, log=True)
+        trial.suggest_float("model.beta_v", 0.01, 100.0, log=True)
+        study.tell(trial, 1 - abs(math.log10(lr) + 1) / 4)  # best at LR 0.1, whatever beta_v
+    pruned = study.ask()
+    pruned.suggest_float("model.lr", 0.002, 20.0, log=True)
+    pruned.report(0.1, 50)
+    study.tell(pruned, state=TrialState.PRUNED)
+    importances = param_importances(study)
+    assert importances is not None and max(importances, key=importances.get) == "model.lr"
+    written = write_figures(study, StudyFolder(tmp_path, "s"))
+    assert set(written) == {"optimization_history", "param_importances"}
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in written.values())
+    # One complete trial: a history, but no importances to tell.
+    single = optuna.create_study(direction="maximize")
+    single.enqueue_trial({"model.lr": 0.1})
+    single.optimize(lambda trial: trial.suggest_float("model.lr", 0.002, 20.0, log=True), n_trials=1)
+    assert param_importances(single) is None and set(write_figures(single, StudyFolder(tmp_path, "one"))) == {
+        "optimization_history"
+    }
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    folder = StudyFolder(tmp_path, "s")
+    with pytest.raises(ValueError, match=r"--storage nosuchdb://host/db: cannot open it .* give sqlite:///FILE"):
+        open_study("nosuchdb://host/db", "s", load_space(DEFAULT_SPACE), folder, heartbeat=60)

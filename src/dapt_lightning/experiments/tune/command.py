@@ -18,6 +18,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from dapt_lightning.experiments.tune.report import (
     write_summary,
     write_trials_csv,
 )
-from dapt_lightning.experiments.tune.space import DEFAULT_SPACE, load_space
+from dapt_lightning.experiments.tune.space import DEFAULT_SPACE, SearchSpace, load_space
 from dapt_lightning.experiments.tune.study import (
     STATE_NAMES,
     FolderLock,
@@ -115,6 +116,10 @@ def _sigterm_interrupts() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is not interrupt:
+            # Inside a fit, Lightning's own handler called this one, and ends the fit at its next step with
+            # SIGTERMException (a SystemExit, which the trial records as an interruption).
+            return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -128,13 +133,13 @@ def _format(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def trial_line(trial: FrozenTrial, counts: Counter[str], target: int) -> str:
-    """The one line printed per trial: number, state, value, settings, time, progress."""
+def trial_line(trial: FrozenTrial, counts: Counter[str], target: int, names: list[str]) -> str:
+    """The one line printed per trial: number, state, value, the settings ``names``, time, progress."""
     value = trial.value
     if value is None and trial.intermediate_values:
         value = trial.intermediate_values[max(trial.intermediate_values)]
     shown = "val/acc -     " if value is None else f"val/acc {value:.4f}"
-    settings = "  ".join(f"{name} {_format(v)}" for name, v in trial.params.items())
+    settings = "  ".join(f"{name} {_format(trial.params[name])}" for name in names if name in trial.params)
     seconds = trial.duration.total_seconds() if trial.duration is not None else 0.0
     state = STATE_NAMES.get(trial.state, trial.state.name.lower())
     return (
@@ -236,8 +241,21 @@ def _summary_lines(summary: dict[str, Any], folder: StudyFolder, fit_args: list[
     return lines
 
 
-def tune_main(argv: list[str]) -> int:
-    """``dapt tune [--space FILE] [--trials N] [--seeds 1,2] [--storage URL] --config CONFIG [fit flags]``."""
+@dataclass(frozen=True)
+class Request:
+    """What a ``dapt tune`` command line asks for."""
+
+    fit_args: list[str]
+    seeds: list[int]
+    space: SearchSpace
+    folder: StudyFolder
+    trials: int
+    storage: str
+    heartbeat: int
+
+
+def parse_request(argv: list[str]) -> Request:
+    """Read and check the command line (argparse's usage error, exit status 2, for a bad flag)."""
     parser = _parser()
     args, fit_args = parser.parse_known_args(argv)
     if args.trials < 1:
@@ -250,33 +268,54 @@ def tune_main(argv: list[str]) -> int:
     if not configs:
         parser.error("give the dataset's config: dapt tune --config configs/<dataset>.yaml")
     folder = StudyFolder(Path(args.out), args.name or Path(configs[0]).stem)
-    space = load_space(args.space)
-    ensure_writable_dir(folder.root, "--out")
-    url = args.storage or f"sqlite:///{folder.database.resolve()}"
+    storage = args.storage or f"sqlite:///{folder.database.resolve()}"
+    return Request(fit_args, seeds, load_space(args.space), folder, args.trials, storage, args.heartbeat)
+
+
+def tune_main(argv: list[str]) -> int:
+    """``dapt tune [--space FILE] [--trials N] [--seeds 1,2] [--storage URL] --config CONFIG [fit flags]``.
+
+    Returns 0 (also when other workers still run trials: the last of them finishes), or 130 when interrupted.
+    """
+    request = parse_request(argv)
+    ensure_writable_dir(request.folder.root, "--out")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours (trial_line)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    with FolderLock(folder.root / ".ask.lock"):  # workers started together create the tables once
-        study = open_study(url, folder.name, space, folder, args.heartbeat)
-        check_seeds(study, seeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # nothing a user can act on
+        with FolderLock(request.folder.root / ".ask.lock"):  # workers started together create the tables once
+            study = open_study(request.storage, request.folder.name, request.space, request.folder, request.heartbeat)
+            check_seeds(study, request.seeds)
+        try:
+            counts = _search(study, request)
+        except KeyboardInterrupt:
+            print("[tune] interrupted: the running trial is recorded as failed; rerun the command to go on", flush=True)
+            return 130
+        return _finish(study, request, counts)
+
+
+def _search(study: optuna.Study, request: Request) -> Counter[str]:
+    folder, names = request.folder, [param.name for param in request.space.params]
     counts = count_states(study)
     print(
-        f"[tune] study {folder.name!r} ({url}): {counts['finished']}/{args.trials} trials finished; searching "
-        f"{', '.join(p.name for p in space.params)} on the few-shot val/acc (seeds {args.seeds}); "
+        f"[tune] study {folder.name!r} ({request.storage}): {counts['finished']}/{request.trials} trials finished; "
+        f"searching {', '.join(names)} on the few-shot val/acc (seeds {','.join(map(str, request.seeds))}); "
         f"trials in {folder.root / 'trials'}",
         flush=True,
     )
 
     def on_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state != optuna.trial.TrialState.FAIL:  # a failed trial printed its own line, with its error
-            print(trial_line(trial, count_states(study), args.trials), flush=True)
+            print(trial_line(trial, count_states(study), request.trials, names), flush=True)
 
-    try:
-        with _sigterm_interrupts(), quiet_fits():
-            counts = search(study, folder, Objective(space, fit_args, seeds, folder), args.trials, on_trial, CATCH)
-    except KeyboardInterrupt:
-        print("[tune] interrupted: the running trial is recorded as failed; rerun the command to go on", flush=True)
-        return 130
-    rows = trial_rows(study, folder, seeds, [param.name for param in space.params])
+    objective = Objective(request.space, request.fit_args, request.seeds, folder)
+    with _sigterm_interrupts(), quiet_fits():
+        return search(study, folder, objective, request.trials, on_trial, CATCH)
+
+
+def _finish(study: optuna.Study, request: Request, counts: Counter[str]) -> int:
+    """Write the trials table and figures; once no trial runs, the overlay, the final runs and the summary."""
+    folder, seeds, names = request.folder, request.seeds, [param.name for param in request.space.params]
+    rows = trial_rows(study, folder, seeds, names)
     write_trials_csv(rows, folder.trials_csv)
     figures = write_figures(study, folder)
     if counts["running"]:
@@ -290,18 +329,23 @@ def tune_main(argv: list[str]) -> int:
     if not counts["complete"]:
         raise RuntimeError(
             f"study {folder.name!r} has no complete trial ({counts['pruned']} pruned, {counts['failed']} failed): "
-            f"see {folder.trials_csv}; widen the space or relax the pruner ({space.path})"
+            f"see {folder.trials_csv}; widen the space or relax the pruner ({request.space.path})"
         )
     best = study.best_trial
-    write_overlay(folder.overlay, best.params, overlay_header(study, best, seeds, fit_args, folder.overlay))
+    settings = {name: best.params[name] for name in names if name in best.params}  # in the space file's order
+    header = overlay_header(study, best, seeds, request.fit_args, folder.overlay)
+    write_overlay(folder.overlay, settings, header)
     with quiet_fits():
-        finals, target = train_best(best, fit_args, seeds, folder)
+        finals, target = train_best(best, request.fit_args, seeds, folder)
+    if len(finals) < len(seeds):
+        print(f"[tune] the summary will be in {folder.summary} once the other worker's final run ends", flush=True)
+        return 0
     summary = {
         "study": folder.name,
-        "storage": url,
+        "storage": request.storage,
         "trials": {key: counts[key] for key in ("finished", "complete", "pruned", "failed")},
         "best_trial": best.number,
-        "settings": best.params,
+        "settings": settings,
         "val_acc": best.value,
         "val_acc_per_seed": {str(seed): seed_value(best, seed) for seed in seeds},
         "final": finals,
@@ -314,5 +358,5 @@ def tune_main(argv: list[str]) -> int:
     if target is not None:
         summary["wandb"] = log_to_wandb(target, figures, rows, summary)
     write_summary(folder.summary, summary)
-    print("\n".join(_summary_lines(summary, folder, fit_args)), flush=True)
+    print("\n".join(_summary_lines(summary, folder, request.fit_args)), flush=True)
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
-import socket
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from dapt_lightning.experiments.sweep.claims import is_stale, write_error
@@ -35,6 +36,8 @@ from dapt_lightning.experiments.tune.space import SearchSpace
 
 WORKER_ATTR = "worker"
 """The trial user attribute holding its worker's pid, host and start (``sweep.claims.claim_record``)."""
+OPEN_ATTEMPTS = 3
+"""Tries to open a storage before giving up (a database being created by another worker fails the first)."""
 STATE_NAMES = {
     TrialState.COMPLETE: "complete",
     TrialState.PRUNED: "pruned",
@@ -143,23 +146,29 @@ def open_study(url: str, name: str, space: SearchSpace, folder: StudyFolder, hea
 
     # SQLite waits for a lock held by another worker instead of failing at once.
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():
-            # Optuna flags its heartbeat arguments as experimental: nothing a user can act on.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=heartbeat,
-                grace_period=2 * heartbeat,
-                heartbeat_stale_trial_callback=heartbeat_stopped,
-            )
-    except Exception as error:  # SQLAlchemy's errors: a bad URL, a missing driver, an unreachable server
-        reason = " ".join(str(error).split())
-        raise ValueError(
-            f"--storage {url}: cannot open it ({type(error).__name__}: {reason}); give sqlite:///FILE or a database "
-            "URL such as postgresql://user:password@host/db (its driver installed)"
-        ) from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                # Optuna flags its heartbeat arguments as experimental: nothing a user can act on.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=heartbeat,
+                    grace_period=2 * heartbeat,
+                    heartbeat_stale_trial_callback=heartbeat_stopped,
+                )
+            break
+        except Exception as error:  # SQLAlchemy's: a bad URL, a missing driver, an unreachable server, a race
+            if isinstance(error, sqlalchemy.exc.DBAPIError) and attempt + 1 < OPEN_ATTEMPTS:
+                # Workers on several machines opening a new database at once race to create its tables.
+                time.sleep(1 + attempt)
+                continue
+            reason = " ".join(str(error).split())
+            raise ValueError(
+                f"--storage {url}: cannot open it ({type(error).__name__}: {reason}); give sqlite:///FILE or a "
+                "database URL such as postgresql://user:password@host/db (its driver installed)"
+            ) from None
     return optuna.create_study(
         storage=storage,
         study_name=name,
@@ -185,7 +194,7 @@ def fail_trials_of_dead_workers(study: optuna.Study, folder: StudyFolder) -> lis
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER_ATTR)
-        if not worker or worker.get("host") != socket.gethostname() or not is_stale(worker):
+        if not worker or not is_stale(worker):  # only a pid on this host can be checked
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
@@ -217,7 +226,7 @@ def search(
 ) -> Counter[str]:
     """Run trials until the study has ``target`` finished or running ones; returns the counts then.
 
-    Counting and creating the next trial happen under a lock in the study folder, so two workers on one machine
+    Counting and creating the next trial happen under a lock in the study folder, so workers sharing that folder
     never start more than ``target`` trials between them; ``objective(trial, release)`` releases it once its trial
     exists. Trials that raise one of ``catch`` are failed and the search goes on; any other error ends it.
 
