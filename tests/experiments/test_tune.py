@@ -4,6 +4,7 @@ died, and the search loop's count (running trials count; diverging trials fail a
 from __future__ import annotations
 
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -16,11 +17,13 @@ import yaml
 from optuna.trial import TrialState
 from tiny import REPO, TINY_CONFIG
 
+from dapt_lightning.data.registry import benchmark_datasets, config_path
 from dapt_lightning.experiments.sweep.claims import claim_record
 from dapt_lightning.experiments.tune import DEFAULT_SPACE, StudyFolder, load_space, open_study, search, tune_main
+from dapt_lightning.experiments.tune import objective as objective_module
 from dapt_lightning.experiments.tune.command import check_seeds
 from dapt_lightning.experiments.tune.fit import ReportToTrial, ValidateLastEpoch
-from dapt_lightning.experiments.tune.objective import setting_args
+from dapt_lightning.experiments.tune.objective import Objective, setting_args
 from dapt_lightning.experiments.tune.report import nested, param_importances, write_figures, write_overlay
 from dapt_lightning.experiments.tune.study import WORKER_ATTR, count_states, fail_trials_of_dead_workers
 
@@ -56,12 +59,13 @@ def test_default_space_spans_the_official_configs_on_log_scales() -> None:
         "model.beta_v": (0.01, 100.0, True),
         "model.beta_t": (0.01, 10.0, True),
     }
-    # Every official config's settings lie inside the space.
-    for config in (REPO / "configs").glob("*.yaml"):
-        model = yaml.safe_load(config.read_text()).get("model") or {}
-        for name, (low, high, _) in ranges.items():
-            value = model.get(name.split(".")[1])
-            assert value is None or low <= value <= high, (config.name, name, value)
+    # Each range is exactly the span of the 11 benchmarks' official configs.
+    benchmarks = benchmark_datasets("fewshot")
+    models = [yaml.safe_load(config_path(name).read_text())["model"] for name in benchmarks]
+    assert len(models) == 11
+    for name, (low, high, _) in ranges.items():
+        values = [model[name.split(".")[1]] for model in models]
+        assert (min(values), max(values)) == (low, high), name
     assert isinstance(space.make_pruner(), optuna.pruners.MedianPruner)
 
 
@@ -279,3 +283,50 @@ def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     folder = StudyFolder(tmp_path, "s")
     with pytest.raises(ValueError, match=r"--storage nosuchdb://host/db: cannot open it .* give sqlite:///FILE"):
         open_study("nosuchdb://host/db", "s", load_space(DEFAULT_SPACE), folder, heartbeat=60)
+
+
+def test_a_trial_fits_each_seed_and_scores_the_mean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The objective without fitting: each seed's `dapt fit` flags, folders, values and the pruned case."""
+    calls = []
+    accuracy = {"1": 0.5, "2": 0.7}
+    prune = {"seed": None}  # the seed whose fit the pruner stops
+
+    def fake_fit(args, monitor, hide_test, run_name, group):
+        seed = args[args.index("--seed_everything") + 1]
+        calls.append((args, hide_test, run_name, group))
+        monitor.value = accuracy[seed]
+        if seed == prune.get("diverge"):
+            (folder.trial_dir(len(study.trials) - 1) / f"seed{seed}").mkdir(parents=True)
+            raise FloatingPointError("train/loss_inter is NaN at step 3")
+        monitor.pruned = seed == prune["seed"]
+        return None, accuracy[seed]
+
+    monkeypatch.setattr(objective_module, "fit", fake_fit)
+    folder = StudyFolder(tmp_path / "tuned", "pets")
+    space = load_space(DEFAULT_SPACE)
+    objective = Objective(space, ["--config", "pets.yaml", "--data.num_shots", "4"], [1, 2], folder)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    assert trial.value == pytest.approx(0.6) and (
+        trial.user_attrs["val_acc_seed1"],
+        trial.user_attrs["val_acc_seed2"],
+    ) == (0.5, 0.7)
+    assert trial.user_attrs[WORKER_ATTR]["pid"] == os.getpid()
+    for (args, hide_test, run_name, group), seed in zip(calls, (1, 2), strict=True):
+        assert args[:4] == ["--config", "pets.yaml", "--data.num_shots", "4"] and hide_test
+        assert args[args.index("--run.dir") + 1] == str(folder.trial_dir(0) / f"seed{seed}")
+        assert args[args.index("--run.test_after_fit") + 1] == "false"
+        assert args[args.index("--embedding_plots.enabled") + 1] == "false"
+        assert float(args[args.index("--model.lr") + 1]) == trial.params["model.lr"]
+        assert (run_name, group) == (f"tune-pets-trial0-seed{seed}", "tune-pets")
+    # Pruned during its second seed: the trial ends there, pruned, its folder kept.
+    prune["seed"] = "2"
+    study.optimize(objective, n_trials=1)
+    assert study.trials[1].state == TrialState.PRUNED and not folder.failed_dir(1).exists()
+    # Diverged (a NaN loss): failed, its folder set apart with the error, and the search may go on.
+    prune["diverge"] = "1"
+    study.optimize(objective, n_trials=1, catch=(FloatingPointError,))
+    assert study.trials[2].state == TrialState.FAIL and (folder.failed_dir(2) / "seed1").is_dir()
+    error = (folder.failed_dir(2) / "error.txt").read_text()
+    assert error.startswith("FloatingPointError: train/loss_inter is NaN at step 3\n") and "--model.lr" in error
