@@ -15,7 +15,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"])
     assert exit_info.value.code == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "predict", "data", "sweep", "demo"] == list(SUBCOMMANDS)
+    assert listed == ["fit", "validate", "test", "predict", "data", "sweep", "tune", "demo"] == list(SUBCOMMANDS)
 
 
 def test_unknown_subcommand_is_named_with_the_list(capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,7 +27,7 @@ def test_unknown_subcommand_is_named_with_the_list(capsys: pytest.CaptureFixture
 
 
 def test_subcommands_reach_their_own_parsers(capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("data", "sweep", "demo", "fit"):
+    for name in ("data", "sweep", "tune", "demo", "fit"):
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])
         assert exit_info.value.code == 0, name

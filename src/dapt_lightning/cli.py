@@ -11,6 +11,7 @@ from dapt_lightning.data.cli import data_main
 from dapt_lightning.experiments.demo import demo_main
 from dapt_lightning.experiments.lightning_cli import TRAINER_SUBCOMMANDS, trainer_main
 from dapt_lightning.experiments.sweep.command import sweep_main
+from dapt_lightning.experiments.tune.command import tune_main
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     **{name: _trainer_subcommand(name) for name in TRAINER_SUBCOMMANDS},
     "data": Subcommand("check or download the benchmark datasets", data_main),
     "sweep": Subcommand("run a grid of experiments, or summarise their results as tables", sweep_main),
+    "tune": Subcommand("search LR and dispersion weights on a dataset's few-shot validation split (Optuna)", tune_main),
     "demo": Subcommand("zero-shot CLIP and DAPT on a procedural dataset with the tiny CLIP", demo_main),
 }
 """Every ``dapt`` subcommand, in the order ``dapt --help`` lists them."""

@@ -15,10 +15,13 @@ from dapt_lightning.cli import main
 from dapt_lightning.experiments.lightning_cli import DAPTCLI, cli_main
 from dapt_lightning.schedule import official_max_epochs
 
-# Sweep specs (`dapt sweep`) list LightningCLI configs; they are not LightningCLI configs themselves.
-SWEEP_FOLDER = REPO / "configs" / "sweeps"
+# Sweep specs (`dapt sweep`) list LightningCLI configs and search spaces (`dapt tune`, parsed by test_tune.py) list
+# settings; neither is a LightningCLI config itself.
+OTHER_FOLDERS = (REPO / "configs" / "sweeps", REPO / "configs" / "tune")
 CLI_CONFIGS = sorted(
-    path for path in {*REPO.glob("configs/*.yaml"), *REPO.glob("configs/**/*.yaml")} if SWEEP_FOLDER not in path.parents
+    path
+    for path in {*REPO.glob("configs/*.yaml"), *REPO.glob("configs/**/*.yaml")}
+    if not any(folder in path.parents for folder in OTHER_FOLDERS)
 )
 
 
