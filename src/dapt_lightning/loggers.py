@@ -40,6 +40,9 @@ class DAPTWandbLogger(WandbLogger):
         **kwargs: Any,
     ) -> None:
         mode = mode or os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
+        # W&B writes a run's files from its service process, which outlives this process's changes of directory and
+        # resolves a relative folder against its own: a later run in another directory would write elsewhere.
+        save_dir = os.path.abspath(save_dir)
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(save_dir=save_dir, project=project, name=name, group=group, mode=mode, **kwargs)
         if self._wandb_init.get("anonymous") is None:
