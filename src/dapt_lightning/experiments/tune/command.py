@@ -167,7 +167,9 @@ def _wandb_target(cli: Any, folder: StudyFolder) -> dict[str, Any] | None:
         if experiment is not None and hasattr(experiment, "project"):
             group = f"tune-{folder.name}"
             mode = experiment.settings.mode
-            return {"project": experiment.project, "mode": mode, "dir": str(folder.root), "name": group, "group": group}
+            # Absolute: W&B's service process resolves a relative folder against its own working directory.
+            where = str(folder.root.resolve())
+            return {"project": experiment.project, "mode": mode, "dir": where, "name": group, "group": group}
     return None
 
 
