@@ -165,12 +165,9 @@ class ImageTower(nn.Module):
         super().__init__()
         self.visual = clip.visual
         self.family: ImageFamily = image_tower_family(self.visual)
+        # Why this tower takes no visual prompts (None when it does): fixed by the tower, so judged once, not per step.
+        self.prompt_refusal: str | None = visual_prompt_refusal(self.visual)
         self.casts = CastCache()
-
-    @property
-    def prompt_refusal(self) -> str | None:
-        """Why this tower takes no visual prompts, or None when it does."""
-        return visual_prompt_refusal(self.visual)
 
     @property
     def width(self) -> int:
