@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast lint format bench bench-gpu clean
+.PHONY: help install demo demo-seeds test test-fast lint format bench bench-gpu clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create/update the virtual environment (.venv) with the package, dev and notebook tools
 
-demo: $(STAMP) ## Train DAPT on the synthetic dataset with the tiny CLIP and print zero-shot vs tuned accuracy
+demo: $(STAMP) ## Zero-shot CLIP, CoOp, VPT and DAPT side by side on the synthetic dataset with the tiny CLIP (seed 1)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/dapt demo
+
+demo-seeds: $(STAMP) ## The README's demo table: every method on seeds 1, 2 and 3, mean ± std
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/dapt demo --seeds 1,2,3 --methods zeroshot,coop,vpt,coop_vpt,dapt
 
 test: $(STAMP) ## Run the whole test suite (fast and slow tests)
 	$(BIN)/python -m pytest -q

@@ -14,7 +14,7 @@ from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_datas
 from dapt_lightning.model.clip import load_clip
 
 SYNTHETIC_SIZES = {"train": 6, "val": 2, "test": 4}
-"""Images per class and split in the shared synthetic data root (36 classes)."""
+"""Images per class and split in the shared synthetic data root (24 classes)."""
 
 
 @pytest.fixture(autouse=True)

@@ -67,7 +67,7 @@ def test_checkpoint_holds_prompts_and_prototypes_only(trained: tuple[Path, DAPTM
     assert not any(key.startswith("model.clip.") for key in state)
     # No CLIP tensor under another name either (the tower views share CLIP's modules).
     stored = sum(value.numel() for value in state.values())
-    assert stored == 16 * 64 + 16 * 128 + 36 * 64 + 1
+    assert stored == 16 * 64 + 16 * 128 + 24 * 64 + 1
     assert checkpoint["clip_identity"]["weights_sha256"] == module.clip_identity.weights_sha256
     assert checkpoint["clip_identity"]["source"] == "open_clip-state-dict"  # what the loader found in the file
     assert checkpoint["classnames"] == module.model.classnames

@@ -21,8 +21,8 @@ TINY_CONFIG = Path(__file__).resolve().parent / "conf" / "tiny.yaml"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 SIZES = {"train": 2, "val": 1, "test": 2}
 """Images per class and split of the smallest synthetic data roots (``write_synthetic_dataset(..., sizes=SIZES)``)."""
-SUBSET_LABELS = (0, 5, 10, 20, 30)
-"""A second "dataset": 5 of the 36 synthetic classes, relabelled 0..4 (``write_subset_dataset``)."""
+SUBSET_LABELS = (0, 5, 10, 15, 20)
+"""A second "dataset": 5 of the 24 synthetic classes, relabelled 0..4 (``write_subset_dataset``)."""
 
 
 def tiny_args(root: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -31,7 +31,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "data": Subcommand("check or download the benchmark datasets", data_main),
     "sweep": Subcommand("run a grid of experiments, or summarise their results as tables", sweep_main),
     "tune": Subcommand("search LR and dispersion weights on a dataset's few-shot validation split (Optuna)", tune_main),
-    "demo": Subcommand("zero-shot CLIP and DAPT on a procedural dataset with the tiny CLIP", demo_main),
+    "demo": Subcommand("zero-shot CLIP, CoOp, VPT and DAPT side by side on a procedural dataset, tiny CLIP", demo_main),
 }
 """Every ``dapt`` subcommand, in the order ``dapt --help`` lists them."""
 

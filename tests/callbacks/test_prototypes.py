@@ -57,7 +57,7 @@ def test_prototypes_match_direct_computation(synthetic_root: Path, tmp_path: Pat
     callback = PrototypeCallback(transform=transform, use_cache=False, batch_size=7)  # batches cross classes
     prototypes = fit_prototypes(module, data, callback, tmp_path)
     assert callback.last_source == "computed"
-    assert prototypes.shape == (36, 64)
+    assert prototypes.shape == (24, 64)
     expected = direct_prototypes(module, data, transform, seed=data.seed)
     torch.testing.assert_close(prototypes, expected, rtol=1e-5, atol=1e-6)
     # The mean of unit vectors, not re-normalised: below 1 for every class with two different views.
@@ -127,8 +127,8 @@ def test_corrupt_cache_is_rebuilt(synthetic_root: Path, tmp_path: Path, damage: 
 def test_prototypes_from_a_checkpoint_are_kept(synthetic_root: Path, tmp_path: Path) -> None:
     data = make_data(synthetic_root)
     module = make_module(data.classnames)
-    module.set_prototypes(torch.full((36, 64), 0.5))
+    module.set_prototypes(torch.full((24, 64), 0.5))
     callback = PrototypeCallback(use_cache=False)
     kept = fit_prototypes(module, data, callback, tmp_path)
     assert callback.last_source == ""  # never computed nor read from the cache
-    assert torch.equal(kept, torch.full((36, 64), 0.5))
+    assert torch.equal(kept, torch.full((24, 64), 0.5))

@@ -101,7 +101,7 @@ def test_ddp_prototypes_equal_single_process(synthetic_root: Path, tmp_path: Pat
     _run(script, synthetic_root, clip_file, tmp_path, devices=2)
 
     single = load_file(str(tmp_path / "world1-rank0.safetensors"))["prototypes"]
-    assert single.shape == (36, 64) and single.abs().sum() > 0
+    assert single.shape == (24, 64) and single.abs().sum() > 0
     fetched: list[int] = []
     for rank in (0, 1):
         prototypes = load_file(str(tmp_path / f"world2-rank{rank}.safetensors"))["prototypes"]
@@ -109,7 +109,7 @@ def test_ddp_prototypes_equal_single_process(synthetic_root: Path, tmp_path: Pat
         record = json.loads((tmp_path / f"world2-rank{rank}.json").read_text())
         assert record["fetched"], f"rank {rank} encoded no images"
         fetched += record["fetched"]
-    # Every one of the 72 training images (36 classes x 2 shots) exactly once, across both ranks.
+    # Every one of the 48 training images (24 classes x 2 shots) exactly once, across both ranks.
     assert record["train"] == 72
     assert sorted(fetched) == list(range(72))
     single_record = json.loads((tmp_path / "world1-rank0.json").read_text())

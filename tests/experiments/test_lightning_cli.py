@@ -29,7 +29,7 @@ CLI_CONFIGS = sorted(
 def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
     fit = cli_main(["fit", *tiny_args(synthetic_root, tmp_path / "fit", "--trainer.limit_train_batches", "2")])
     assert fit.trainer.current_epoch == 1 and fit.trainer.global_step == 2
-    assert fit.model.model.classnames[0] == "red circle" and len(fit.model.model.classnames) == 36  # linked
+    assert fit.model.model.classnames[0] == "red circle" and len(fit.model.model.classnames) == 24  # linked
     assert fit.datamodule.image_size == 64  # the tiny CLIP's input size, linked when the arguments were parsed
     assert fit.model.has_prototypes
     assert torch.isfinite(fit.trainer.callback_metrics["train/loss_epoch"])

@@ -31,7 +31,7 @@ SRC = REPO / "src" / "dapt_lightning"
 
 @pytest.mark.slow
 def test_two_process_training_and_evaluation_equal_one_process(synthetic_root: Path, tmp_path: Path) -> None:
-    # 36 classes x 2 shots = 72 images: 9 global batches of 8 (4 per rank). The 144 test images with a test batch
+    # 24 classes x 2 shots = 48 images: 6 global batches of 8 (4 per rank). The 96 test images with a test batch
     # of 50 are not divisible by 2 x 50, so padding or dropping would change the counts.
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--trainer.max_epochs", "2", "--run.test_after_fit", "true"]
@@ -172,12 +172,12 @@ def test_unreadable_image_names_the_file_and_the_dataset(tmp_path: Path, content
 
 def test_class_without_training_images_is_named(tmp_path: Path, synthetic_root: Path) -> None:
     split = json.loads((synthetic_root / "synthetic/split_zhou_Synthetic.json").read_text())
-    split["train"] = [entry for entry in split["train"] if entry[2] != "red star"]
+    split["train"] = [entry for entry in split["train"] if entry[2] != "red cross"]
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "split.json").write_text(json.dumps(split))
     options = {"path": str(folder), "split_file": "split.json", "image_dir": str(synthetic_root / "synthetic")}
-    with pytest.raises(ValueError, match="red star"):
+    with pytest.raises(ValueError, match="red cross"):
         DAPTDataModule(dataset="custom", root=str(tmp_path), dataset_options=options, num_shots=1)
 
 
@@ -259,7 +259,7 @@ def test_resuming_fit_with_other_classes_is_refused(
     out = tmp_path / "run"
     main(["fit", *tiny_args(synthetic_root, out), "--trainer.max_epochs", "1"])
     split = json.loads((synthetic_root / "synthetic/split_zhou_Synthetic.json").read_text())
-    subset = {name: [e for e in entries if e[1] < 5] for name, entries in split.items()}  # 5 of the 36 classes
+    subset = {name: [e for e in entries if e[1] < 5] for name, entries in split.items()}  # 5 of the 24 classes
     folder = tmp_path / "five"
     folder.mkdir()
     (folder / "split.json").write_text(json.dumps(subset))
@@ -270,7 +270,7 @@ def test_resuming_fit_with_other_classes_is_refused(
     with pytest.raises(SystemExit):
         main(["fit", *args, "--ckpt_path", str(out / "checkpoints/last.ckpt")])
     message = capsys.readouterr().err
-    assert "--ckpt_path" in message and "36" in message and "dapt test" in message
+    assert "--ckpt_path" in message and "24" in message and "dapt test" in message
 
 
 def test_synthetic_dataset_rejects_options_and_names_a_malformed_split(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_offline_wandb_run_records_the_experiment(trained_run: Path, tiny_root: 
     (table_file,) = run.media("table/test/per_class_accuracy_*.table.json")
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["label", "class", "accuracy", "correct", "images"]
-    assert len(table["data"]) == 36 and all(row[4] == SIZES["test"] for row in table["data"])
+    assert len(table["data"]) == 24 and all(row[4] == SIZES["test"] for row in table["data"])
     with open(trained_run / "per_class_test_accuracy.csv") as handle:
         csv_rows = list(csv.DictReader(handle))
     overall = sum(int(r["correct"]) for r in csv_rows) / sum(int(r["images"]) for r in csv_rows)
@@ -168,7 +168,7 @@ def test_metrics_json_and_prompt_only_checkpoint(trained_run: Path) -> None:
         "prototypes",
         "prototypes_ready",
     }
-    assert checkpoint["classnames"][0] == "red circle" and len(checkpoint["classnames"]) == 36
+    assert checkpoint["classnames"][0] == "red circle" and len(checkpoint["classnames"]) == 24
     assert checkpoint["clip_identity"]["name"] == "dapt-tiny" and checkpoint["clip_identity"]["weights_sha256"]
     assert checkpoint["hyper_parameters"]["beta_v"] == 10.0
     # What resuming needs: optimizer momentum, scheduler, loop progress.

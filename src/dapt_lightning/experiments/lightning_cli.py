@@ -14,6 +14,8 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -380,9 +382,12 @@ def point_outputs_at(config: Any, run_dir: Path, subcommand: str) -> None:
         config.checkpoint.dirpath = str(Path(ckpt_path).parent if evaluated else run_dir / LAST_CHECKPOINT.parent)
 
 
-def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> DAPTCLI:
-    """Build (and by default run) the LightningCLI; tests call this with an argument list."""
-    return DAPTCLI(
+def cli_main(
+    args: list[str] | None = None, run: bool = True, cli_class: Callable[..., DAPTCLI] | None = None, **kwargs: Any
+) -> DAPTCLI:
+    """Build (and by default run) the LightningCLI; tests call this with an argument list, ``dapt tune`` with its
+    own ``cli_class`` (a DAPTCLI subclass, its own arguments bound)."""
+    return (cli_class or DAPTCLI)(
         DAPTModule,
         DAPTDataModule,
         trainer_defaults=TRAINER_DEFAULTS,
@@ -416,25 +421,37 @@ class RunLog:
         self.handler.close()
 
 
-def trainer_main(argv: list[str]) -> int:
-    """Run ``dapt fit|validate|test|predict ARGV``; return the exit status."""
-    # The closing summary says where the W&B run went and how to upload it; W&B's own banner would repeat it.
+QUIET_WARNINGS = (
+    # Raised inside Lightning by this torch version; nothing a user can act on.
+    r".*isinstance\(treespec, LeafSpec\).*",
+    # The frozen CLIP is in eval mode on purpose (no dropout, fixed statistics) while the prompts train.
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    # `dapt` hands LightningCLI the arguments it was given, which are also sys.argv: no mistake to warn about.
+    r"LightningCLI's args parameter is intended to run from within Python",
+)
+"""The warnings every ``dapt`` run keeps off the console."""
+
+
+@contextmanager
+def quiet_console() -> Iterator[None]:
+    """The console of a ``dapt`` run: no warnings a user cannot act on, no product tips, no W&B banner (the
+    closing summary says where the W&B run went and how to upload it)."""
     os.environ.setdefault("WANDB_SILENT", "true")
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info logs from
     with warnings.catch_warnings():
-        # Raised inside Lightning by this torch version; nothing a user can act on.
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        # The frozen CLIP is in eval mode on purpose (no dropout, fixed statistics) while the prompts train.
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-        # `dapt` hands LightningCLI the arguments it was given, which are also sys.argv: no mistake to warn about.
-        warnings.filterwarnings(
-            "ignore", message=r"LightningCLI's args parameter is intended to run from within Python"
-        )
-        tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info logs from
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
         tips.addFilter(skip_advertisements)
         try:
-            cli_main(argv)
+            yield
         finally:
             tips.removeFilter(skip_advertisements)
+
+
+def trainer_main(argv: list[str]) -> int:
+    """Run ``dapt fit|validate|test|predict ARGV``; return the exit status."""
+    with quiet_console():
+        cli_main(argv)
     return 0
 
 

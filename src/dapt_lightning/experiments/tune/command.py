@@ -25,9 +25,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from dapt_lightning.experiments.lightning_cli import quiet_console
 from dapt_lightning.experiments.runs import METRICS_FILE, read_metrics
 from dapt_lightning.experiments.sweep.claims import claimed
-from dapt_lightning.experiments.tune.fit import ValidateLastEpoch, close, fit, quiet_fits, run_args
+from dapt_lightning.experiments.tune.fit import ValidateLastEpoch, close, fit, run_args
 from dapt_lightning.experiments.tune.objective import Objective, seed_value
 from dapt_lightning.experiments.tune.report import (
     log_to_wandb,
@@ -310,7 +311,7 @@ def _search(study: optuna.Study, request: Request) -> Counter[str]:
             print(trial_line(trial, count_states(study), request.trials, names), flush=True)
 
     objective = Objective(request.space, request.fit_args, request.seeds, folder)
-    with _sigterm_interrupts(), quiet_fits():
+    with _sigterm_interrupts(), quiet_console():
         return search(study, folder, objective, request.trials, on_trial, CATCH)
 
 
@@ -337,7 +338,7 @@ def _finish(study: optuna.Study, request: Request, counts: Counter[str]) -> int:
     settings = {name: best.params[name] for name in names if name in best.params}  # in the space file's order
     header = overlay_header(study, best, seeds, request.fit_args, folder.overlay)
     write_overlay(folder.overlay, settings, header)
-    with quiet_fits():
+    with quiet_console():
         finals, target = train_best(best, request.fit_args, seeds, folder)
     if len(finals) < len(seeds):
         print(f"[tune] the summary will be in {folder.summary} once the other worker's final run ends", flush=True)

@@ -8,48 +8,19 @@ the protocol keeps, so its validation accuracy is the trial's value (and what th
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
+import functools
 import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import optuna
 
-from dapt_lightning.callbacks.run_info import LoggedSaveConfig
-from dapt_lightning.data.datamodule import DAPTDataModule
-from dapt_lightning.experiments.lightning_cli import DAPTCLI, TRAINER_DEFAULTS, skip_advertisements
+from dapt_lightning.experiments.lightning_cli import DAPTCLI, cli_main
 from dapt_lightning.experiments.tune.space import STEPS_PER_SEED
 from dapt_lightning.loggers import finish_wandb_runs
-from dapt_lightning.module import DAPTModule
 
 MONITOR = "val/acc"
-QUIET_WARNINGS = (
-    r".*isinstance\(treespec, LeafSpec\).*",
-    r"Found \d+ module\(s\) in eval mode at the start of training",
-    r"LightningCLI's args parameter is intended to run from within Python",
-)
-"""The warnings ``dapt fit`` hides (``lightning_cli.trainer_main``): nothing a user can act on."""
-
-
-@contextmanager
-def quiet_fits() -> Iterator[None]:
-    """The console of ``dapt fit`` for the fits inside: no warnings a user cannot act on, no product tips, no W&B
-    banner (the closing summary says where the W&B run went)."""
-    os.environ.setdefault("WANDB_SILENT", "true")
-    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    with warnings.catch_warnings():
-        for message in QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        tips.addFilter(skip_advertisements)
-        try:
-            yield
-        finally:
-            tips.removeFilter(skip_advertisements)
 
 
 class ValidateLastEpoch(L.Callback):
@@ -140,20 +111,9 @@ class TuneCLI(DAPTCLI):
 def fit(
     args: list[str], monitor: ValidateLastEpoch, hide_test: bool, run_name: str, group: str
 ) -> tuple[DAPTCLI, float | None]:
-    """Run ``dapt fit ARGS`` in this process, built as ``lightning_cli.cli_main`` builds it; returns the CLI
+    """Run ``dapt fit ARGS`` in this process, as ``lightning_cli.cli_main`` builds it; returns the CLI
     (its W&B runs still open: the caller ends them with :func:`close`) and the last epoch's val/acc."""
-    cli = TuneCLI(
-        monitor,
-        hide_test,
-        run_name,
-        group,
-        model_class=DAPTModule,
-        datamodule_class=DAPTDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_callback=LoggedSaveConfig,
-        save_config_kwargs={"overwrite": True},
-        args=["fit", *args],
-    )
+    cli = cli_main(["fit", *args], cli_class=functools.partial(TuneCLI, monitor, hide_test, run_name, group))
     return cli, monitor.value
 
 
