@@ -60,9 +60,10 @@ def test_prototypes_match_direct_computation(synthetic_root: Path, tmp_path: Pat
     assert prototypes.shape == (24, 64)
     expected = direct_prototypes(module, data, transform, seed=data.seed)
     torch.testing.assert_close(prototypes, expected, rtol=1e-5, atol=1e-6)
-    # The mean of unit vectors, not re-normalised: below 1 for every class with two different views.
+    # The mean of unit vectors, not re-normalised: at most 1, and clearly below it where a class's views differ
+    # (random CLIP weights map many views to nearly one feature, so not for every class).
     norms = prototypes.norm(dim=-1)
-    assert (norms < 1 - 1e-4).all()
+    assert (norms <= 1 + 1e-6).all() and norms.min() < 1 - 1e-3
 
 
 def test_train_views_are_seeded_and_augmented(synthetic_root: Path) -> None:

@@ -110,7 +110,8 @@ def test_ddp_prototypes_equal_single_process(synthetic_root: Path, tmp_path: Pat
         assert record["fetched"], f"rank {rank} encoded no images"
         fetched += record["fetched"]
     # Every one of the 48 training images (24 classes x 2 shots) exactly once, across both ranks.
-    assert record["train"] == 72
-    assert sorted(fetched) == list(range(72))
+    images = len(single) * 2
+    assert record["train"] == images
+    assert sorted(fetched) == list(range(images))
     single_record = json.loads((tmp_path / "world1-rank0.json").read_text())
-    assert sorted(single_record["fetched"]) == list(range(72))
+    assert sorted(single_record["fetched"]) == list(range(images))

@@ -327,7 +327,7 @@ def test_two_workers_run_a_sweep_into_one_tree_and_every_table_number_equals_the
         assert (metrics["label"], metrics["seed"], metrics["shots"]) == (run.label, run.seed, 1)
         tested = step.run_dir.name if step.kind == "transfer" else run.dataset
         assert metrics["dataset"] == REGISTERED[tested] and metrics["trained_on"]["dataset"] == REGISTERED[run.dataset]
-        assert metrics["num_classes"] == (18 if run.subsample == "base" else {"subset": 5, "synthetic": 24}[tested])
+        assert metrics["num_classes"] == (12 if run.subsample == "base" else {"subset": 5, "synthetic": 24}[tested])
     assert not list((tmp_path / "runs").rglob(RUNNING_FILE)) and not list((tmp_path / "runs").rglob(ERROR_FILE))
     # The two workers ran at the same time: some runs' wall-clock intervals overlap.
     spans = sorted(

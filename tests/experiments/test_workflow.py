@@ -23,6 +23,7 @@ from dapt_lightning.checkpoint import ClipMismatchError
 from dapt_lightning.data import registry
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
 from dapt_lightning.data.registry import dataset_template, get_dataset, list_datasets
+from dapt_lightning.data.synthetic_render import class_names
 from dapt_lightning.experiments.lightning_cli import cli_main
 from dapt_lightning.model.clip import load_clip
 from dapt_lightning.module import DAPTModule
@@ -334,7 +335,8 @@ def test_notebook_runs_as_the_readme_says(
         for output in cell.get("outputs", [])
     )
     assert "ctx 15:" in outputs and "norms:" in outputs
-    match = re.search(r"accuracy on 72 test images: tuned ([0-9.]+)%, zero-shot ([0-9.]+)%", outputs)
+    test_images = len(class_names()) * SIZES["test"]
+    match = re.search(rf"accuracy on {test_images} test images: tuned ([0-9.]+)%, zero-shot ([0-9.]+)%", outputs)
     assert match is not None, outputs[-2000:]
 
     # Its baselines are the CLI's: the tuned accuracy of the run's test, zero-shot CLIP as `dapt test` computes it.

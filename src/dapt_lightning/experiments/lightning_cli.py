@@ -388,8 +388,8 @@ def cli_main(
     """Build (and by default run) the LightningCLI; tests call this with an argument list, ``dapt tune`` with its
     own ``cli_class`` (a DAPTCLI subclass, its own arguments bound)."""
     return (cli_class or DAPTCLI)(
-        DAPTModule,
-        DAPTDataModule,
+        model_class=DAPTModule,
+        datamodule_class=DAPTDataModule,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_callback=LoggedSaveConfig,
         save_config_kwargs={"overwrite": True},
