@@ -20,7 +20,7 @@ from dapt_lightning.data.datasets.synthetic import (
     write_synthetic_dataset,
 )
 from dapt_lightning.experiments.demo import demo_main
-from dapt_lightning.experiments.demo.command import SUMMARY_FILE, build_parser
+from dapt_lightning.experiments.demo.command import SUMMARY_FILE, build_parser, planned_runs
 from dapt_lightning.experiments.demo.dispersion import Dispersion
 from dapt_lightning.experiments.demo.report import accuracy_table, dispersion_table, mean_std
 
@@ -62,6 +62,12 @@ def test_options_are_checked_and_name_the_flag() -> None:
     for bad in (["--seeds", "one"], ["--methods", "dapt,cocoop"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+
+
+def test_runs_are_planned_zero_shot_first_and_once_dapt_last() -> None:
+    assert planned_runs(["dapt", "coop"], [1, 2]) == [("coop", 1), ("coop", 2), ("dapt", 1), ("dapt", 2)]
+    runs = planned_runs(["dapt", "vpt", "zeroshot", "vpt"], [3, 1])
+    assert runs == [("zeroshot", 3), ("vpt", 3), ("vpt", 1), ("dapt", 3), ("dapt", 1)]
 
 
 def test_the_dataset_is_written_again_when_an_older_renderer_wrote_it(tmp_path: Path) -> None:

@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def planned_runs(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """The demo's (method, seed) runs in order: zero-shot CLIP first and once (it trains nothing, so one run serves
+    every seed), DAPT last (its checkpoint is then the newest, the one the notebook opens), every other method in
+    the order given, once per seed."""
+    order = sorted(dict.fromkeys(methods), key=lambda method: (method != "zeroshot", method == "dapt"))
+    return [(method, seed) for method in order for seed in (seeds[:1] if method == "zeroshot" else seeds)]
+
+
 def run_method(method: str, seed: int, common: list[str], run_dir: Path) -> Any:
     """Test zero-shot CLIP, or fit and test ``method`` with ``seed``, in ``run_dir``; returns the CLI."""
     if method == "zeroshot":
@@ -107,35 +115,26 @@ def run_demo(args: argparse.Namespace, extra: list[str]) -> int:
         common += ["--trainer.max_epochs", str(args.max_epochs)]
     out = Path(args.out)
     start = time.time()
-    methods = [m for m in args.methods if m != "zeroshot"]
-    if "zeroshot" in args.methods:
-        methods.insert(0, "zeroshot")
-    if "dapt" in methods:  # last: its checkpoint is the newest, the one the notebook opens
-        methods.append(methods.pop(methods.index("dapt")))
+    runs = planned_runs(args.methods, args.seeds)
+    methods = list(dict.fromkeys(method for method, _ in runs))
     accuracy: dict[str, dict[int, float]] = {method: {} for method in methods}
     macro_f1: dict[str, dict[int, float]] = {method: {} for method in methods}
     dispersion: dict[int, tuple[Dispersion, Dispersion]] = {}
     dapt_cli = None
-    total = len(methods) if len(args.seeds) == 1 else len(args.seeds) * (len(methods) - 1) + ("zeroshot" in methods)
-    step = 0
-    for method in methods:
-        # Zero-shot CLIP trains nothing: one run serves every seed.
-        for seed in args.seeds[:1] if method == "zeroshot" else args.seeds:
-            step += 1
-            seed_part = "" if method == "zeroshot" or len(args.seeds) == 1 else f"  (seed {seed})"
-            print(f"== {step}/{total}  {STEPS[method]}{seed_part}", flush=True)
-            run_dir = out / method if method == "zeroshot" else out / f"seed{seed}" / method
-            cli = run_method(method, seed, common, run_dir)
-            test = json.loads((run_dir / "metrics.json").read_text())["test"]
-            seeds = args.seeds if method == "zeroshot" else [seed]
-            for each in seeds:
-                accuracy[method][each] = test["test/acc"]
-                macro_f1[method][each] = test["test/macro_f1"]
-            if method == "dapt":
-                dispersion[seed] = dispersion_before_after(cli.model, cli.datamodule)
-                dapt_cli = cli
-            classes = len(cli.datamodule.classnames)
-            shots = cli.datamodule.num_shots
+    for step, (method, seed) in enumerate(runs, start=1):
+        seed_part = "" if method == "zeroshot" or len(args.seeds) == 1 else f"  (seed {seed})"
+        print(f"== {step}/{len(runs)}  {STEPS[method]}{seed_part}", flush=True)
+        run_dir = out / method if method == "zeroshot" else out / f"seed{seed}" / method
+        cli = run_method(method, seed, common, run_dir)
+        test = json.loads((run_dir / "metrics.json").read_text())["test"]
+        for each in args.seeds if method == "zeroshot" else [seed]:
+            accuracy[method][each] = test["test/acc"]
+            macro_f1[method][each] = test["test/macro_f1"]
+        if method == "dapt":
+            dispersion[seed] = dispersion_before_after(cli.model, cli.datamodule)
+            dapt_cli = cli
+        classes = len(cli.datamodule.classnames)
+        shots = cli.datamodule.num_shots
 
     elapsed = time.time() - start
     summary = {
