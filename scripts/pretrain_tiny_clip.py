@@ -135,8 +135,9 @@ def main() -> None:
     tokenizer = open_clip.get_tokenizer(TINY_CLIP_NAME)
     bank, looks = render_bank(args.per_look, args.seed)
     captions: list[Caption] = [(style, c, s) for style in STYLES for c in COLOURS for s in SHAPES]
-    targets = caption_targets(sorted(set(looks), key=looks.index), captions)
-    look_index = {look: i for i, look in enumerate(sorted(set(looks), key=looks.index))}
+    distinct_looks = list(dict.fromkeys(looks))  # in rendering order
+    targets = caption_targets(distinct_looks, captions)
+    look_index = {look: i for i, look in enumerate(distinct_looks)}
     bank_targets = torch.tensor([look_index[look] for look in looks])
     print(f"rendered {len(bank)} images; {len(captions)} captions", flush=True)
 
