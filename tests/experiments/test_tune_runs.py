@@ -127,14 +127,15 @@ def test_readme_tune_then_fit_never_reads_the_test_split_and_reproduces_the_best
 
 
 def write_worker_world(tmp_path: Path) -> list[str]:
-    """A 5-class custom dataset and the pre-trained tiny CLIP (so settings change the accuracy), three epochs of two
-    steps, validated after each; a space without pruning. Returns the `dapt tune` arguments."""
+    """A 5-class custom dataset and the pre-trained tiny CLIP (so settings change the accuracy), four epochs of two
+    steps, validated after each (a trial outlasts the kill's wait by two epochs); a space without pruning. Returns the
+    `dapt tune` arguments."""
     root = tmp_path / "data"
     write_synthetic_dataset(root / FOLDER, seed=0, image_size=64, sizes=SIZES)
     config = yaml.safe_load(TINY_CONFIG.read_text())
     config["data"].update(dataset="custom", dataset_options=write_subset_dataset(root), batch_size=5, root=str(root))
     config["model"].update(pretrained="tiny-synthetic", warmup_epochs=0)
-    config["trainer"].update(max_epochs=3, check_val_every_n_epoch=1)
+    config["trainer"].update(max_epochs=4, check_val_every_n_epoch=1)
     (tmp_path / "subset.yaml").write_text(yaml.safe_dump(config))
     space = yaml.safe_load(tune.DEFAULT_SPACE.read_text())
     space["pruner"] = {"type": "none"}
@@ -173,6 +174,12 @@ def running_trial_of(folder: StudyFolder, pid: int, deadline: float, after: int 
     raise AssertionError(f"worker {pid} started no trial after trial {after}")
 
 
+def state_of(folder: StudyFolder, number: int) -> str:
+    """Trial ``number``'s state as the study's SQLite file holds it (read-only, as in `running_trial_of`)."""
+    with sqlite3.connect(f"file:{folder.database}?mode=ro", uri=True) as db:
+        return db.execute("SELECT state FROM trials WHERE number = ?", (number,)).fetchone()[0]
+
+
 @pytest.mark.slow
 def test_two_workers_share_a_study_and_a_killed_trial_is_failed_and_set_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
@@ -188,6 +195,8 @@ def test_two_workers_share_a_study_and_a_killed_trial_is_failed_and_set_apart(
     def kill_first() -> None:
         try:
             kill_inside_second_epoch(first, folder.trial_dir(killed) / "seed1" / "checkpoints" / "last.ckpt")
+            # Otherwise the kill landed between trials, and the rest of the test would fail without saying why.
+            assert state_of(folder, killed) != "COMPLETE", f"trial {killed} finished before its worker was killed"
         except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
             errors.append(error)
 
