@@ -47,14 +47,13 @@ def build_model(
 ):
     """A DAPT ``PromptedCLIP`` (class-shared text context + visual prompts) over ``classes`` real class names;
     the same ``seed`` gives the same prompts whatever the other settings."""
-    from dapt_lightning.model.prompted_clip import PromptedCLIP
+    from dapt_lightning.methods import CoOpVPT
 
     torch.manual_seed(seed)
     device = next(clip.parameters()).device
     # The prompt learner embeds its CPU token ids when built: build on the CPU, then move (shared) CLIP back.
-    model = PromptedCLIP(
-        clip.cpu(), load_classnames(classes), text_checkpointing=checkpointing, compile=compile_mode
-    ).to(device)
+    method = CoOpVPT(text_checkpointing=checkpointing, compile=compile_mode)  # DAPT's prompts, nothing loaded
+    model = method.build_model(clip.cpu(), load_classnames(classes)).to(device)
     model.clip.eval()
     return model
 

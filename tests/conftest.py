@@ -32,7 +32,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data root holding a small synthetic dataset (``--data.root`` / ``DAPTDataModule(root=...)``)."""
+    """A data root holding a small synthetic dataset (``--data.root`` / ``FewShotDataModule(root=...)``)."""
     root = tmp_path_factory.mktemp("data")
     write_synthetic_dataset(root / FOLDER, seed=0, image_size=64, sizes=SYNTHETIC_SIZES)
     return root

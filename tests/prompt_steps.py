@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dapt_lightning.losses import dapt_loss
+from dapt_lightning.methods import VPT, CoOp, CoOpVPT, ZeroShotCLIP
+from dapt_lightning.methods.registry import init_arguments
 from dapt_lightning.model.clip import load_clip
 from dapt_lightning.model.prompted_clip import PromptedCLIP
 from dapt_lightning.model.text_encoding import TextEncoder, build_text_encoder
@@ -57,10 +59,28 @@ def perturbed_tiny_clip(activation: str = "quickgelu") -> nn.Module:
     return perturb(clip, seed=1)
 
 
+def build_prompted(
+    clip: nn.Module,
+    classnames: list[str] = CLASSNAMES,
+    *,
+    text_prompts: bool = True,
+    visual_prompts: bool = True,
+    tokenizer: object = None,
+    **settings: object,
+) -> PromptedCLIP:
+    """The PromptedCLIP over ``clip`` that the method with these prompts builds (CoOp+VPT by default), with those of
+    ``settings`` the method takes."""
+    method = {(True, True): CoOpVPT, (True, False): CoOp, (False, True): VPT, (False, False): ZeroShotCLIP}[
+        (text_prompts, visual_prompts)
+    ]
+    taken = {key: value for key, value in settings.items() if key in init_arguments(method)}
+    return method(**taken).build_model(clip, list(classnames), tokenizer)
+
+
 def prompted_model(clip: nn.Module, **kwargs) -> PromptedCLIP:
     """A PromptedCLIP over a copy of ``clip`` whose prompts are seeded and large enough to matter."""
     torch.manual_seed(2)
-    model = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, **kwargs)
+    model = build_prompted(copy.deepcopy(clip), **kwargs)
     with torch.no_grad():  # larger than the N(0, 0.02^2) init, so the context really moves the features
         if model.text_prompt is not None:
             model.text_prompt.txt_ctx.normal_(std=0.5)

@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 from tiny import quiet_trainer
 
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
-from dapt_lightning.data.datamodule import DAPTDataModule
+from dapt_lightning.data.datamodule import FewShotDataModule
+from dapt_lightning.methods import DAPT
 from dapt_lightning.model.clip import load_clip
-from dapt_lightning.module import DAPTModule
 
 PROMPT_KEYS = {"model.text_prompt.txt_ctx", "model.visual_prompt.vis_ctx", "prototypes", "prototypes_ready"}
 
@@ -36,8 +36,8 @@ def clip_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return _save_clip(folder / "a.safetensors", 0), _save_clip(folder / "b.safetensors", 1)
 
 
-def _data(root: Path) -> DAPTDataModule:
-    return DAPTDataModule(
+def _data(root: Path) -> FewShotDataModule:
+    return FewShotDataModule(
         "synthetic", root=str(root), num_shots=1, batch_size=8, test_batch_size=50, num_workers=0, image_size=64
     )
 
@@ -45,12 +45,12 @@ def _data(root: Path) -> DAPTDataModule:
 @pytest.fixture(scope="module")
 def trained(
     synthetic_root: Path, clip_files: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, DAPTModule]:
+) -> tuple[Path, DAPT]:
     """One short DAPT fit on CLIP file ``a``; returns the saved checkpoint and the trained module."""
     folder = tmp_path_factory.mktemp("trained")
     data = _data(synthetic_root)
     torch.manual_seed(0)
-    module = DAPTModule(data.classnames, clip_name="dapt-tiny", pretrained=clip_files[0], lr=0.5)
+    module = DAPT(classnames=data.classnames, clip_name="dapt-tiny", pretrained=clip_files[0], lr=0.5)
     callbacks = [PrototypeCallback(cache_dir=str(folder / "cache"))]
     trainer = _trainer(folder, callbacks=callbacks)
     trainer.fit(module, datamodule=data)
@@ -59,7 +59,7 @@ def trained(
     return path, module
 
 
-def test_checkpoint_holds_prompts_and_prototypes_only(trained: tuple[Path, DAPTModule]) -> None:
+def test_checkpoint_holds_prompts_and_prototypes_only(trained: tuple[Path, DAPT]) -> None:
     path, module = trained
     checkpoint = torch.load(path, weights_only=True)
     state = checkpoint["state_dict"]
@@ -73,9 +73,9 @@ def test_checkpoint_holds_prompts_and_prototypes_only(trained: tuple[Path, DAPTM
     assert checkpoint["classnames"] == module.model.classnames
 
 
-def test_load_from_checkpoint_round_trips_exactly(trained: tuple[Path, DAPTModule]) -> None:
+def test_load_from_checkpoint_round_trips_exactly(trained: tuple[Path, DAPT]) -> None:
     path, module = trained
-    loaded = DAPTModule.load_from_checkpoint(path, map_location="cpu")
+    loaded = DAPT.load_from_checkpoint(path, map_location="cpu")
     assert torch.equal(loaded.model.text_prompt.txt_ctx, module.model.text_prompt.txt_ctx)
     assert torch.equal(loaded.model.visual_prompt.vis_ctx, module.model.visual_prompt.vis_ctx)
     assert torch.equal(loaded.prototypes, module.prototypes)
@@ -86,19 +86,19 @@ def test_load_from_checkpoint_round_trips_exactly(trained: tuple[Path, DAPTModul
         assert torch.equal(tensor, trained_clip[name]), name
     # The prompts were trained: they differ from a fresh initialisation with the same seed.
     torch.manual_seed(0)
-    fresh = DAPTModule(module.model.classnames, clip_name="dapt-tiny", pretrained=module.hparams.pretrained)
+    fresh = DAPT(classnames=module.model.classnames, clip_name="dapt-tiny", pretrained=module.hparams.pretrained)
     assert not torch.equal(fresh.model.text_prompt.txt_ctx, loaded.model.text_prompt.txt_ctx)
 
 
 def test_trainer_test_with_ckpt_path(
-    trained: tuple[Path, DAPTModule], synthetic_root: Path, clip_files: tuple[str, str], tmp_path: Path
+    trained: tuple[Path, DAPT], synthetic_root: Path, clip_files: tuple[str, str], tmp_path: Path
 ) -> None:
     path, module = trained
     data = _data(synthetic_root)
     expected = _trainer(tmp_path).test(module, datamodule=data, verbose=False)[0]["test/acc"]
 
     torch.manual_seed(123)  # other prompt initialisations, replaced by the checkpoint's
-    fresh = DAPTModule(data.classnames, clip_name="dapt-tiny", pretrained=clip_files[0])
+    fresh = DAPT(classnames=data.classnames, clip_name="dapt-tiny", pretrained=clip_files[0])
     results = _trainer(tmp_path).test(fresh, datamodule=_data(synthetic_root), ckpt_path=str(path), verbose=False)
     assert torch.equal(fresh.model.text_prompt.txt_ctx, module.model.text_prompt.txt_ctx)
     assert torch.equal(fresh.model.visual_prompt.vis_ctx, module.model.visual_prompt.vis_ctx)
@@ -106,14 +106,14 @@ def test_trainer_test_with_ckpt_path(
     assert results[0]["test/acc"] == pytest.approx(expected, abs=1e-7)
 
 
-def test_loading_with_another_clip_is_an_error(trained: tuple[Path, DAPTModule], clip_files: tuple[str, str]) -> None:
+def test_loading_with_another_clip_is_an_error(trained: tuple[Path, DAPT], clip_files: tuple[str, str]) -> None:
     path, _ = trained
     with pytest.raises(ValueError, match=r"weights sha256.*--model.clip_name/--model.pretrained"):
-        DAPTModule.load_from_checkpoint(path, map_location="cpu", pretrained=clip_files[1])
+        DAPT.load_from_checkpoint(path, map_location="cpu", pretrained=clip_files[1])
 
 
-def test_loading_with_another_activation_is_an_error(trained: tuple[Path, DAPTModule]) -> None:
+def test_loading_with_another_activation_is_an_error(trained: tuple[Path, DAPT]) -> None:
     # Same weights, but plain GELU instead of the QuickGELU the prompts were trained with: other features.
     path, _ = trained
     with pytest.raises(ValueError, match="quick_gelu"):
-        DAPTModule.load_from_checkpoint(path, map_location="cpu", quick_gelu=False)
+        DAPT.load_from_checkpoint(path, map_location="cpu", quick_gelu=False)

@@ -9,8 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from dapt_lightning.data.datamodule import DAPTDataModule
-from dapt_lightning.module import DAPTModule
+from dapt_lightning.data.datamodule import FewShotDataModule
+from dapt_lightning.methods import CoOpVPT
 from dapt_lightning.schedule import expected_lr, warmup_cosine
 
 
@@ -55,10 +55,10 @@ class _RecordLR(L.Callback):
 
 
 def test_module_optimiser_and_schedule_in_a_real_fit(synthetic_root: Path, make_trainer) -> None:
-    data = DAPTDataModule(
+    data = FewShotDataModule(
         "synthetic", root=str(synthetic_root), num_shots=1, batch_size=4, num_workers=0, image_size=64
     )
-    module = DAPTModule(data.classnames, method="coop_vpt", clip_name="dapt-tiny", pretrained=None, lr=0.3)
+    module = CoOpVPT(classnames=data.classnames, clip_name="dapt-tiny", pretrained=None, lr=0.3)
     recorder = _RecordLR()
     trainer = make_trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=0, callbacks=[recorder])
     trainer.fit(module, datamodule=data)

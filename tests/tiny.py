@@ -15,6 +15,9 @@ import torch
 
 from dapt_lightning.checkpoint import load_checkpoint_file
 from dapt_lightning.data.datasets.synthetic import FOLDER, SPLIT_FILE
+from dapt_lightning.experiments.console import quiet_console
+from dapt_lightning.experiments.run import RunRecord, RunSpec, execute
+from dapt_lightning.experiments.trainer_cli import DAPTCLI
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = Path(__file__).resolve().parent / "conf" / "tiny.yaml"
@@ -31,6 +34,17 @@ def tiny_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
     The config comes first: jsonargparse applies arguments in order, so ``extra`` flags override it.
     """
     return ["--config", str(TINY_CONFIG), "--data.root", str(root), "--run.dir", str(run_dir), *extra]
+
+
+def run(argv: list[str]) -> RunRecord:
+    """``dapt COMMAND ARGS...`` in this process, as the console command runs it (``run.execute``)."""
+    return execute(RunSpec(argv[0], args=tuple(argv[1:])))
+
+
+def build(argv: list[str]) -> DAPTCLI:
+    """Parse ``argv`` (no subcommand) and instantiate the method, DataModule and Trainer; nothing runs."""
+    with quiet_console():
+        return DAPTCLI(argv, run=False)
 
 
 def run_dapt(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:

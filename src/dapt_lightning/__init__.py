@@ -1,3 +1,45 @@
-"""dapt_lightning: Distribution-Aware Prompt Tuning (DAPT) for CLIP, in PyTorch Lightning."""
+"""dapt_lightning: Distribution-Aware Prompt Tuning (DAPT) and its baselines for CLIP, in PyTorch Lightning.
 
-__version__ = "0.1.0"
+What a Lightning user imports: the methods (one LightningModule class each), the few-shot DataModule and the
+callbacks that keep a run's files::
+
+    from dapt_lightning import DAPT, FewShotDataModule
+    trainer = lightning.Trainer(max_epochs=10)
+    trainer.fit(DAPT(clip_name="ViT-B-16", pretrained="openai"), datamodule=FewShotDataModule("oxford_pets"))
+"""
+
+from dapt_lightning.callbacks.prototypes import PrototypeCallback
+from dapt_lightning.callbacks.run_files import ClosingSummary, MetricsFile, RunLog
+from dapt_lightning.data.datamodule import FewShotDataModule
+from dapt_lightning.methods import (
+    DAPT,
+    VPT,
+    CLIPMethod,
+    CoOp,
+    CoOpVPT,
+    PromptTuning,
+    ZeroShotCLIP,
+    list_methods,
+    method_class,
+    register_method,
+)
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "DAPT",
+    "VPT",
+    "CLIPMethod",
+    "ClosingSummary",
+    "CoOp",
+    "CoOpVPT",
+    "FewShotDataModule",
+    "MetricsFile",
+    "PromptTuning",
+    "PrototypeCallback",
+    "RunLog",
+    "ZeroShotCLIP",
+    "list_methods",
+    "method_class",
+    "register_method",
+]

@@ -143,8 +143,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
 # ---------------------------------------------------------------------------------------------------------------
 # What a prompt-only checkpoint holds, and what is checked when one is loaded.
 
-CHECKPOINT_FORMAT = 1
-"""Version of the prompt-only checkpoint layout (``checkpoint["dapt_checkpoint_format"]``)."""
+CHECKPOINT_FORMAT = 2
+"""Version of the prompt-only checkpoint layout (``checkpoint["dapt_checkpoint_format"]``): 2 records the method's
+class (``checkpoint["method"]``); 1 (one module for every method) recorded ``hyper_parameters["method"]``."""
 CLASS_SPECIFIC_STATE = ("prototypes", "prototypes_ready")
 """State that belongs to the training classes: dropped when prompts are evaluated on other classes."""
 
@@ -153,23 +154,18 @@ class ClipMismatchError(ValueError):
     """A checkpoint's prompts were trained on a different CLIP than the one this run loaded."""
 
 
-def prompt_only_state(
-    state: dict[str, torch.Tensor], frozen: torch.nn.Module, keep_prototypes: bool
-) -> dict[str, torch.Tensor]:
-    """``state`` without the frozen CLIP (rebuilt from its identity on load), and without unset prototypes.
+def prompt_only_state(state: dict[str, torch.Tensor], frozen: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` without the frozen CLIP (rebuilt from its identity on load).
 
     The tower views register CLIP's modules under their own names too, so tensors are matched by storage, not by
     name prefix.
     """
     frozen_storage = {t.data_ptr() for t in frozen.state_dict().values() if t.numel()}
-    kept = {
+    return {
         k: v
         for k, v in state.items()
         if not k.startswith("model.clip.") and not (v.numel() and v.data_ptr() in frozen_storage)
     }
-    if not keep_prototypes:
-        kept.pop("prototypes", None)  # zeros for methods without prototypes: C x D bytes of nothing
-    return kept
 
 
 def check_clip_identity(saved: dict[str, Any], ours: ClipIdentity) -> None:
@@ -208,7 +204,6 @@ def transferable_state(
     source: str,
     *,
     fitting: bool,
-    class_specific_context: bool,
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The class-agnostic part of ``state`` (generic text context, visual prompts) for other classes, and a log line.
 
@@ -217,7 +212,6 @@ def transferable_state(
         saved_classes: the classes it was trained on; classes: this run's.
         source: the dataset it was trained on (for the log line).
         fitting: whether this run trains (resuming on other classes is refused).
-        class_specific_context: whether this run's model has one text context per class.
     """
     if fitting:
         raise ValueError(
@@ -226,7 +220,7 @@ def transferable_state(
             "settings. To evaluate those prompts on these classes use `dapt test`; to start anew, drop --ckpt_path."
         )
     context = state.get("model.text_prompt.txt_ctx")
-    if class_specific_context or (context is not None and context.dim() == 3):
+    if context is not None and context.dim() == 3:
         raise ValueError(
             "the checkpoint's text context is class-specific (--model.class_specific_context true): it cannot "
             f"be used for other classes ({len(saved_classes)} in the checkpoint, {len(classes)} "

@@ -7,10 +7,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dapt_lightning.arguments import UsageError
 from dapt_lightning.data.cli import data_main
 from dapt_lightning.experiments.demo import demo_main
-from dapt_lightning.experiments.lightning_cli import TRAINER_SUBCOMMANDS, trainer_main
+from dapt_lightning.experiments.run import RunInterrupted, RunSpec, execute
 from dapt_lightning.experiments.sweep.command import sweep_main
+from dapt_lightning.experiments.trainer_cli import TRAINER_SUBCOMMANDS
 from dapt_lightning.experiments.tune.command import tune_main
 
 
@@ -23,7 +25,11 @@ class Subcommand:
 
 
 def _trainer_subcommand(name: str) -> Subcommand:
-    return Subcommand(TRAINER_SUBCOMMANDS[name], lambda argv: trainer_main([name, *argv]))
+    def run(argv: list[str]) -> int:
+        execute(RunSpec(name, args=tuple(argv)))
+        return 0
+
+    return Subcommand(TRAINER_SUBCOMMANDS[name], run)
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -61,6 +67,12 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         status = command.run(argv[1:])
+    except UsageError as error:
+        print(f"dapt: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RunInterrupted as error:
+        print(f"dapt: interrupted ({error})", file=sys.stderr)
+        raise SystemExit(130) from None
     except BrokenPipeError:
         # The reader of our output went away (`dapt sweep FILE --print-commands | head`): nothing more to say.
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit, into the closed pipe

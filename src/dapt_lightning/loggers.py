@@ -49,6 +49,7 @@ class DAPTWandbLogger(WandbLogger):
             # Passed on as None, it only makes W&B warn that the setting is deprecated.
             self._wandb_init.pop("anonymous", None)
         self.mode = mode
+        self.project = project
 
     def set_run_identity(self, name: str, group: str, tags: list[str]) -> None:
         """Name and group the run before its first log (W&B fixes them when the run starts)."""

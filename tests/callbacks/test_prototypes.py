@@ -10,25 +10,23 @@ import torch.nn.functional as F
 from tiny import quiet_trainer
 
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
-from dapt_lightning.data.datamodule import DAPTDataModule
+from dapt_lightning.data.datamodule import FewShotDataModule
 from dapt_lightning.data.image_dataset import seeded_views
-from dapt_lightning.module import DAPTModule
+from dapt_lightning.methods import DAPT
 
 
-def make_data(root: Path, num_shots: int = 2, seed: int = 1) -> DAPTDataModule:
-    return DAPTDataModule(
+def make_data(root: Path, num_shots: int = 2, seed: int = 1) -> FewShotDataModule:
+    return FewShotDataModule(
         "synthetic", root=str(root), num_shots=num_shots, seed=seed, batch_size=8, num_workers=0, image_size=64
     )
 
 
-def make_module(classnames: list[str], clip_seed: int = 0) -> DAPTModule:
+def make_module(classnames: list[str], clip_seed: int = 0) -> DAPT:
     torch.manual_seed(clip_seed)  # random tiny-CLIP weights: the same seed gives the same CLIP
-    return DAPTModule(classnames, method="dapt", clip_name="dapt-tiny", pretrained=None)
+    return DAPT(classnames=classnames, clip_name="dapt-tiny", pretrained=None)
 
 
-def fit_prototypes(
-    module: DAPTModule, data: DAPTDataModule, callback: PrototypeCallback, root_dir: Path
-) -> torch.Tensor:
+def fit_prototypes(module: DAPT, data: FewShotDataModule, callback: PrototypeCallback, root_dir: Path) -> torch.Tensor:
     """Run the callback inside a real ``Trainer.fit`` (training itself skipped) and return the prototypes."""
     trainer = quiet_trainer(limit_train_batches=0, limit_val_batches=0, callbacks=[callback], default_root_dir=root_dir)
     trainer.fit(module, datamodule=data)
@@ -37,7 +35,7 @@ def fit_prototypes(
 
 
 @torch.no_grad()
-def direct_prototypes(module: DAPTModule, data: DAPTDataModule, transform: str, seed: int) -> torch.Tensor:
+def direct_prototypes(module: DAPT, data: FewShotDataModule, transform: str, seed: int) -> torch.Tensor:
     """Per-class mean of the L2-normalised zero-shot features of one seeded view per image."""
     views = seeded_views(data.dataset("train", transform=transform), seed)
     images, labels, _ = zip(*(views[index] for index in range(len(views))), strict=True)

@@ -27,9 +27,9 @@ SCRIPT = textwrap.dedent(
     from safetensors.torch import save_file
 
     from dapt_lightning.callbacks.prototypes import PrototypeCallback
-    from dapt_lightning.data.datamodule import DAPTDataModule
+    from dapt_lightning.data.datamodule import FewShotDataModule
     from dapt_lightning.data.image_dataset import ImageListDataset
-    from dapt_lightning.module import DAPTModule
+    from dapt_lightning.methods import DAPT
 
     root, clip_file, out, devices = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     FETCHED = []
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
             return super().__getitem__(index)
 
 
-    class RecordingDataModule(DAPTDataModule):
+    class RecordingDataModule(FewShotDataModule):
         def dataset(self, split, transform=None):
             images = super().dataset(split, transform)
             if split != "train" or transform is None:  # the prototype pass asks for its transform explicitly
@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent(
 
 
     data = RecordingDataModule("synthetic", root=root, num_shots=2, seed=1, batch_size=8, num_workers=0, image_size=64)
-    module = DAPTModule(data.classnames, clip_name="dapt-tiny", pretrained=clip_file)
+    module = DAPT(classnames=data.classnames, clip_name="dapt-tiny", pretrained=clip_file)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fake_datasets import FAKES, make_fake_datasets
 
+from dapt_lightning.arguments import UsageError
 from dapt_lightning.data.check import check_datasets, format_table
 from dapt_lightning.data.cli import data_main
 from dapt_lightning.data.registry import get_dataset_reader, layouts
@@ -104,7 +105,7 @@ def test_cli_check_exit_codes_and_env_root(full_root: Path, monkeypatch, capsys)
     assert f"missing dir: {full_root / 'eurosat'}" in out
     assert data_main(["check"]) == 0  # without names it only reports
     assert data_main(["check", "--root", str(full_root / "nowhere")]) == 1
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError):
         data_main(["check", "no_such_dataset", "--root", str(full_root)])
 
 

@@ -16,7 +16,7 @@ import pytest
 from fake_datasets import FAKES, IMAGENET_CLASSES, make_fake_dataset, make_fake_datasets
 from tiny import SIZES, run_dapt, tiny_args
 
-from dapt_lightning.data.datasets.common import DatasetError
+from dapt_lightning.data.datasets.checks import DatasetError
 from dapt_lightning.data.datasets.synthetic import write_synthetic_dataset
 from dapt_lightning.data.registry import get_dataset_reader, layouts, list_datasets
 from dapt_lightning.data.types import Datum

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fake_datasets import make_fake_dataset
 
+from dapt_lightning.arguments import UsageError
 from dapt_lightning.data.cli import data_main
 from dapt_lightning.data.download import (
     STAGING_DIR,
@@ -82,43 +83,59 @@ def server() -> Iterator[FileServer]:
     httpd.server_close()
 
 
+LARGE = 1_500_000
+"""Bytes of a download cut halfway that still leaves whole chunks on disk (the downloader writes 512 KiB chunks)."""
+
+
 def _payload(size: int = 300_000) -> bytes:
     return bytes((i * 7919) % 251 for i in range(size))
 
 
 def test_interrupted_download_resumes_with_range(server: FileServer, tmp_path: Path) -> None:
-    body = _payload()
+    body = _payload(LARGE)
     server.files["/f.bin"] = body
     server.cut_once.add("/f.bin")
     dest = tmp_path / "f.bin"
     with pytest.raises(DownloadError, match="run the command again to resume"):
         download_file(f"{server.url}/f.bin", dest, retries=0, progress=False)
-    part = tmp_path / "f.bin.part"
-    assert part.stat().st_size == len(body) // 2 and not dest.exists()
+    (part,) = [path for path in tmp_path.iterdir() if path.name.endswith(".part")]
+    received = part.stat().st_size
+    assert 0 < received < len(body) and not dest.exists()
 
     md5 = hashlib.md5(body).hexdigest()
     download_file(f"{server.url}/f.bin", dest, md5=md5, retries=0, progress=False)
     assert dest.read_bytes() == body and not part.exists()
-    assert server.requests[-1] == ("/f.bin", f"bytes={len(body) // 2}-")
+    assert server.requests[-1] == ("/f.bin", f"bytes={received}-")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["f.bin"]  # nothing left beside it
 
 
 def test_retry_resumes_within_one_call(server: FileServer, tmp_path: Path) -> None:
-    body = _payload()
+    body = _payload(LARGE)
     server.files["/g.bin"] = body
     server.cut_once.add("/g.bin")
     sha = hashlib.sha256(body).hexdigest()
-    download_file(f"{server.url}/g.bin", tmp_path / "g.bin", sha256=sha, retries=2, backoff=0, progress=False)
+    download_file(f"{server.url}/g.bin", tmp_path / "g.bin", sha256=sha, retries=2, progress=False)
     assert (tmp_path / "g.bin").read_bytes() == body
-    assert [r[1] for r in server.requests] == [None, f"bytes={len(body) // 2}-"]
+    first, resumed = server.requests
+    assert first == ("/g.bin", None) and resumed[1].startswith("bytes=") and resumed[1] != "bytes=0-"
 
 
 def test_server_ignoring_range_restarts_cleanly(server: FileServer, tmp_path: Path) -> None:
-    body = _payload()
+    body = _payload(LARGE)
     server.files["/h.bin"] = body
-    server.ignore_range = True
-    (tmp_path / "h.bin.part").write_bytes(b"stale bytes from some other file")
+    server.cut_once.add("/h.bin")
+    with pytest.raises(DownloadError):
+        download_file(f"{server.url}/h.bin", tmp_path / "h.bin", retries=0, progress=False)
+    server.ignore_range = True  # the next call asks for the rest, and gets the whole file from the start
     download_file(f"{server.url}/h.bin", tmp_path / "h.bin", md5=hashlib.md5(body).hexdigest(), progress=False)
     assert (tmp_path / "h.bin").read_bytes() == body
+
+
+def test_a_web_page_instead_of_the_file_is_named(server: FileServer, tmp_path: Path) -> None:
+    server.files["/quota.bin"] = b"<!DOCTYPE html><html><body>Quota exceeded</body></html>"
+    with pytest.raises(DownloadError, match="returned a web page instead of the file"):
+        download_file(f"{server.url}/quota.bin", tmp_path / "quota.bin", progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_checksum_mismatch_deletes_part_and_names_url(server: FileServer, tmp_path: Path) -> None:
@@ -130,7 +147,7 @@ def test_checksum_mismatch_deletes_part_and_names_url(server: FileServer, tmp_pa
         download_file(url, tmp_path / "c.bin", md5=wrong, progress=False)
     message = str(err.value)
     assert url in message and wrong in message and hashlib.md5(body).hexdigest() in message
-    assert not (tmp_path / "c.bin").exists() and not (tmp_path / "c.bin.part").exists()
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a partial one
 
 
 def test_http_error_names_url(server: FileServer, tmp_path: Path) -> None:
@@ -218,7 +235,7 @@ def test_download_oxford_pets_from_mirror_into_coop_layout(server: FileServer, t
     server.cut_once.add("/oxford_pets/images.tar.gz")
 
     root = tmp_path / "data"
-    report = download_dataset("oxford_pets", root, mirror=server.url + "/", verify=False, backoff=0, progress=False)
+    report = download_dataset("oxford_pets", root, mirror=server.url + "/", verify=False, progress=False)
     assert report.fetched == ["images.tar.gz", "annotations.tar.gz", "split_zhou_OxfordPets.json"]
     assert _same_items(get_dataset_reader("oxford_pets")(root), get_dataset_reader("oxford_pets")(source), root, source)
     assert not list((root / STAGING_DIR / "oxford_pets").glob("*.tar.gz"))  # archives removed after extraction
@@ -247,7 +264,7 @@ def test_cli_download_fgvc_strips_data_folder_and_uses_env_mirror(
     server.files["/fgvc_aircraft/fgvc-aircraft-2013b.tar.gz"] = buffer.getvalue()
     monkeypatch.setenv("DAPT_DOWNLOAD_MIRROR", server.url)
     root = tmp_path / "data"
-    assert data_main(["download", "fgvc_aircraft", "--root", str(root), "--no-verify", "--quiet"]) == 0
+    assert data_main(["download", "fgvc_aircraft", "--root", str(root), "--no_verify", "--no_progress"]) == 0
     assert "fgvc_aircraft: fetched fgvc-aircraft-2013b.tar.gz" in capsys.readouterr().out
     assert not (root / "fgvc_aircraft/README.md").exists()
     got, want = get_dataset_reader("fgvc_aircraft")(root), get_dataset_reader("fgvc_aircraft")(source)
@@ -258,7 +275,7 @@ def test_cli_download_copies_classnames_and_prints_manual_steps(server: FileServ
     root = tmp_path / "data"
     (root / "imagenet").mkdir(parents=True)
     (root / "imagenet/classnames.txt").write_text("n01440764 tench\n")
-    assert data_main(["download", "imagenet_sketch", "--root", str(root), "--mirror", server.url, "--quiet"]) == 0
+    assert data_main(["download", "imagenet_sketch", "--root", str(root), "--mirror", server.url, "--no_progress"]) == 0
     assert (root / "imagenet-sketch/classnames.txt").read_text() == "n01440764 tench\n"
     assert server.requests == []
     assert f"{root}/imagenet-sketch/images" in capsys.readouterr().out
@@ -284,5 +301,5 @@ def test_only_datasets_with_a_download_plan_can_be_downloaded(tmp_path: Path) ->
     assert "synthetic" not in download_plans() and set(download_plans()) == set(layouts())
     with pytest.raises(ValueError, match=r"unknown dataset 'synthetic'; choose one of imagenet, caltech101"):
         download_dataset("synthetic", tmp_path, progress=False)
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError):
         data_main(["download", "custom", "--root", str(tmp_path)])

@@ -67,9 +67,10 @@ def test_dataset_config_has_the_official_settings(name: str) -> None:
     dataset, lr, beta_v, beta_t = OFFICIAL[name]
     assert config["data"]["dataset"] == dataset and dataset in list_datasets()
     assert get_dataset(dataset).config == f"{name}.yaml"
-    assert (config["model"]["lr"], config["model"]["beta_v"], config["model"]["beta_t"]) == (lr, beta_v, beta_t)
-    assert config["model"]["method"] == "dapt"
-    assert (config["model"]["clip_name"], config["model"]["pretrained"]) == ("ViT-B-16", "openai")
+    assert config["model"]["class_path"] == "dapt_lightning.methods.DAPT"
+    settings = config["model"]["init_args"]
+    assert (settings["lr"], settings["beta_v"], settings["beta_t"]) == (lr, beta_v, beta_t)
+    assert (settings["clip_name"], settings["pretrained"]) == ("ViT-B-16", "openai")
     assert "root" not in config["data"], "the data root comes from --data.root or $DAPT_DATA_ROOT"
     # Epochs are derived from the shot count, never pinned in a dataset config.
     assert config.get("trainer", {}).get("max_epochs") is None

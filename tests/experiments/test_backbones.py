@@ -6,44 +6,45 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from tiny import tiny_args
 
 from dapt_lightning.cli import main
+from dapt_lightning.data.datamodule import FewShotDataModule
 from dapt_lightning.data.transforms import ImagePreprocessing
-from dapt_lightning.experiments.lightning_cli import cli_main
-from dapt_lightning.model.clip import ClipLoadError, clip_preprocessing, clip_tokenizer, fill_clip_preprocessing
+from dapt_lightning.methods import DAPT
+from dapt_lightning.model.clip import ClipLoadError, clip_preprocessing, clip_tokenizer
 
 
-def test_the_data_follows_the_clips_preprocessing(synthetic_root: Path, tmp_path: Path) -> None:
-    cli = cli_main(tiny_args(synthetic_root, tmp_path / "run"), run=False)
-    expected = clip_preprocessing(cli.model.hparams.clip_name, cli.model.hparams.pretrained)
-    assert cli.datamodule.preprocessing == ImagePreprocessing(**expected)
+def test_the_data_follows_the_clips_preprocessing(synthetic_root: Path) -> None:
+    module = DAPT(classnames=["a", "b"], clip_name="dapt-tiny", pretrained=None)
+    data = FewShotDataModule(root=str(synthetic_root))
+    assert data.preprocessing == ImagePreprocessing()  # OpenAI's, without a model
+    data.follow(module)
+    assert data.preprocessing == ImagePreprocessing(**clip_preprocessing("dapt-tiny", None))
+    assert data.preprocessing.size == 64 == module.image_size
 
 
 def test_preprocessing_flags_given_explicitly_are_kept() -> None:
-    data_args = {"image_size": 256, "image_mean": None, "image_std": None, "interpolation": None, "resize_mode": None}
-    fill_clip_preprocessing(data_args, "ViT-B-16-SigLIP", "webli")
-    assert data_args == {
-        "image_size": 256,
-        "image_mean": (0.5, 0.5, 0.5),
-        "image_std": (0.5, 0.5, 0.5),
-        "interpolation": "bicubic",
-        "resize_mode": "squash",
-    }
+    siglip = SimpleNamespace(image_preprocessing=clip_preprocessing("ViT-B-16-SigLIP", "webli"))
+    data = FewShotDataModule(image_size=256)
+    data.follow(siglip)
+    assert data.preprocessing == ImagePreprocessing(
+        size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", resize_mode="squash"
+    )
 
 
 def test_visual_prompts_on_a_convolutional_clip_are_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    argv = ["fit", "--model.clip_name", "RN50", "--model.pretrained", "null", "--model.method", "dapt"]
+    argv = ["fit", "--model", "DAPT", "--model.clip_name", "RN50", "--model.pretrained", "null"]
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--data.dataset", "synthetic", "--data.root", str(tmp_path / "data")])
     assert exit_info.value.code == 1
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dapt: error")]
-    assert "--model.method dapt needs visual prompts" in line and "With RN50 use: zeroshot, coop." in line
+    assert "--model DAPT needs visual prompts" in line and "With RN50 use: ZeroShotCLIP, CoOp." in line
     assert os.listdir(tmp_path) == []  # no data written, no run folder made
 
 

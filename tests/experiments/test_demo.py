@@ -10,17 +10,19 @@ from pathlib import Path
 import pytest
 from tiny import SIZES
 
+from dapt_lightning.arguments import UsageError
 from dapt_lightning.data.datasets.synthetic import (
     FOLDER,
     RENDERING_FILE,
     SPLIT_FILE,
     SPLIT_SIZES,
     needs_writing,
+    prepare_synthetic,
     read_synthetic,
     write_synthetic_dataset,
 )
 from dapt_lightning.experiments.demo import demo_main
-from dapt_lightning.experiments.demo.command import SUMMARY_FILE, build_parser, planned_runs
+from dapt_lightning.experiments.demo.command import SUMMARY_FILE, parse_options, planned_runs
 from dapt_lightning.experiments.demo.dispersion import Dispersion
 from dapt_lightning.experiments.demo.report import accuracy_table, dispersion_table, mean_std
 
@@ -57,11 +59,16 @@ def test_dispersion_table_before_and_after() -> None:
 
 
 def test_options_are_checked_and_name_the_flag() -> None:
-    parser = build_parser()
-    assert parser.parse_args(["--seeds", "1,2,3", "--methods", "zeroshot,dapt"]).seeds == [1, 2, 3]
-    for bad in (["--seeds", "one"], ["--methods", "dapt,cocoop"]):
-        with pytest.raises(SystemExit):
-            parser.parse_args(bad)
+    options = parse_options(["--seeds", "1,2,3", "--methods", "zeroshot,dapt", "--data.num_shots", "4"])
+    assert (options.seeds, options.methods) == ([1, 2, 3], ["zeroshot", "dapt"])
+    assert options.run_args == ("--data.num_shots", "4")  # every other flag goes to each run
+    for bad, message in (
+        (["--seeds", "one"], "--seeds takes comma-separated values"),
+        (["--methods", "dapt,cocoop"], "--methods takes distinct comma-separated values; choose from zeroshot"),
+        (["--max-epochs", "3"], "did you mean --max_epochs?"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            parse_options(bad)
 
 
 def test_runs_are_planned_zero_shot_first_and_once_dapt_last() -> None:
@@ -80,8 +87,9 @@ def test_the_dataset_is_written_again_when_an_older_renderer_wrote_it(tmp_path: 
     assert needs_writing(folder)
     rendering.unlink()  # a folder from before renderings were versioned: images and split, no rendering file
     assert needs_writing(folder)
-    read_synthetic(tmp_path)  # writes the default sizes again, in today's rendering
+    prepare_synthetic(tmp_path)  # the DataModule's prepare_data: writes the default sizes again, today's rendering
     assert not needs_writing(folder)
+    assert len(read_synthetic(tmp_path).test) == 24 * SPLIT_SIZES["test"]
     assert len(json.loads((folder / SPLIT_FILE).read_text())["test"]) == 24 * SPLIT_SIZES["test"]
 
 
@@ -89,7 +97,7 @@ def test_the_dataset_is_written_again_when_an_older_renderer_wrote_it(tmp_path: 
 def test_demo_runs_every_method_and_reports_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_synthetic_dataset(tmp_path / "data" / FOLDER, sizes=SIZES)
     quick = ["--data.root", str(tmp_path / "data"), "--data.num_shots", "1", "--trainer.logger", "false"]
-    args = ["--seeds", "1,2", "--methods", "dapt,zeroshot,vpt", "--max-epochs", "1", "--out", str(tmp_path / "out")]
+    args = ["--seeds", "1,2", "--methods", "dapt,zeroshot,vpt", "--max_epochs", "1", "--out", str(tmp_path / "out")]
     assert demo_main([*args, *quick]) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import DEMO_CONFIG, REPO, tiny_args
+from tiny import DEMO_CONFIG, REPO, build, run, tiny_args
 
+from dapt_lightning.arguments import UsageError
 from dapt_lightning.cli import main
-from dapt_lightning.experiments.lightning_cli import DAPTCLI, cli_main
+from dapt_lightning.experiments.trainer_cli import DAPTCLI
 from dapt_lightning.schedule import official_max_epochs
 
 # Sweep specs (`dapt sweep`) list LightningCLI configs and search spaces (`dapt tune`, parsed by test_tune.py) list
@@ -27,7 +28,7 @@ CLI_CONFIGS = sorted(
 
 @pytest.mark.slow
 def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
-    fit = cli_main(["fit", *tiny_args(synthetic_root, tmp_path / "fit", "--trainer.limit_train_batches", "2")])
+    fit = run(["fit", *tiny_args(synthetic_root, tmp_path / "fit", "--trainer.limit_train_batches", "2")])
     assert fit.trainer.current_epoch == 1 and fit.trainer.global_step == 2
     assert fit.model.model.classnames[0] == "red circle" and len(fit.model.model.classnames) == 24  # linked
     assert fit.datamodule.image_size == 64  # the tiny CLIP's input size, linked when the arguments were parsed
@@ -37,7 +38,7 @@ def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
     assert checkpoint == tmp_path / "fit" / "checkpoints" / "last.ckpt" and checkpoint.is_file()
 
     logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)]
-    test = cli_main(["test", *tiny_args(synthetic_root, tmp_path / "test", *logger, "--ckpt_path", str(checkpoint))])
+    test = run(["test", *tiny_args(synthetic_root, tmp_path / "test", *logger, "--ckpt_path", str(checkpoint))])
     assert torch.equal(test.model.model.text_prompt.txt_ctx, fit.model.model.text_prompt.txt_ctx)
     accuracy = float(test.trainer.callback_metrics["test/acc"])
     # The same accuracy, recomputed image by image from the trained model.
@@ -61,7 +62,7 @@ def test_main_entry_point_runs_fit(synthetic_root: Path, tmp_path: Path) -> None
 @pytest.mark.slow
 def test_bf16_mixed_on_cpu(synthetic_root: Path, tmp_path: Path) -> None:
     args = tiny_args(synthetic_root, tmp_path / "run", "--trainer.precision", "bf16-mixed")
-    cli = cli_main(["fit", *args])
+    cli = run(["fit", *args])
     assert cli.trainer.precision == "bf16-mixed"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss_epoch"])
     assert cli.model.model.text_prompt.txt_ctx.dtype == torch.float32  # fp32 master prompts
@@ -70,7 +71,7 @@ def test_bf16_mixed_on_cpu(synthetic_root: Path, tmp_path: Path) -> None:
 
 def _instantiate(root: Path, tmp_path: Path, *extra: str) -> DAPTCLI:
     """Parse and instantiate (no subcommand, nothing runs) the tiny config with ``extra`` flags."""
-    return cli_main([*tiny_args(root, tmp_path / "run"), *extra], run=False)
+    return build([*tiny_args(root, tmp_path / "run"), *extra])
 
 
 @pytest.mark.parametrize(("shots", "epochs"), [(1, 50), (4, 100), (16, 200)])
@@ -99,7 +100,7 @@ def test_official_max_epochs() -> None:
 def _parse_only(config: Path, capsys: pytest.CaptureFixture[str]) -> dict:
     """Parse ``config`` against the current code without building anything (``--print_config`` exits first)."""
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(config), "--print_config"])
+        run(["fit", "--config", str(config), "--print_config"])
     captured = capsys.readouterr()
     assert exit_info.value.code in (0, None), captured.err[-2000:]
     return yaml.safe_load(captured.out)
@@ -114,26 +115,47 @@ def test_every_shipped_config_parses(config: Path, capsys: pytest.CaptureFixture
     parsed = _parse_only(config, capsys)
     written = yaml.safe_load(config.read_text())
     # Every section the file sets is in the parsed result with the file's scalar values.
-    for section in ("model", "data"):
-        for key, value in (written.get(section) or {}).items():
+    sections = {"model": ("model", "init_args"), "data": ("data",)}
+    for path in sections.values():
+        written_section, parsed_section = written, parsed
+        for part in path:
+            written_section, parsed_section = (written_section or {}).get(part) or {}, parsed_section[part]
+        for key, value in written_section.items():
             if not isinstance(value, dict | list):
-                assert parsed[section][key] == value, f"{config.name}: {section}.{key}"
+                assert parsed_section[key] == value, f"{config.name}: {'.'.join(path)}.{key}"
+    if "model" in written and "class_path" in written["model"]:
+        assert parsed["model"]["class_path"] == written["model"]["class_path"]
 
 
 def test_a_config_with_a_typo_is_refused_in_one_line_with_the_closest_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = yaml.safe_load(DEMO_CONFIG.read_text())
-    config["model"]["beta_vv"] = 1.0
+    config["model"]["init_args"]["beta_vv"] = 1.0
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(path)])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # a bad command line or config: usage error
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dapt: error")]
-    assert "unknown setting --model.beta_vv" in line and "did you mean --model.beta_v?" in line
-    with pytest.raises(ValueError, match=r"unknown setting --trainer.max_epocs .*did you mean --trainer.max_epochs\?"):
-        cli_main(["fit", "--config", str(DEMO_CONFIG), "--trainer.max_epocs", "3"])
+    assert "unknown setting --model.beta_vv: DAPT takes no 'beta_vv'" in line and "did you mean --model.beta_v?" in line
+    with pytest.raises(UsageError, match=r"unknown setting --trainer.max_epocs .*did you mean --trainer.max_epochs\?"):
+        run(["fit", "--config", str(DEMO_CONFIG), "--trainer.max_epocs", "3"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "CoOpp"], "--model CoOpp: no such method; did you mean CoOp?"),
+        (["--model", "my_package.Nope"], "--model my_package.Nope: cannot import it (No module named 'my_package')"),
+        (["--model", "CoOp", "--model.beta_v", "1"], "unknown setting --model.beta_v: CoOp takes no 'beta_v'"),
+        (["--model.method", "coop"], "--model.method is gone: methods are classes now. Select one with --model NAME"),
+    ],
+)
+def test_a_method_or_a_setting_it_does_not_take_is_one_line(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError) as error:
+        run(["fit", "--config", str(DEMO_CONFIG), *argv])
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_demo_lists_only_the_wandb_runs_it_wrote(tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ from tiny import REPO, TINY_CONFIG, kill_inside_second_epoch, prompts_of, read_t
 
 from dapt_lightning.checkpoint import SafeCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
 from dapt_lightning.cli import main
-from dapt_lightning.data.datamodule import DAPTDataModule, validate_num_shots
+from dapt_lightning.data.datamodule import FewShotDataModule, validate_num_shots
 from dapt_lightning.data.image_dataset import ImageListDataset, ImageLoadError
 from dapt_lightning.data.registry import get_dataset_reader
 from dapt_lightning.data.transforms import build_transform
 from dapt_lightning.data.types import Datum
-from dapt_lightning.methods import method_spec
+from dapt_lightning.methods import method_class
 
 SRC = REPO / "src" / "dapt_lightning"
 
@@ -145,9 +145,12 @@ def test_non_finite_loss_stops_with_the_step_and_term_and_keeps_the_last_checkpo
 
 def test_missing_data_root_names_the_path_and_the_check_command(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
+    data = FewShotDataModule(dataset="oxford_pets", root=str(missing))  # reads nothing yet (Lightning's contract)
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))) as error:
-        DAPTDataModule(dataset="oxford_pets", root=str(missing))
+        data.setup("fit")
     assert "dapt data check" in str(error.value)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        data.classnames  # noqa: B018 - asking for the classes reads the split too
 
 
 def test_malformed_split_json_names_the_file(tmp_path: Path) -> None:
@@ -177,8 +180,9 @@ def test_class_without_training_images_is_named(tmp_path: Path, synthetic_root: 
     folder.mkdir()
     (folder / "split.json").write_text(json.dumps(split))
     options = {"path": str(folder), "split_file": "split.json", "image_dir": str(synthetic_root / "synthetic")}
+    data = FewShotDataModule(dataset="custom", root=str(tmp_path), dataset_options=options, num_shots=1)
     with pytest.raises(ValueError, match="red cross"):
-        DAPTDataModule(dataset="custom", root=str(tmp_path), dataset_options=options, num_shots=1)
+        data.setup("fit")
 
 
 @pytest.mark.parametrize("shots", [0, -2, 1.5, "4", True])
@@ -192,7 +196,7 @@ def test_unknown_dataset_and_method_list_the_choices() -> None:
     with pytest.raises(ValueError, match="oxford_pets"):
         get_dataset_reader("oxfordpets")
     with pytest.raises(ValueError, match="coop_vpt"):
-        method_spec("coopvpt")
+        method_class("coopvpt")
 
 
 def test_config_key_typo_is_named(capsys: pytest.CaptureFixture[str]) -> None:

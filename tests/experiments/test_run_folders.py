@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import TINY_CONFIG, read_metrics
+from tiny import TINY_CONFIG, build, read_metrics, run
 
 from dapt_lightning.callbacks.predictions import read_predictions
 from dapt_lightning.cli import main
-from dapt_lightning.experiments.lightning_cli import cli_main
 
 RUN = Path("runs/synthetic/dapt/2shots/seed1")  # runs/<dataset>/<method>/<shots>shots/seed<seed>/
 
@@ -53,12 +52,12 @@ def test_fit_without_run_dir_keeps_the_run_in_its_own_folder(
 
     # Evaluations of the checkpoint go inside the trained run, each in its own folder.
     checkpoint = str(RUN / "checkpoints" / "last.ckpt")
-    test = cli_main(["test", *readme_args(synthetic_root, "--ckpt_path", checkpoint)])
+    test = run(["test", *readme_args(synthetic_root, "--ckpt_path", checkpoint)])
     tested = in_tmp / RUN / "test" / "synthetic"
     assert read_metrics(tested)["test"]["test/acc"] == pytest.approx(float(test.trainer.callback_metrics["test/acc"]))
     assert (tested / "per_class_test_accuracy.csv").is_file()
 
-    predict = cli_main(["predict", *readme_args(synthetic_root, "--ckpt_path", checkpoint)])
+    predict = run(["predict", *readme_args(synthetic_root, "--ckpt_path", checkpoint)])
     rows = read_predictions(in_tmp / RUN / "predict" / "synthetic" / "predictions.csv")
     items = predict.datamodule.dataset("test").items
     assert len(rows) == len(items) and {row["image"] for row in rows} == {item.impath for item in items}
@@ -90,13 +89,13 @@ def test_an_unfinished_run_is_refused_without_ckpt_path_and_resumes_with_it(
     assert f"{RUN} holds an unfinished run" in err and "--ckpt_path last" in err
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == checkpoint
 
-    resumed = cli_main(["fit", *readme_args(synthetic_root, *two_epochs, "--ckpt_path", "last")])
+    resumed = run(["fit", *readme_args(synthetic_root, *two_epochs, "--ckpt_path", "last")])
     assert resumed.trainer.current_epoch == 2 and read_metrics(run)["epochs"] == 2
     steps_per_epoch = 48 // 8  # 24 classes x 2 shots, batches of 8
     assert resumed.trainer.global_step == 2 * steps_per_epoch  # the first epoch was not trained again
 
     # --run.overwrite starts again in the same folder.
-    again = cli_main(["fit", *readme_args(synthetic_root, "--run.overwrite", "true")])
+    again = run(["fit", *readme_args(synthetic_root, "--run.overwrite", "true")])
     assert again.trainer.current_epoch == 1 and read_metrics(run)["epochs"] == 1
 
 
@@ -111,7 +110,7 @@ def test_devices_that_do_not_divide_the_global_batch_are_refused_before_launch(
 
 
 def test_16_mixed_on_a_cpu_runs_and_is_recorded_as_bf16(synthetic_root: Path, in_tmp: Path) -> None:
-    cli = cli_main([*readme_args(synthetic_root, "--trainer.precision", "16-mixed")], run=False)
+    cli = build([*readme_args(synthetic_root, "--trainer.precision", "16-mixed")])
     assert cli.trainer.precision == "bf16-mixed"
     assert cli.config.trainer.precision == "bf16-mixed"  # what config.yaml and metrics.json record
 
@@ -128,9 +127,7 @@ def test_a_checkpoint_and_its_weights_moved_elsewhere_are_tested_from_there(
     weights = in_tmp / "machine_a" / "dapt-tiny.safetensors"
     weights.parent.mkdir()
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
-    fit = cli_main(
-        ["fit", *readme_args(synthetic_root, "--model.pretrained", str(weights), "--run.test_after_fit", "true")]
-    )
+    fit = run(["fit", *readme_args(synthetic_root, "--model.pretrained", str(weights), "--run.test_after_fit", "true")])
     trained_acc = read_metrics(in_tmp / RUN)["test"]["test/acc"]
 
     # Another machine: the run folder and the weights file in other places.
@@ -143,7 +140,7 @@ def test_a_checkpoint_and_its_weights_moved_elsewhere_are_tested_from_there(
         synthetic_root, "--ckpt_path", str(checkpoint), "--model.pretrained", str(moved / "dapt-tiny.safetensors")
     )
     # Settings that only change how the run executes are honoured.
-    test = cli_main(["test", *args, "--model.text_encoding", "full"])
+    test = run(["test", *args, "--model.text_encoding", "full"])
     assert test.model.model.text_encoder.name == "full"
     assert float(test.trainer.callback_metrics["test/acc"]) == pytest.approx(trained_acc, abs=1e-6)
     assert torch.equal(test.model.model.text_prompt.txt_ctx, fit.model.model.text_prompt.txt_ctx)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from tiny import REPO
 
+from dapt_lightning.arguments import UsageError
 from dapt_lightning.experiments.runs import evaluation_folder, last_checkpoint
 from dapt_lightning.experiments.sweep import load_sweep, plan, sweep_main
 from dapt_lightning.experiments.sweep.results import DG_TARGETS, PAPER_DATASETS
@@ -68,21 +69,22 @@ def test_every_run_of_every_plan_has_its_own_folder(tmp_path: Path) -> None:
         assert len(folders) == len(set(folders)), f"sweep {index} files two steps in one folder"
         for run in runs:
             for step in run.steps:
-                assert arg(step.args, "--run.dir") == str(step.run_dir)
+                assert arg(step.spec.command_line(), "--run.dir") == str(step.run_dir)
                 assert step.run_dir == run.run_dir or run.run_dir in step.run_dir.parents  # a test lives in its run
-                owner.setdefault(step.run_dir, step.args)
-                assert owner[step.run_dir] == step.args, f"{step.run_dir} is a different run in another plan"
+                owner.setdefault(step.run_dir, step.spec.command_line())
+                words = step.spec.command_line()
+                assert owner[step.run_dir] == words, f"{step.run_dir} is a different run in another plan"
             for step in run.steps[1:]:
                 assert step.kind in ("new", "transfer")
                 if run.method != "zeroshot":  # the prompts tested are this run's, never another's
-                    assert arg(step.args, "--ckpt_path") == str(last_checkpoint(run.run_dir))
+                    assert arg(step.spec.command_line(), "--ckpt_path") == str(last_checkpoint(run.run_dir))
                 if step.kind == "transfer":  # where `dapt test --ckpt_path` of this run puts it by default
                     target = step.run_dir.name
                     assert step.run_dir == evaluation_folder(run.run_dir, "test", target) and target != run.dataset
-                    assert arg(step.args, "--config") == CONFIGS[target]
+                    assert arg(step.spec.command_line(), "--config") == CONFIGS[target]
                 else:
                     assert step.run_dir == evaluation_folder(run.run_dir, "test", run.dataset, "new")
-                    assert arg(step.args, "--data.subsample") == "new"
+                    assert arg(step.spec.command_line(), "--data.subsample") == "new"
         # Every (dataset, method, shots, seed) of the grid is run exactly once.
         expected = {
             (dataset, label, shots if label != "zeroshot" else 0, seed if label != "zeroshot" else 1)
@@ -160,7 +162,7 @@ def test_printed_commands_one_line_per_run_and_index(tmp_path: Path, capsys: pyt
     )
     runs = plan(load_sweep(sweep))
     assert len(runs) == 1 + 2 * 2 * 3  # zero-shot once per dataset
-    assert sweep_main([str(sweep), "--print-commands"]) == 0
+    assert sweep_main([str(sweep), "--print_commands"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [run.command() for run in runs]  # line K is run K: `--index K` of a job array runs line K
     steps = [[shlex.split(part) for part in line.split(" && ")] for line in lines]
@@ -171,7 +173,7 @@ def test_printed_commands_one_line_per_run_and_index(tmp_path: Path, capsys: pyt
     assert "--model.beta_t" in last[0] and arg(last[0], "--run.label") == "no_inter"
     assert arg(last[1], "--config") == "configs/eurosat.yaml" and arg(last[1], "--data.num_workers") == "2"
     assert arg(last[1], "--model.beta_t") == "0.0"  # the variant's settings shape the prompts being tested
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--index must be in"):
         sweep_main([str(sweep), "--index", str(len(runs))])
 
 
@@ -204,7 +206,7 @@ def test_shipped_sweeps_parse_and_name_existing_configs(path: Path, monkeypatch:
     sweep = load_sweep(path)
     runs = plan(sweep)
     assert runs and all(run.steps for run in runs)
-    configs = {arg for run in runs for step in run.steps for arg in step.args if arg.startswith("configs/")}
+    configs = {path for run in runs for step in run.steps for path in step.spec.configs if path.startswith("configs/")}
     missing = sorted(c for c in configs if not (REPO / c).is_file())
     assert not missing, f"{path.name} names configs that do not exist: {missing}"
 

@@ -22,11 +22,12 @@ import pytest
 import yaml
 from tiny import SIZES, TINY_CONFIG, write_subset_dataset
 
+from dapt_lightning.callbacks.run_files import read_metrics
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
-from dapt_lightning.experiments.runs import read_metrics
+from dapt_lightning.experiments.run import RunInterrupted
 from dapt_lightning.experiments.sweep import launch_slurm, load_sweep, plan, run_status, summarize, sweep_main
 from dapt_lightning.experiments.sweep.claims import ERROR_FILE, RUNNING_FILE, claim_record, claimed
-from dapt_lightning.experiments.sweep.launch import DONE, SweepInterrupted, execute
+from dapt_lightning.experiments.sweep.launch import DONE, execute_run
 
 REGISTERED = {"synthetic": "synthetic", "subset": "custom"}
 """The end-to-end test's dataset names in its sweeps -> the registered dataset each one reads."""
@@ -118,7 +119,7 @@ def test_statuses_and_a_failed_run_does_not_stop_the_others(
     assert read_metrics(good.run_dir / "metrics.json")["dataset"] == "synthetic"
     assert not any(run.run_dir.joinpath(RUNNING_FILE).exists() for run in (typo, missing, good))
     typo_error = (typo.run_dir / ERROR_FILE).read_text()
-    assert typo_error.startswith("ValueError: unknown setting --model.no_such_setting")
+    assert typo_error.startswith("UsageError: unknown setting --model.no_such_setting")
     assert "command: dapt test --config" in typo_error and "Traceback" in typo_error
     summary = (missing.run_dir / ERROR_FILE).read_text().split("\n")[0]
     assert "dtd" in summary and str(synthetic_root) in summary
@@ -129,12 +130,12 @@ def test_statuses_and_a_failed_run_does_not_stop_the_others(
         capsys.readouterr()
         assert sweep_main([str(sweep), "--list"]) == 0
         listed = capsys.readouterr().out.splitlines()
-        assert listed[0].split()[:2] == ["0", "failed"] and "ValueError: unknown setting --model.no_such" in listed[0]
+        assert listed[0].split()[:2] == ["0", "failed"] and "UsageError: unknown setting --model.no_such" in listed[0]
         assert str(typo.run_dir / ERROR_FILE) in listed[0]
         assert listed[1].split()[:2] == ["1", "running"] and f"pid {pid} on {socket.gethostname()}" in listed[1]
         assert listed[2].split()[:2] == ["2", "done"] and listed[3].split()[:2] == ["3", "todo"]
         assert listed[-1] == "4 runs: 1 done, 1 running, 1 failed, 1 todo"
-        assert execute(missing) == "busy" and (missing.run_dir / RUNNING_FILE).exists()
+        assert execute_run(missing) == "busy" and (missing.run_dir / RUNNING_FILE).exists()
     # Its worker died: the run is failed (stale), and the next sweep takes it over (its claim goes), runs the rest,
     # and exits 1.
     status = run_status(missing)
@@ -170,8 +171,8 @@ def test_a_signal_mid_run_is_recorded_and_releases_the_claim(
 
     thread = threading.Thread(target=terminate_when_running)
     thread.start()
-    with pytest.raises(SweepInterrupted):
-        execute(run)
+    with pytest.raises(RunInterrupted):
+        execute_run(run)
     thread.join()
     assert not marker.exists()
     summary = (run.run_dir / ERROR_FILE).read_text().split("\n")[0]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from matplotlib.collections import PolyCollection
 
-from dapt_lightning.experiments.runs import evaluation_folder, run_folder, write_metrics
+from dapt_lightning.callbacks.run_files import write_metrics
+from dapt_lightning.experiments.runs import evaluation_folder, run_folder
 from dapt_lightning.experiments.sweep import collect, summarize, sweep_main
 from dapt_lightning.experiments.sweep.figures import draw_fewshot
 from dapt_lightning.experiments.sweep.tables import FewShot

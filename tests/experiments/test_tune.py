@@ -17,13 +17,14 @@ import yaml
 from optuna.trial import TrialState
 from tiny import REPO, TINY_CONFIG
 
+from dapt_lightning.cli import main
 from dapt_lightning.data.registry import benchmark_datasets, config_path
 from dapt_lightning.experiments.sweep.claims import claim_record
-from dapt_lightning.experiments.tune import DEFAULT_SPACE, StudyFolder, load_space, open_study, search, tune_main
+from dapt_lightning.experiments.tune import DEFAULT_SPACE, StudyFolder, load_space, open_study, search
 from dapt_lightning.experiments.tune import objective as objective_module
 from dapt_lightning.experiments.tune.command import check_seeds
-from dapt_lightning.experiments.tune.fit import ReportToTrial, ValidateLastEpoch
-from dapt_lightning.experiments.tune.objective import Objective, setting_args
+from dapt_lightning.experiments.tune.fit import ReportToTrial, ValidateLastEpoch, fit_spec
+from dapt_lightning.experiments.tune.objective import Objective
 from dapt_lightning.experiments.tune.report import nested, param_importances, write_figures, write_overlay
 from dapt_lightning.experiments.tune.study import WORKER_ATTR, count_states, fail_trials_of_dead_workers
 
@@ -61,7 +62,7 @@ def test_default_space_spans_the_official_configs_on_log_scales() -> None:
     }
     # Each range is exactly the span of the 11 benchmarks' official configs.
     benchmarks = benchmark_datasets("fewshot")
-    models = [yaml.safe_load(config_path(name).read_text())["model"] for name in benchmarks]
+    models = [yaml.safe_load(config_path(name).read_text())["model"]["init_args"] for name in benchmarks]
     assert len(models) == 11
     for name, (low, high, _) in ranges.items():
         values = [model[name.split(".")[1]] for model in models]
@@ -115,16 +116,14 @@ def test_suggestions_stay_in_the_space(tmp_path: Path) -> None:
         study.tell(trial, math.log(settings["model.lr"]))
 
 
-def test_settings_become_exact_flags_and_the_overlay_nests_them(tmp_path: Path) -> None:
+def test_settings_keep_their_exact_values_and_the_overlay_nests_them(tmp_path: Path) -> None:
     settings = {"model.lr": 0.1 + 0.2, "model.beta_v": 3.0e-7, "model.text_init": "a photo of a"}
-    assert setting_args(settings) == [
-        "--model.lr",
-        "0.30000000000000004",
-        "--model.beta_v",
-        "3e-07",
-        "--model.text_init",
-        "a photo of a",
-    ]
+    spec = fit_spec(["--config", "pets.yaml"], settings, tmp_path / "run", 1, trial=True, name="n", group="g")
+    assert {key: spec.settings[key] for key in settings} == settings  # typed values, no text in between
+    words = spec.command_line()
+    for flag, text in (("--model.lr", "0.30000000000000004"), ("--model.beta_v", "3e-07")):
+        assert words[words.index(flag) + 1] == text  # what --print_commands would show: exact too
+    assert words[words.index("--model.text_init") + 1] == "a photo of a"
     assert nested({"model.lr": 1.0, "trainer.logger.init_args.project": "p"}) == {
         "model": {"lr": 1.0},
         "trainer": {"logger": {"init_args": {"project": "p"}}},
@@ -235,15 +234,18 @@ def test_search_counts_running_trials_and_goes_on_after_a_diverging_one(tmp_path
     [
         (["--seed_everything", "3"], "--seed_everything is set by dapt tune for every fit: use --seeds"),
         (["--run.dir=x"], "--run.dir is set by dapt tune"),
-        (["--seeds", "1,1"], "--seeds takes distinct integers"),
+        (["--seeds", "1,1"], "--seeds takes distinct comma-separated values"),
+        (["--trails", "3"], "unknown option --trails; did you mean --trials?"),
+        (["--trainer.devices", "2"], "--trainer.devices is set by dapt tune"),
         (["--trials", "0"], "--trials must be >= 1"),
         (["--config", "no/such.yaml"], "--config no/such.yaml does not exist"),
     ],
 )
 def test_tune_refuses_flags_it_sets_and_bad_values(extra: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        tune_main(["--config", str(TINY_CONFIG), *extra])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        main(["tune", "--config", str(TINY_CONFIG), *extra])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and line.startswith("dapt: error: ") and message in line
 
 
 def test_a_study_is_joined_with_its_own_seeds(tmp_path: Path) -> None:
@@ -291,9 +293,9 @@ def test_a_trial_fits_each_seed_and_scores_the_mean(tmp_path: Path, monkeypatch:
     accuracy = {"1": 0.5, "2": 0.7}
     prune = {"seed": None}  # the seed whose fit the pruner stops
 
-    def fake_fit(args, monitor, hide_test, run_name, group):
-        seed = args[args.index("--seed_everything") + 1]
-        calls.append((args, hide_test, run_name, group))
+    def fake_fit(spec, monitor):
+        seed = str(spec.settings["seed_everything"])
+        calls.append(spec)
         monitor.value = accuracy[seed]
         if seed == prune.get("diverge"):
             (folder.trial_dir(len(study.trials) - 1) / f"seed{seed}").mkdir(parents=True)
@@ -313,13 +315,14 @@ def test_a_trial_fits_each_seed_and_scores_the_mean(tmp_path: Path, monkeypatch:
         trial.user_attrs["val_acc_seed2"],
     ) == (0.5, 0.7)
     assert trial.user_attrs[WORKER_ATTR]["pid"] == os.getpid()
-    for (args, hide_test, run_name, group), seed in zip(calls, (1, 2), strict=True):
-        assert args[:4] == ["--config", "pets.yaml", "--data.num_shots", "4"] and hide_test
-        assert args[args.index("--run.dir") + 1] == str(folder.trial_dir(0) / f"seed{seed}")
-        assert args[args.index("--run.test_after_fit") + 1] == "false"
-        assert args[args.index("--embedding_plots.enabled") + 1] == "false"
-        assert float(args[args.index("--model.lr") + 1]) == trial.params["model.lr"]
-        assert (run_name, group) == (f"tune-pets-trial0-seed{seed}", "tune-pets")
+    for spec, seed in zip(calls, (1, 2), strict=True):
+        settings = spec.settings
+        assert spec.command == "fit" and spec.args == ("--config", "pets.yaml", "--data.num_shots", "4")
+        assert settings["data.hold_out_test"] is True and settings["seed_everything"] == seed
+        assert settings["run.dir"] == str(folder.trial_dir(0) / f"seed{seed}")
+        assert settings["run.test_after_fit"] is False and settings["embedding_plots.enabled"] is False
+        assert settings["model.lr"] == trial.params["model.lr"]
+        assert (settings["run.name"], settings["run.group"]) == (f"tune-pets-trial0-seed{seed}", "tune-pets")
     # Pruned during its second seed: the trial ends there, pruned, its folder kept.
     prune["seed"] = "2"
     study.optimize(objective, n_trials=1)
@@ -329,4 +332,4 @@ def test_a_trial_fits_each_seed_and_scores_the_mean(tmp_path: Path, monkeypatch:
     study.optimize(objective, n_trials=1, catch=(FloatingPointError,))
     assert study.trials[2].state == TrialState.FAIL and (folder.failed_dir(2) / "seed1").is_dir()
     error = (folder.failed_dir(2) / "error.txt").read_text()
-    assert error.startswith("FloatingPointError: train/loss_inter is NaN at step 3\n") and "--model.lr" in error
+    assert error.startswith("FloatingPointError: train/loss_inter is NaN at step 3\n") and "model.lr" in error

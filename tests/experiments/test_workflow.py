@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import REPO, SIZES, SUBSET_LABELS, tiny_args, write_subset_dataset
+from tiny import REPO, SIZES, SUBSET_LABELS, run, tiny_args, write_subset_dataset
 from wandb_records import OfflineRun
 
 from dapt_lightning.callbacks.evaluation import mean_pairwise_cosine
@@ -24,9 +24,8 @@ from dapt_lightning.data import registry
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
 from dapt_lightning.data.registry import dataset_template, get_dataset, list_datasets
 from dapt_lightning.data.synthetic_render import class_names
-from dapt_lightning.experiments.lightning_cli import cli_main
+from dapt_lightning.methods import DAPT, ZeroShotCLIP
 from dapt_lightning.model.clip import load_clip
-from dapt_lightning.module import DAPTModule
 
 WANDB_LOGGER = ["--trainer.logger", "dapt_lightning.loggers.DAPTWandbLogger"]
 
@@ -81,7 +80,7 @@ def trained_run(tiny_root: Path, tiny_weights: Path, tmp_path_factory: pytest.Te
             "--embedding_plots.max_images",
             "40",
         )
-        cli = cli_main(["fit", *args])
+        cli = run(["fit", *args])
         cli.trainer.logger.experiment.finish()  # flush the offline run's records to disk
     return run_dir
 
@@ -128,7 +127,7 @@ def test_offline_wandb_run_records_the_experiment(trained_run: Path, tiny_root: 
         assert len(values) == 2 and all(isinstance(v, int | float) for v in values), name
         assert f"test/dispersion/{name}" in run.summary
     # The last validation measured the final prompts: recompute its text measure from the checkpoint.
-    final = DAPTModule.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt", map_location="cpu")
+    final = DAPT.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt", map_location="cpu")
     with torch.no_grad():
         expected_cosine = mean_pairwise_cosine(final.model.encode_text())
     assert run.summary["val/dispersion/text_mean_cosine"] == pytest.approx(expected_cosine, rel=1e-5)
@@ -160,7 +159,7 @@ def test_metrics_json_and_prompt_only_checkpoint(trained_run: Path) -> None:
     assert metrics["test"]["test/acc"] == pytest.approx(correct / images, abs=1e-6)  # a float32 metric
     assert "test/macro_f1" in metrics["test"]
     assert "val/acc" in metrics["fit"] and metrics["elapsed_s"] > 0
-    assert metrics["settings"]["model"]["method"] == "dapt"
+    assert metrics["settings"]["model"]["class_path"] == "dapt_lightning.methods.DAPT"
 
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(checkpoint["state_dict"]) == {
@@ -176,7 +175,7 @@ def test_metrics_json_and_prompt_only_checkpoint(trained_run: Path) -> None:
     assert checkpoint["optimizer_states"][0]["state"] and checkpoint["lr_schedulers"] and checkpoint["loops"]
     assert checkpoint["epoch"] == 1
 
-    module = DAPTModule.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt", map_location="cpu")
+    module = DAPT.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt", map_location="cpu")
     assert torch.equal(module.model.text_prompt.txt_ctx, checkpoint["state_dict"]["model.text_prompt.txt_ctx"])
     assert module.has_prototypes
 
@@ -186,10 +185,10 @@ def test_loading_with_another_clip_is_refused(trained_run: Path) -> None:
     path = trained_run / "checkpoints" / "last.ckpt"
     # Another dapt-tiny (random weights instead of the training run's file): same shapes, other weights.
     with pytest.raises(ClipMismatchError, match="weights sha256.*same --model.clip_name"):
-        DAPTModule.load_from_checkpoint(path, map_location="cpu", pretrained=None)
+        DAPT.load_from_checkpoint(path, map_location="cpu", pretrained=None)
     # Same CLIP identity, but prompts of another shape: refused with the tensor's name.
     checkpoint = torch.load(path, weights_only=True)
-    other = DAPTModule(checkpoint["classnames"], clip_name="dapt-tiny", pretrained=None, visual_tokens=4)
+    other = DAPT(classnames=checkpoint["classnames"], clip_name="dapt-tiny", pretrained=None, visual_tokens=4)
     checkpoint["clip_identity"] = other.clip_identity.to_dict()
     with pytest.raises(ClipMismatchError, match="model.visual_prompt.vis_ctx.*shape"):
         other.on_load_checkpoint(checkpoint)
@@ -204,7 +203,7 @@ def test_dapt_test_on_another_datasets_classes(
     args = workflow_args(tiny_root, tmp_path / "cross", tiny_weights, "--data.dataset", "custom")
     args += ["--data.dataset_options", json.dumps(options), "--ckpt_path", str(ckpt)]
     with caplog.at_level(logging.INFO):
-        cli = cli_main(["test", *args])
+        cli = run(["test", *args])
     assert "Cross-dataset checkpoint" in caplog.text and "not loaded (class-specific): prototypes" in caplog.text
 
     # This run's 5 classes are kept; the generic text context and visual prompts come from the checkpoint.
@@ -225,12 +224,12 @@ def test_dapt_test_on_another_datasets_classes(
 def test_dapt_test_with_a_missing_checkpoint_says_so(synthetic_root: Path, tmp_path: Path) -> None:
     args = tiny_args(synthetic_root, tmp_path / "run", "--ckpt_path", str(tmp_path / "nope.ckpt"))
     with pytest.raises(FileNotFoundError, match="--ckpt_path: checkpoint .*nope.ckpt does not exist"):
-        cli_main(["test", *args])
+        run(["test", *args])
 
 
 def test_dapt_test_of_prompts_needs_a_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="needs --ckpt_path.*--model.method zeroshot"):
-        cli_main(["test", *tiny_args(synthetic_root, tmp_path / "run")])
+    with pytest.raises(ValueError, match="needs --ckpt_path.*--model ZeroShotCLIP"):
+        run(["test", *tiny_args(synthetic_root, tmp_path / "run")])
 
 
 def test_zero_shot_template_defaults_to_the_datasets(
@@ -242,10 +241,10 @@ def test_zero_shot_template_defaults_to_the_datasets(
     assert set(list_datasets()) >= {"imagenet", "ucf101", "imagenet_r", "synthetic"}
     synthetic = dataclasses.replace(get_dataset("synthetic"), template="a drawing of a {}.")
     monkeypatch.setitem(registry._DATASETS, "synthetic", synthetic)
-    args = tiny_args(synthetic_root, tmp_path / "run", "--model.method", "zeroshot")
-    cli = cli_main(["test", *args, "--trainer.limit_test_batches", "1"])
+    args = tiny_args(synthetic_root, tmp_path / "run", "--model", "ZeroShotCLIP")
+    cli = run(["test", *args, "--trainer.limit_test_batches", "1"])
     assert cli.model.model.template == "a drawing of a {}."
-    explicit = cli_main(
+    explicit = run(
         [
             "test",
             *args,
@@ -264,11 +263,11 @@ def test_analysis_helpers_on_a_tiny_model() -> None:
     from dapt_lightning.experiments import analysis
 
     classnames = ["red circle", "blue square", "green star"]
-    zero_shot = DAPTModule(classnames, method="zeroshot", clip_name="dapt-tiny", pretrained=None, template="a {}.")
+    zero_shot = ZeroShotCLIP(classnames=classnames, clip_name="dapt-tiny", pretrained=None, template="a {}.")
     # The analysis path (no prompts) equals the model's own zero-shot text features.
     torch.testing.assert_close(analysis.zero_shot_text_features(zero_shot), zero_shot.model.encode_text())
 
-    tuned = DAPTModule(classnames, method="dapt", clip_name="dapt-tiny", pretrained=None)
+    tuned = DAPT(classnames=classnames, clip_name="dapt-tiny", pretrained=None)
     words = analysis.nearest_words(tuned, k=3)
     assert len(words) == 16 and all(len(row) == 3 and isinstance(row[0][0], str) for row in words)
     assert all(row[0][1] >= row[1][1] for row in words)  # cosine: nearest first
@@ -341,8 +340,8 @@ def test_notebook_runs_as_the_readme_says(
 
     # Its baselines are the CLI's: the tuned accuracy of the run's test, zero-shot CLIP as `dapt test` computes it.
     tuned = json.loads((trained_run / "metrics.json").read_text())["test"]["test/acc"]
-    args = workflow_args(tiny_root, tmp_path / "zeroshot", tiny_weights, "--model.method", "zeroshot")
-    zero_shot = float(cli_main(["test", *args]).trainer.callback_metrics["test/acc"])
+    args = workflow_args(tiny_root, tmp_path / "zeroshot", tiny_weights, "--model", "ZeroShotCLIP")
+    zero_shot = float(run(["test", *args]).trainer.callback_metrics["test/acc"])
     assert float(match.group(1)) == pytest.approx(100 * tuned, abs=0.006)
     assert float(match.group(2)) == pytest.approx(100 * zero_shot, abs=0.006)
 
@@ -354,7 +353,7 @@ def test_vit_b16_checkpoint_with_1000_classes_holds_no_clip(tmp_path: Path, make
 
     names = [n for n in (REPO / "src/dapt_lightning/assets/imagenet_classnames.txt").read_text().splitlines() if n]
     assert len(names) == 1000
-    module = DAPTModule(names, method="dapt", clip_name="ViT-B-16", pretrained=None)
+    module = DAPT(classnames=names, clip_name="ViT-B-16", pretrained=None)
     module.set_prototypes(torch.nn.functional.normalize(torch.randn(1000, 512), dim=-1))
     data = TensorDataset(torch.randn(2, 3, 224, 224), torch.tensor([0, 1]), torch.tensor([0, 1]))
     trainer = make_trainer(limit_train_batches=1)

@@ -22,11 +22,11 @@ from dapt_lightning.model.clip import (
     TINY_CLIP_NAME,
     ClipLoadError,
     ClipWeightsUnavailableError,
-    _wants_quick_gelu,
     clip_image_size,
     is_torchscript_archive,
     load_clip,
     state_dict_sha256,
+    wants_quick_gelu,
 )
 
 # OpenAI's checkpoints imply the head counts (width // 64): this test config follows that rule, so a model
@@ -84,14 +84,14 @@ def test_quick_gelu_switch(quick_gelu: bool | None, activation: type) -> None:
     assert identity.quick_gelu is (activation is QuickGELU)
 
 
-def test_wants_quick_gelu() -> None:
-    assert _wants_quick_gelu("ViT-B-16", "openai", None) is True  # OpenAI weights were trained with QuickGELU
-    assert _wants_quick_gelu("ViT-B-16", "laion2b_s34b_b88k", None) is False
-    assert _wants_quick_gelu("ViT-B-16", None, None) is False
-    assert _wants_quick_gelu("ViT-B-16-quickgelu", None, None) is True
-    assert _wants_quick_gelu("dapt-tiny", None, None) is True
-    assert _wants_quick_gelu("ViT-B-16", "openai", False) is False  # an explicit choice wins
-    assert _wants_quick_gelu("ViT-B-16", None, True) is True
+def testwants_quick_gelu() -> None:
+    assert wants_quick_gelu("ViT-B-16", "openai", None) is True  # OpenAI weights were trained with QuickGELU
+    assert wants_quick_gelu("ViT-B-16", "laion2b_s34b_b88k", None) is False
+    assert wants_quick_gelu("ViT-B-16", None, None) is False
+    assert wants_quick_gelu("ViT-B-16-quickgelu", None, None) is True
+    assert wants_quick_gelu("dapt-tiny", None, None) is True
+    assert wants_quick_gelu("ViT-B-16", "openai", False) is False  # an explicit choice wins
+    assert wants_quick_gelu("ViT-B-16", None, True) is True
 
 
 def test_unknown_model_name() -> None:

@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from prompt_steps import CLASSNAMES, assert_all_close, perturb, perturbed_tiny_clip, prompted_model, step_outputs
+from prompt_steps import (
+    CLASSNAMES,
+    assert_all_close,
+    build_prompted,
+    perturb,
+    perturbed_tiny_clip,
+    prompted_model,
+    step_outputs,
+)
 from tiny import prompts_of, read_test_metrics, tiny_args
 from torch import nn
 from torch._dynamo.utils import counters
 
+from dapt_lightning.checkpoint import prompt_only_state
 from dapt_lightning.cli import main
 from dapt_lightning.model.compilation import may_use_cuda_graphs
 from dapt_lightning.model.prompted_clip import PromptedCLIP
@@ -35,7 +44,7 @@ def fresh_dynamo():
 def _pair(clip: nn.Module, compile_mode: str, **kwargs) -> tuple[PromptedCLIP, PromptedCLIP]:
     """An eager and a compiled model with the same prompts over copies of ``clip``."""
     eager = prompted_model(clip, **kwargs)
-    compiled = PromptedCLIP(copy.deepcopy(clip), CLASSNAMES, compile=compile_mode, **kwargs)
+    compiled = build_prompted(copy.deepcopy(clip), CLASSNAMES, compile=compile_mode, **kwargs)
     compiled.load_state_dict(eager.state_dict())
     return eager, compiled
 
@@ -85,7 +94,9 @@ def test_compiled_evaluation_equals_eager(perturbed_clip: nn.Module) -> None:
 def test_compile_keeps_checkpoint_keys(perturbed_clip: nn.Module) -> None:
     eager, compiled = _pair(perturbed_clip, "reduce-overhead")
     assert compiled.state_dict().keys() == eager.state_dict().keys()
-    assert compiled.prompt_state().keys() == eager.prompt_state().keys()
+    kept = prompt_only_state(compiled.state_dict(), compiled.clip)
+    assert kept.keys() == prompt_only_state(eager.state_dict(), eager.clip).keys()
+    assert kept.keys() == {"text_prompt.txt_ctx", "visual_prompt.vis_ctx"}
 
 
 def test_cuda_graph_modes_clone_outputs_only_on_cuda() -> None:
@@ -96,7 +107,7 @@ def test_cuda_graph_modes_clone_outputs_only_on_cuda() -> None:
 
 def test_unknown_compile_mode_names_the_setting(perturbed_clip: nn.Module) -> None:
     with pytest.raises(ValueError, match="--model.compile must be one of off, default, reduce-overhead"):
-        PromptedCLIP(perturbed_clip, CLASSNAMES, compile="fast")
+        build_prompted(perturbed_clip, CLASSNAMES, compile="fast")
 
 
 @pytest.mark.slow

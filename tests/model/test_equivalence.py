@@ -19,11 +19,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
+from prompt_steps import build_prompted
 from torch import nn
 
 from dapt_lightning.losses import dapt_loss
 from dapt_lightning.model.clip import load_clip
-from dapt_lightning.model.prompted_clip import PromptedCLIP
 
 CLASSNAMES = ["cat", "american_bulldog", "sea or lake", "a rather long class name with many words", "x"]
 N_CTX = 16
@@ -135,7 +135,7 @@ def test_reference_matches_open_clip_without_prompts(perturbed_clip: nn.Module) 
 @pytest.mark.parametrize("text_encoding", ["full", "auto", "truncated"])
 def test_prompted_clip_matches_reference(perturbed_clip: nn.Module, text_encoding: str) -> None:
     images, labels, txt_ctx, vis_ctx, prototypes = _inputs()
-    model = PromptedCLIP(perturbed_clip, CLASSNAMES, text_encoding=text_encoding)
+    model = build_prompted(perturbed_clip, CLASSNAMES, text_encoding=text_encoding)
     with torch.no_grad():
         model.text_prompt.txt_ctx.copy_(txt_ctx)
         model.visual_prompt.vis_ctx.copy_(vis_ctx)
@@ -170,7 +170,7 @@ def test_prompted_clip_matches_reference(perturbed_clip: nn.Module, text_encodin
 
 def test_frozen_clip_gets_no_gradient(perturbed_clip: nn.Module) -> None:
     images, labels, _, _, prototypes = _inputs()
-    model = PromptedCLIP(perturbed_clip, CLASSNAMES, text_encoding="auto")
+    model = build_prompted(perturbed_clip, CLASSNAMES, text_encoding="auto")
     logits, image_features, text_features = model(images)
     dapt_loss(logits, labels, image_features, text_features, prototypes, BETA_V, BETA_T).total.backward()
     assert all(p.grad is None for p in perturbed_clip.parameters())

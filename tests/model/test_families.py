@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from clip_families import ARCHITECTURES, reduced_clip, tokenizer_for
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
+from prompt_steps import build_prompted
 
 from dapt_lightning.data.transforms import ImagePreprocessing, build_transform
 from dapt_lightning.losses import dapt_loss
-from dapt_lightning.methods import METHODS
+from dapt_lightning.methods import list_methods, method_class
+from dapt_lightning.methods.compatibility import method_refusal, usable_methods
 from dapt_lightning.model.clip import clip_preprocessing
-from dapt_lightning.model.families import config_method_refusal, method_refusal, supported_methods
 from dapt_lightning.model.prompted_clip import PromptedCLIP
 
 CLASSNAMES = ["red fox", "golden retriever", "sunflower"]
@@ -48,12 +49,12 @@ def open_clip_inputs(key: str) -> torch.Tensor:
 
 def prompted(key: str, method: str, **kwargs) -> PromptedCLIP:
     model = reduced_clip(key)
-    spec = METHODS[method]
-    return PromptedCLIP(
+    method_type = method_class(method)
+    return build_prompted(
         model,
         CLASSNAMES,
-        text_prompts=spec.text_prompts,
-        visual_prompts=spec.visual_prompts,
+        text_prompts=method_type.uses_text_prompts,
+        visual_prompts=method_type.uses_visual_prompts,
         text_tokens=4,
         visual_tokens=3,
         template=TEMPLATE,
@@ -94,8 +95,8 @@ def test_zero_shot_features_equal_open_clips_encoders(key: str) -> None:
 
 @pytest.mark.parametrize("key", KEYS)
 def test_families_take_visual_prompts_as_stated(key: str) -> None:
-    methods = supported_methods(reduced_clip(key))
-    expected = list(METHODS) if key in TAKES_VISUAL_PROMPTS else ["zeroshot", "coop"]
+    methods = [method.name for method in usable_methods(reduced_clip(key))]
+    expected = list_methods() if key in TAKES_VISUAL_PROMPTS else ["zeroshot", "coop"]
     assert methods == expected
 
 
@@ -114,10 +115,10 @@ def test_prompt_insertion_path_with_no_prompts_is_the_towers_own_forward(key: st
 
 @pytest.mark.parametrize(
     ("key", "method"),
-    [(key, method) for key in KEYS for method in METHODS if method != "zeroshot"],
+    [(key, method) for key in KEYS for method in list_methods() if method != "zeroshot"],
 )
 def test_one_training_step_of_each_method(key: str, method: str) -> None:
-    supported = method in supported_methods(reduced_clip(key))
+    supported = method_class(method) in usable_methods(reduced_clip(key))
     if not supported:
         with pytest.raises(ValueError, match="takes no visual prompts"):
             prompted(key, method)
@@ -168,15 +169,15 @@ def test_context_goes_where_the_tokenizer_puts_the_first_word() -> None:
 @pytest.mark.parametrize("key", ["rn50", "convnext", "eva02"])
 def test_visual_prompt_methods_are_refused_from_the_config_in_one_line(key: str) -> None:
     arch = ARCHITECTURES[key]
-    for method in ("vpt", "coop_vpt", "dapt"):
-        message = config_method_refusal(arch.name, method)
+    for name in ("VPT", "CoOpVPT", "DAPT"):
+        message = method_refusal(method_class(name), arch.name)
         assert message is not None and "\n" not in message
-        assert message.startswith(f"--model.method {method} needs visual prompts")
-        assert message.endswith(f"With {arch.name} use: zeroshot, coop.")
-        assert method_refusal(reduced_clip(key), arch.name, method) is not None
-    assert config_method_refusal(arch.name, "coop") is None
+        assert message.startswith(f"--model {name} needs visual prompts")
+        assert message.endswith(f"With {arch.name} use: ZeroShotCLIP, CoOp.")
+        assert method_refusal(method_class(name), arch.name, reduced_clip(key)) is not None
+    assert method_refusal(method_class("CoOp"), arch.name) is None
 
 
 def test_hugging_face_text_towers_are_refused_from_the_config() -> None:
-    message = config_method_refusal("xlm-roberta-base-ViT-B-32", "coop")
+    message = method_refusal(method_class("CoOp"), "xlm-roberta-base-ViT-B-32")
     assert message is not None and "Hugging Face transformer xlm-roberta-base" in message

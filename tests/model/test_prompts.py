@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import open_clip
 import pytest
 import torch
+from prompt_steps import build_prompted
 from torch import nn
 
-from dapt_lightning.model.prompted_clip import PromptedCLIP
 from dapt_lightning.model.prompts import TextPromptLearner, VisualPromptLearner, prompt_texts
 from dapt_lightning.model.towers import ImageTower, TextTower
 
@@ -125,7 +125,7 @@ def test_vpt_bound_for_vit_b16() -> None:
 
 
 def test_vpt_insertion_position(tiny_clip: nn.Module) -> None:
-    model = PromptedCLIP(tiny_clip, CLASSNAMES)
+    model = build_prompted(tiny_clip, CLASSNAMES)
     visual = tiny_clip.visual
     captured: list[torch.Tensor] = []
     # The input of the first block, as its first LayerNorm sees it: the tower computes the blocks itself (lean, from
@@ -151,7 +151,7 @@ def test_vpt_insertion_position(tiny_clip: nn.Module) -> None:
 
 
 def test_vpt_prompts_change_the_image_features_only_when_used(tiny_clip: nn.Module) -> None:
-    model = PromptedCLIP(tiny_clip, CLASSNAMES)
+    model = build_prompted(tiny_clip, CLASSNAMES)
     images = torch.randn(2, 3, 64, 64)
     zero_shot = torch.nn.functional.normalize(tiny_clip.encode_image(images), dim=-1)
     torch.testing.assert_close(model.encode_image(images, use_prompts=False), zero_shot)

@@ -14,7 +14,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from dapt_lightning.callbacks.features import image_features, subset
 from dapt_lightning.callbacks.paths import output_folder
-from dapt_lightning.data.registry import dataset_template
 
 
 class EmbeddingPlots(L.Callback):
@@ -47,12 +46,13 @@ class EmbeddingPlots(L.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if not self.enabled or datamodule is None or not getattr(datamodule.splits, self.split, None):
             return
-        name = f"{datamodule.dataset_name} {pl_module.hparams.method}"
+        method = getattr(pl_module, "title", "") or type(pl_module).__name__
+        name = f"{datamodule.dataset_name} {method}"
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
             # The zero-shot classifier of `dapt test --model.method zeroshot`: the dataset's own template.
-            template = dataset_template(datamodule.dataset_name)
+            template = datamodule.template
             text_zero, text_tuned = pl_module.model.encode_template(template), pl_module.model.encode_text().float()
         classes = torch.arange(text_zero.shape[0])
         images = subset(datamodule.dataset(self.split, transform="test"), self.max_images)
@@ -61,12 +61,12 @@ class EmbeddingPlots(L.Callback):
         pl_module.train(was_training)
         figures = {
             "tsne_text": (
-                [("zero-shot CLIP", text_zero), (f"tuned ({pl_module.hparams.method})", text_tuned)],
+                [("zero-shot CLIP", text_zero), (f"tuned ({method})", text_tuned)],
                 classes,
                 f"class text embeddings: {name}",
             ),
             "tsne_image": (
-                [("zero-shot CLIP", zero), (f"tuned ({pl_module.hparams.method})", tuned)],
+                [("zero-shot CLIP", zero), (f"tuned ({method})", tuned)],
                 labels,
                 f"{self.split} image embeddings: {name}",
             ),

@@ -77,14 +77,13 @@ class DispersionMonitor(L.Callback):
         self._stats: DispersionStats | None = None
 
     def _start(self, pl_module: L.LightningModule) -> None:
-        num_classes, dim = pl_module.prototypes.shape
-        self._stats = DispersionStats(num_classes, dim, pl_module.device)
+        model = pl_module.model
+        self._stats = DispersionStats(len(model.classnames), model.text_tower.output_dim, pl_module.device)
 
     def _update(self, pl_module: L.LightningModule, outputs: Any) -> None:
         if self._stats is None or not isinstance(outputs, dict) or "image_features" not in outputs:
             return
-        prototypes = pl_module.prototypes if pl_module.has_prototypes else None
-        self._stats.update(outputs["image_features"], outputs["labels"], prototypes)
+        self._stats.update(outputs["image_features"], outputs["labels"], _prototypes(pl_module))
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         stats, self._stats = self._stats, None
@@ -93,7 +92,7 @@ class DispersionMonitor(L.Callback):
         if trainer.world_size > 1:
             reduced = [trainer.strategy.reduce(t, reduce_op="sum") for t in stats.tensors()]
             stats.sums, stats.counts, stats.square_norms, stats.prototype_distance = reduced
-        values = stats.summary(with_prototypes=pl_module.has_prototypes)
+        values = stats.summary(with_prototypes=_prototypes(pl_module) is not None)
         text = getattr(pl_module, "eval_text_features", None)
         if text is None:
             with torch.no_grad():
@@ -122,6 +121,11 @@ class DispersionMonitor(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish(trainer, pl_module, "test")
+
+
+def _prototypes(pl_module: L.LightningModule) -> torch.Tensor | None:
+    """The module's class prototypes (DAPT's), or None when it has none."""
+    return pl_module.prototypes if getattr(pl_module, "has_prototypes", False) else None
 
 
 def per_class_rows(confusion: torch.Tensor, classnames: list[str]) -> list[list[Any]]:

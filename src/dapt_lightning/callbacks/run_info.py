@@ -14,16 +14,23 @@ from lightning.pytorch.utilities import rank_zero_only
 PACKAGES = ("torch", "lightning", "open_clip", "dapt_lightning", "torchmetrics", "torchvision", "wandb")
 
 
-def run_identity(module: L.LightningModule, datamodule: L.LightningDataModule | None, stage: str) -> dict[str, Any]:
-    """Name, group and tags of a run, from its dataset, method, shots, seed and class subset."""
-    method = module.hparams.get("method", "unknown")
+def run_identity(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    stage: str,
+    name: str | None = None,
+    group: str | None = None,
+) -> dict[str, Any]:
+    """Name, group and tags of a run: ``<dataset>-<method>-<shots>shots-seed<seed>`` (and ``-<stage>`` for an
+    evaluation), grouped without the seed so that seeds aggregate; ``name`` and ``group`` replace them when given."""
+    method = getattr(module, "name", "") or type(module).__name__.lower()
     dataset = getattr(datamodule, "dataset_name", "unknown")
     shots = getattr(datamodule, "num_shots", 0)
     seed = getattr(datamodule, "seed", 0)
     subsample = getattr(datamodule, "hparams", {}).get("subsample", "all")
     dataset_part = dataset if subsample == "all" else f"{dataset}-{subsample}"
-    group = f"{dataset_part}-{method}-{shots}shots"
-    name = f"{group}-seed{seed}" + ("" if stage == "fit" else f"-{stage}")
+    group = group or f"{dataset_part}-{method}-{shots}shots"
+    name = name or f"{dataset_part}-{method}-{shots}shots-seed{seed}" + ("" if stage == "fit" else f"-{stage}")
     tags = [dataset, method, f"{shots}shots", f"seed{seed}", stage] + ([subsample] if subsample != "all" else [])
     return {"name": name, "group": group, "tags": tags}
 
@@ -86,14 +93,20 @@ def resolved_settings(trainer: L.Trainer, module: L.LightningModule) -> dict[str
 
 
 def name_run(
-    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule | None, stage: str
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    stage: str,
+    name: str | None = None,
+    group: str | None = None,
 ) -> bool:
-    """Give the trainer's W&B run its name, group and tags; True if done before the run started.
+    """Give the trainer's W&B run its name, group and tags (:func:`run_identity`); True if done before the run
+    started.
 
     Lightning starts the W&B run just before the ``setup`` hooks, so the ``dapt`` CLI calls this before
     ``trainer.fit/test``; afterwards only the name and tags can still change (W&B fixes the group at start).
     """
-    identity = run_identity(module, datamodule, stage)
+    identity = run_identity(module, datamodule, stage, name, group)
     named = False
     for logger in trainer.loggers:
         if not hasattr(logger, "set_run_identity"):

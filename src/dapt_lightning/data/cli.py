@@ -2,46 +2,55 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
+from dapt_lightning.arguments import ActionYesNo, ArgumentParser, UsageError, command_parser, parse
+
 ROOT_ENV = "DAPT_DATA_ROOT"
 
 
-def _root(value: str | None, parser: argparse.ArgumentParser) -> Path:
+def _root(value: str | None) -> Path:
     root = value or os.environ.get(ROOT_ENV)
     if not root:
-        parser.error(f"--root is required (or set ${ROOT_ENV}): the folder that holds oxford_pets/, caltech-101/, ...")
+        raise UsageError(
+            f"--root is required (or set ${ROOT_ENV}): the folder that holds oxford_pets/, caltech-101/, ..."
+        )
     return Path(root).expanduser()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``dapt data`` argument parser."""
+def build_parser() -> ArgumentParser:
+    """The ``dapt data`` parser: ``check`` and ``download``."""
     from dapt_lightning.data.download import MIRROR_ENV
     from dapt_lightning.data.registry import download_plans
 
     plans = sorted(download_plans())
+    parser = command_parser("dapt data", "Check or download the benchmark datasets.")
+    subcommands = parser.add_subcommands(dest="command")
 
-    parser = argparse.ArgumentParser(prog="dapt data", description="Check or download the benchmark datasets.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    check = sub.add_parser("check", help="report which datasets are ready and exactly what the others miss")
-    check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
-    check.add_argument("--root", help=f"data root (default: ${ROOT_ENV})")
+    check = command_parser("dapt data check", "Report which datasets are ready and exactly what the others miss.")
+    check.add_argument("names", nargs="*", help="datasets to check (default: all)")
+    check.add_argument("--root", type=str | None, default=None, help=f"data root (default: ${ROOT_ENV})")
     check.add_argument(
-        "--full", action="store_true", help="check that every listed image exists and decodes (slow: reads every image)"
+        "--full", action=ActionYesNo, default=False, help="check that every listed image exists and decodes (slow)"
     )
+    subcommands.add_subcommand("check", check, help="report which datasets are ready and what the others miss")
 
-    download = sub.add_parser("download", help="download datasets with public URLs into the CoOp layout")
-    download.add_argument("names", nargs="+", metavar="NAME", choices=plans, help=", ".join(plans))
-    download.add_argument("--root", help=f"data root (default: ${ROOT_ENV})")
-    download.add_argument("--mirror", help=f"base URL serving <mirror>/<name>/<file> (default: ${MIRROR_ENV})")
-    download.add_argument("--no-verify", action="store_true", help="skip the checksum check")
-    download.add_argument("--keep-archives", action="store_true", help="keep archives after extracting them")
+    download = command_parser("dapt data download", "Download datasets with public URLs into the CoOp layout.")
+    download.add_argument("names", nargs="+", help=f"datasets to download: {', '.join(plans)}")
+    download.add_argument("--root", type=str | None, default=None, help=f"data root (default: ${ROOT_ENV})")
+    download.add_argument(
+        "--mirror",
+        type=str | None,
+        default=None,
+        help=f"base URL serving <mirror>/<name>/<file> (default: ${MIRROR_ENV})",
+    )
+    download.add_argument("--verify", action=ActionYesNo, default=True, help="check published checksums")
+    download.add_argument("--keep_archives", action=ActionYesNo, default=False, help="keep archives after extracting")
     download.add_argument("--retries", type=int, default=3, help="retries per file after a dropped connection")
-    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    download.add_argument("--progress", action=ActionYesNo, default=True, help="progress bars")
+    subcommands.add_subcommand("download", download, help="download datasets with public URLs into the CoOp layout")
     return parser
 
 
@@ -51,38 +60,46 @@ def data_main(argv: list[str]) -> int:
     ``check`` returns 1 when a dataset named on the command line is not ``found`` (with no names it only
     reports); ``download`` returns 1 when a download fails and 0 otherwise, printing the steps left to do by hand.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    root = _root(args.root, parser)
-    if args.command == "check":
+    args = parse(build_parser(), argv)
+    command = args.command
+    options = args[command]
+    root = _root(options.root)
+    if command == "check":
         from dapt_lightning.data.check import check_datasets, print_table
 
         if not root.is_dir():
             print(f"dapt data check: the data root {root} does not exist", file=sys.stderr)
             return 1
         try:
-            statuses = check_datasets(root, names=args.names or None, full=args.full)
-        except ValueError as err:
-            parser.error(str(err))
+            statuses = check_datasets(root, names=options.names or None, full=options.full)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         print_table(statuses)
-        return 1 if args.names and any(s.status != "found" for s in statuses) else 0
+        return 1 if options.names and any(s.status != "found" for s in statuses) else 0
 
     from dapt_lightning.data.download import DownloadError, download_dataset
+    from dapt_lightning.data.registry import download_plans
 
+    unknown = [name for name in options.names if name not in download_plans()]
+    if unknown:
+        raise UsageError(
+            f"dapt data download: no download plan for {', '.join(unknown)}; choose from "
+            f"{', '.join(sorted(download_plans()))}"
+        )
     status = 0
-    for name in args.names:
+    for name in options.names:
         try:
             report = download_dataset(
                 name,
                 root,
-                mirror=args.mirror,
-                verify=not args.no_verify,
-                keep_archives=args.keep_archives,
-                retries=args.retries,
-                progress=not args.quiet,
+                mirror=options.mirror,
+                verify=options.verify,
+                keep_archives=options.keep_archives,
+                retries=options.retries,
+                progress=options.progress,
             )
-        except DownloadError as err:
-            print(f"dapt data download {name}: {err}", file=sys.stderr)
+        except DownloadError as error:
+            print(f"dapt data download {name}: {error}", file=sys.stderr)
             status = 1
             continue
         done = ", ".join(report.fetched) or "nothing new"
@@ -90,7 +107,3 @@ def data_main(argv: list[str]) -> int:
         if report.manual:
             print(f"{name}: still to do by hand: {report.manual.replace('ROOT', str(root))}")
     return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(data_main(sys.argv[1:]))

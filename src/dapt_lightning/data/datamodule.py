@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,12 @@ from torch.utils.data import DataLoader
 
 from dapt_lightning.data.fewshot import Subsample, fewshot_splits, subsample_classes
 from dapt_lightning.data.image_dataset import ImageListDataset
-from dapt_lightning.data.registry import get_dataset_reader
+from dapt_lightning.data.registry import get_dataset
 from dapt_lightning.data.samplers import EpochShuffleSampler, ShardSampler
 from dapt_lightning.data.transforms import ImagePreprocessing, TransformName, build_transform
 from dapt_lightning.data.types import DatasetSplits
 
 DATA_ROOT_ENV = "DAPT_DATA_ROOT"
-"""The input size of the paper's ViT-B/16, for DataModules built without the CLI (which links the CLIP's size)."""
 
 
 def resolve_data_root(root: str | None) -> Path:
@@ -41,26 +41,31 @@ def validate_num_shots(num_shots: Any) -> int:
     return num_shots
 
 
-class DAPTDataModule(L.LightningDataModule):
+class FewShotDataModule(L.LightningDataModule):
     """Few-shot CoOp/Dassl data for one dataset.
+
+    Nothing is read when it is built: ``prepare_data`` writes what a dataset can make itself (the synthetic demo
+    data), ``setup`` reads the splits and draws the few-shot sets (``classnames`` does too, when asked first).
 
     Args:
         dataset: registered dataset name (``dapt data check`` lists them), e.g. ``oxford_pets``.
         root: folder holding every dataset's folder; default ``$DAPT_DATA_ROOT`` or ``./data``.
         num_shots: training images per class (-1: all). The few-shot val set takes ``min(num_shots, 4)``.
-        seed: few-shot sampling seed; None takes ``seed_everything``'s value (the CLI links it).
+        seed: few-shot sampling seed; None takes ``seed_everything``'s value (the CLI links it), else 1.
         subsample: ``all``, ``base`` or ``new`` classes (base-to-new generalisation).
         batch_size: the global training batch, summed over all processes (the paper's 32); each of W processes
             gets ``batch_size / W`` images, so the effective batch and learning rate do not change with W.
         test_batch_size: evaluation batch per device.
         num_workers: DataLoader worker processes per device; None: one per CPU core this process may use, at most 8.
-        image_size: input resolution; the `dapt` CLI sets the CLIP's own (224 for ViT-B/16) when not given.
-        image_mean, image_std, interpolation, resize_mode: the CLIP's normalisation, resampling and evaluation
-            resize (``shortest``, ``longest`` or ``squash``); the `dapt` CLI sets the CLIP's own, from its pretrained
-            configuration, when not given; otherwise OpenAI's.
+        image_size: input resolution; None: the model's (224 for ViT-B/16), once the Trainer holds both.
+        image_mean, image_std, interpolation, resize_mode: normalisation, resampling and evaluation resize
+            (``shortest``, ``longest`` or ``squash``); None: the model's CLIP's own, from its pretrained configuration
+            (OpenAI's without a model).
         cache_images: keep the decoded few-shot training images in memory.
         train_crop_scale: area range of the training RandomResizedCrop; (0.08, 1.0) is the official setting.
         dataset_options: extra keyword arguments for the dataset reader (e.g. the ``custom`` dataset's path).
+        hold_out_test: keep no test split at all, so that nothing in the run can read a test image (``dapt tune``'s
+            trials, which are scored on the few-shot validation split).
     """
 
     def __init__(
@@ -81,47 +86,94 @@ class DAPTDataModule(L.LightningDataModule):
         cache_images: bool = False,
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
         dataset_options: dict[str, Any] | None = None,
+        hold_out_test: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.record = get_dataset(dataset)
         self.dataset_name = dataset
         self.root = resolve_data_root(root)
         self.num_shots = validate_num_shots(num_shots)
         self.seed = 1 if seed is None else seed
+        if subsample not in ("all", "base", "new"):
+            raise ValueError(f"--data.subsample must be 'all', 'base' or 'new', got {subsample!r}")
+        if batch_size < 1 or test_batch_size < 1:
+            raise ValueError(
+                f"--data.batch_size and --data.test_batch_size must be >= 1, got {batch_size}, {test_batch_size}"
+            )
+        if not 0 < train_crop_scale[0] <= train_crop_scale[1] <= 1:
+            raise ValueError(f"--data.train_crop_scale must be 0 < low <= high <= 1, got {train_crop_scale}")
         self.batch_size = batch_size
         self.test_batch_size = test_batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
-        given = {
+        self.given_preprocessing = {
             "size": image_size,
             "mean": None if image_mean is None else tuple(image_mean),
             "std": None if image_std is None else tuple(image_std),
             "interpolation": interpolation,
             "resize_mode": resize_mode,
         }
-        self.preprocessing = ImagePreprocessing(**{key: value for key, value in given.items() if value is not None})
+        ImagePreprocessing(**self._given())  # a bad value fails here, not at the first batch
         self.cache_images = cache_images
-        if not 0 < train_crop_scale[0] <= train_crop_scale[1] <= 1:
-            raise ValueError(f"--data.train_crop_scale must be 0 < low <= high <= 1, got {train_crop_scale}")
         self.train_crop_scale = tuple(train_crop_scale)
-        if batch_size < 1 or test_batch_size < 1:
-            raise ValueError(
-                f"--data.batch_size and --data.test_batch_size must be >= 1, got {batch_size}, {test_batch_size}"
-            )
-        reader = get_dataset_reader(dataset)
-        full = reader(self.root, **(dataset_options or {}))
-        self.splits: DatasetSplits = subsample_classes(fewshot_splits(full, self.num_shots, self.seed), subsample)
-        self._check_every_class_has_training_images()
+        self.dataset_options = dict(dataset_options or {})
+        self._splits: DatasetSplits | None = None
+        self._model: Any = None
 
-    def _check_every_class_has_training_images(self) -> None:
-        if not self.splits.train:
+    def _given(self) -> dict[str, Any]:
+        return {key: value for key, value in self.given_preprocessing.items() if value is not None}
+
+    def prepare_data(self) -> None:
+        """Write what the dataset makes itself (the synthetic demo data); once per node, before any split is read."""
+        if self.record.prepare is not None:
+            self.record.prepare(self.root, **self.dataset_options)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the dataset's splits and draw the few-shot sets (once)."""
+        if self._splits is not None:
+            return
+        full = self.record.reader(self.root, **self.dataset_options)
+        splits = subsample_classes(fewshot_splits(full, self.num_shots, self.seed), self.hparams.subsample)
+        self._check_every_class_has_training_images(splits)
+        if self.hparams.hold_out_test:
+            splits = dataclasses.replace(splits, test=[])
+        self._splits = splits
+
+    @property
+    def splits(self) -> DatasetSplits:
+        """The few-shot splits (read on first use when ``setup`` has not run: outside a Trainer)."""
+        if self._splits is None:
+            self.prepare_data()
+            self.setup()
+        return self._splits
+
+    @splits.setter
+    def splits(self, value: DatasetSplits) -> None:
+        self._splits = value
+
+    def _check_every_class_has_training_images(self, splits: DatasetSplits) -> None:
+        if not splits.train:
             return  # test-only datasets (ImageNet-V2/Sketch/A/R) are only evaluated
-        present = {item.label for item in self.splits.train}
-        missing = [name for label, name in enumerate(self.splits.classnames) if label not in present]
+        present = {item.label for item in splits.train}
+        missing = [name for label, name in enumerate(splits.classnames) if label not in present]
         if missing:
             raise ValueError(
                 f"dataset {self.dataset_name!r} under {self.root}: {len(missing)} class(es) have no training images "
                 f"(e.g. {missing[:3]}); the split file is incomplete. Fix the split or remove those classes."
             )
+
+    def follow(self, model: Any) -> None:
+        """Outside a Trainer, take ``model``'s CLIP preprocessing for every setting not given (under a Trainer the
+        DataModule follows the Trainer's model by itself)."""
+        self._model = model
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        """The settings given, the rest the model's CLIP's own (the ``image_preprocessing`` of the Trainer's
+        module, or of the model given to :meth:`follow`); OpenAI's without a model."""
+        module = self.trainer.lightning_module if self.trainer is not None else self._model
+        model = getattr(module, "image_preprocessing", None) or {}
+        return ImagePreprocessing(**{**model, **self._given()})
 
     @property
     def image_size(self) -> int:
@@ -129,8 +181,13 @@ class DAPTDataModule(L.LightningDataModule):
 
     @property
     def classnames(self) -> list[str]:
-        """Class names indexed by label (linked to the model's ``classnames`` by the CLI)."""
+        """Class names indexed by label (the model takes them from here)."""
         return list(self.splits.classnames)
+
+    @property
+    def template(self) -> str:
+        """The dataset's hand-crafted zero-shot prompt (CoOp's; ``{}`` is the class name)."""
+        return self.record.template
 
     def dataset(self, split: str, transform: TransformName | None = None) -> ImageListDataset:
         """The ``train``/``val``/``test`` images with the ``train`` or ``test`` transform (default by split)."""

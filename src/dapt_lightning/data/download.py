@@ -1,29 +1,26 @@
 """``dapt data download``: fetch the datasets that have public direct-download URLs into the CoOp layout.
 
-Downloads are resumable (HTTP ``Range`` into a ``.part`` file), verified against the known MD5/SHA-256 where one is
-published, and archives are extracted member by member, refusing any path that would land outside the target.
+The transfer is gdown's (any URL, Google Drive's confirmation pages, resuming a partial file with HTTP ``Range``
+across retries and runs); pooch checks the finished file against its published MD5/SHA-256 and puts it in place
+atomically. Archives are extracted here, member by member, refusing any path that would land outside the target.
 Every URL can be redirected to a mirror (``mirror=`` or ``$DAPT_DOWNLOAD_MIRROR``) that serves
 ``<mirror>/<dataset>/<filename>``, which is also how the tests point the code at a local server.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
+import re
 import shutil
 import tarfile
-import time
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
 
-from tqdm.auto import tqdm
+import gdown
+import pooch
+import requests
 
 from dapt_lightning.data.registry import download_plans
 
@@ -34,6 +31,7 @@ STAGING_DIR = ".dapt_downloads"
 """Folder under the data root holding partial downloads, archives and completion markers."""
 
 _CHUNK = 1 << 20
+_WEB_PAGE = (b"<!doctype html", b"<html")
 
 
 class DownloadError(RuntimeError):
@@ -58,36 +56,9 @@ class DownloadReport:
     manual: str = ""
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    hasher = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def verify_checksum(path: Path, url: str, md5: str | None = None, sha256: str | None = None) -> None:
-    """Raise :class:`ChecksumError` naming the URL, the expected and the actual digest, after deleting ``path``."""
-    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
-        if expected:
-            got = _digest(path, algorithm)
-            if got != expected.lower():
-                path.unlink(missing_ok=True)
-                raise ChecksumError(
-                    f"{algorithm} mismatch for {url}: expected {expected}, got {got}; the download was deleted, "
-                    "run the command again (or check the mirror)"
-                )
-
-
-def _progress(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(
-        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled
-    )
-
-
-def _stream(response: IO[bytes]) -> Iterator[bytes]:
-    while chunk := response.read(_CHUNK):
-        yield chunk
+def partial_files(dest: Path) -> list[Path]:
+    """The partial downloads of ``dest`` that a later call resumes (gdown's ``<name>XXXXXXXX.part`` beside it)."""
+    return sorted(dest.parent.glob(f"{dest.name}????????.part"))
 
 
 def download_file(
@@ -96,73 +67,74 @@ def download_file(
     md5: str | None = None,
     sha256: str | None = None,
     retries: int = 3,
-    backoff: float = 1.0,
     timeout: float = 60.0,
     progress: bool = True,
 ) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file with an HTTP ``Range`` request.
+    """Download ``url`` to ``dest``, resuming a partial file left by an earlier call, and check its checksum.
 
     Args:
-        url: http(s) URL.
+        url: http(s) URL (a Google Drive link too).
         dest: Final path; written only once the download is complete and verified.
         md5: Expected MD5 (hex), if known.
         sha256: Expected SHA-256 (hex), if known.
         retries: Extra attempts after a dropped connection or a server error; each resumes where the last stopped.
-        backoff: Seconds to wait before the first retry (doubled each time, at most 30).
-        timeout: Socket timeout in seconds.
-        progress: Show a tqdm progress bar.
+        timeout: Seconds to wait for the server between bytes.
+        progress: Show a progress bar.
 
     Raises:
-        DownloadError: HTTP error, or the connection kept dropping (the ``.part`` file stays, to resume later).
-        ChecksumError: the finished file does not match ``md5``/``sha256`` (the ``.part`` file is deleted).
+        DownloadError: HTTP error, a web page instead of the file, or the connection kept dropping (the partial
+            file stays, to resume later).
+        ChecksumError: the finished file does not match ``md5``/``sha256`` (it is deleted).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    last_error: Exception | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(min(backoff * 2 ** (attempt - 1), 30.0))
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"User-Agent": "dapt-lightning", "Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
+    staged = dest.with_name(dest.name + ".staged")  # a stable name, so that gdown finds its partial file again
+    known_hash = f"sha256:{sha256}" if sha256 else f"md5:{md5}" if md5 else None
+
+    def fetch(source: str) -> None:
+        gdown.download(source, str(staged), quiet=not progress, resume=True, retries=retries, timeout=timeout)
+
+    def transfer(source: str, output: str, _pooch: object) -> None:
+        # pooch hands over a fresh temporary name each time; gdown resumes only under the same name.
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-                if "text/html" in response.headers.get("Content-Type", ""):
-                    raise DownloadError(
-                        f"{url} returned a web page instead of the file (a login, quota or virus-scan page); "
-                        f"download it by hand and save it as {dest}"
-                    )
-                resumed = offset > 0 and response.status == 206
-                if not resumed:
-                    offset = 0  # the server ignored the Range header: start over
-                length = response.headers.get("Content-Length")
-                total = offset + int(length) if length is not None else None
-                with open(part, "ab" if resumed else "wb") as out, _progress(total, offset, dest.name, progress) as bar:
-                    for chunk in _stream(response):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-                    out.flush()
-                    os.fsync(out.fileno())
-                if total is not None and part.stat().st_size < total:
-                    raise http.client.IncompleteRead(b"", total - part.stat().st_size)
-            break
-        except urllib.error.HTTPError as err:
-            if err.code == 416 and offset:
-                break  # "range not satisfiable": the .part file is already complete; the checksum decides
-            if err.code < 500:
-                raise DownloadError(f"could not download {url}: HTTP {err.code} {err.reason}") from err
-            last_error = err
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
-            last_error = err
-    else:
-        raise DownloadError(
-            f"could not download {url} after {retries + 1} attempt(s) ({last_error}); the partial file {part} is "
-            "kept: run the command again to resume"
-        ) from last_error
-    verify_checksum(part, url, md5=md5, sha256=sha256)
-    os.replace(part, dest)
+            try:
+                fetch(source)
+            except gdown.exceptions.DownloadError as error:
+                if "byte range" not in str(error):
+                    raise
+                for partial in partial_files(staged):  # a server that cannot resume: start over, once
+                    partial.unlink()
+                fetch(source)
+        except requests.HTTPError as error:
+            response = error.response
+            status = f"HTTP {response.status_code} {response.reason}" if response is not None else str(error)
+            raise DownloadError(f"could not download {source}: {status}") from error
+        except (requests.RequestException, gdown.exceptions.DownloadError, OSError) as error:
+            raise DownloadError(
+                f"could not download {source} after {retries + 1} attempt(s) ({error}); the partial file "
+                f"{(partial_files(staged) or [staged])[0]} is kept: run the command again to resume"
+            ) from error
+        with open(staged, "rb") as handle:
+            if handle.read(64).lstrip().lower().startswith(_WEB_PAGE):
+                staged.unlink()
+                raise DownloadError(
+                    f"{source} returned a web page instead of the file (a login, quota or virus-scan page); "
+                    f"download it by hand and save it as {dest}"
+                )
+        os.replace(staged, output)
+
+    pooch.get_logger().setLevel("WARNING")  # its "Downloading ..." lines: the progress bar says so
+    try:
+        pooch.retrieve(url, known_hash, fname=dest.name, path=dest.parent, downloader=transfer)
+    except ValueError as error:  # pooch: the file's hash is not the known one; it has deleted the file
+        if "hash" not in str(error):
+            raise
+        algorithm, expected = known_hash.split(":", 1)
+        got = re.search(r"but got (\w+)", str(error))
+        raise ChecksumError(
+            f"{algorithm} mismatch for {url}: expected {expected}, got {got.group(1) if got else 'another hash'}; the "
+            "download was deleted, run the command again (or check the mirror)"
+        ) from None
     return dest
 
 
@@ -244,7 +216,6 @@ def download_dataset(
     verify: bool = True,
     keep_archives: bool = False,
     retries: int = 3,
-    backoff: float = 1.0,
     progress: bool = True,
 ) -> DownloadReport:
     """Download and extract what the download plan of ``name`` lists into the data root ``root`` (CoOp layout).
@@ -259,7 +230,6 @@ def download_dataset(
         verify: Check the published checksums (a mirror serving other bytes, e.g. test fakes, needs ``False``).
         keep_archives: Keep the downloaded archives after extracting them.
         retries: Retries per file after a dropped connection.
-        backoff: Seconds before the first retry.
         progress: Show progress bars.
     """
     plans = download_plans()
@@ -285,7 +255,7 @@ def download_dataset(
         checks = {"md5": res.md5, "sha256": res.sha256} if verify else {}
         path = staging / res.filename
         try:
-            download_file(url, path, retries=retries, backoff=backoff, progress=progress, **checks)
+            download_file(url, path, retries=retries, progress=progress, **checks)
         except DownloadError as err:
             if res.drive_id and not base:
                 raise DownloadError(

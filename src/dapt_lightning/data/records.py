@@ -129,3 +129,6 @@ class DatasetRecord:
     """Its config file under the repository's ``configs/`` (``oxfordpets.yaml``), or ``None`` when none ships."""
     max_epochs: int | None = None
     """The official protocol's fixed epoch count (ImageNet and its variants: 50); ``None``: set by the shot count."""
+    prepare: Callable[..., None] | None = None
+    """``prepare(root, **options)`` makes what the dataset can make itself, before the reader runs (once per node:
+    the DataModule's ``prepare_data``); ``None`` for datasets that are downloaded."""

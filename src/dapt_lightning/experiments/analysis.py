@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from dapt_lightning.callbacks.embeddings import plot_embedding_pair, tsne
 from dapt_lightning.callbacks.features import image_features, subset
 from dapt_lightning.checkpoint import load_checkpoint_file
-from dapt_lightning.data.datamodule import DAPTDataModule
+from dapt_lightning.data.datamodule import FewShotDataModule
 from dapt_lightning.data.registry import dataset_template
-from dapt_lightning.model.clip import fill_clip_preprocessing
-from dapt_lightning.module import DAPTModule
+from dapt_lightning.methods import CLIPMethod
 
 __all__ = [
     "confusion_matrix",
@@ -37,7 +36,7 @@ __all__ = [
 
 def load_checkpoint(
     path: str | Path, data_overrides: dict[str, Any] | None = None, device: str | torch.device = "cpu"
-) -> tuple[DAPTModule, DAPTDataModule]:
+) -> tuple[CLIPMethod, FewShotDataModule]:
     """Rebuild a trained module (CLIP from its identity + the stored prompts) and its DataModule.
 
     Args:
@@ -54,16 +53,15 @@ def load_checkpoint(
         k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")
     }
     data_args.update(data_overrides or {})
-    trained = checkpoint.get("hyper_parameters") or {}  # as the CLI: the data follows the CLIP's preprocessing
-    fill_clip_preprocessing(data_args, trained.get("clip_name", "ViT-B-16"), trained.get("pretrained"))
-    datamodule = DAPTDataModule(**data_args)
-    module = DAPTModule.load_from_checkpoint(str(path), map_location="cpu", classnames=datamodule.classnames)
+    datamodule = FewShotDataModule(**data_args)
+    module = CLIPMethod.load_from_checkpoint(str(path), map_location="cpu", classnames=datamodule.classnames)
+    datamodule.follow(module)  # as under a Trainer: the data takes the model's CLIP preprocessing
     module.eval().to(device)
     return module, datamodule
 
 
 def zero_shot_text_features(
-    module: DAPTModule, dataset: str | None = None, template: str | None = None
+    module: CLIPMethod, dataset: str | None = None, template: str | None = None
 ) -> torch.Tensor:
     """L2-normalised class text features ``[C, D]`` of a hand-crafted prompt: zero-shot CLIP's classifier.
 
@@ -76,7 +74,7 @@ def zero_shot_text_features(
 
 
 @torch.no_grad()
-def tuned_text_features(module: DAPTModule) -> torch.Tensor:
+def tuned_text_features(module: CLIPMethod) -> torch.Tensor:
     """L2-normalised class text features ``[C, D]`` with the learned prompts (as used for classification)."""
     return module.model.encode_text().float()
 
@@ -92,7 +90,7 @@ def confusion_matrix(
     return confusion, per_class.float()
 
 
-def nearest_words(module: DAPTModule, k: int = 5, metric: str = "cosine") -> list[list[tuple[str, float]]]:
+def nearest_words(module: CLIPMethod, k: int = 5, metric: str = "cosine") -> list[list[tuple[str, float]]]:
     """For each learned text context vector, the ``k`` nearest vocabulary tokens (CoOp's interpretation).
 
     Args:
@@ -105,7 +103,7 @@ def nearest_words(module: DAPTModule, k: int = 5, metric: str = "cosine") -> lis
     """
     prompt = module.model.text_prompt
     if prompt is None:
-        raise ValueError(f"method {module.hparams.method!r} has no learned text context")
+        raise ValueError(f"{type(module).__name__} has no learned text context")
     context = prompt.txt_ctx.detach().float()
     context = context.reshape(-1, context.shape[-1])  # class-specific contexts: every class's rows in turn
     vocabulary = module.model.text_tower.token_embedding.weight.detach().float().to(context.device)
@@ -124,7 +122,7 @@ def nearest_words(module: DAPTModule, k: int = 5, metric: str = "cosine") -> lis
     ]
 
 
-def visual_prompt_norms(module: DAPTModule) -> torch.Tensor:
+def visual_prompt_norms(module: CLIPMethod) -> torch.Tensor:
     """L2 norm of each learned visual prompt token ``[num_tokens]`` (empty without visual prompts)."""
     prompt = module.model.visual_prompt
     if prompt is None:

@@ -21,7 +21,6 @@ import open_clip
 import torch
 from torch import nn
 
-from dapt_lightning.methods import METHODS, method_spec
 from dapt_lightning.model.clip import quiet_random_init
 
 ImageFamily = Literal["vit", "timm-vit", "other"]
@@ -72,49 +71,25 @@ def text_tower_refusal(clip: nn.Module) -> str | None:
     return None
 
 
-def supported_methods(clip: nn.Module) -> list[str]:
-    """The methods (``methods.METHODS``) this built CLIP supports."""
-    if text_tower_refusal(clip) is not None:
-        return []
-    visual_ok = visual_prompt_refusal(clip.visual) is None
-    return [name for name, spec in METHODS.items() if visual_ok or not spec.visual_prompts]
-
-
-def method_refusal(clip: nn.Module, clip_name: str, method: str) -> str | None:
-    """One line saying why ``method`` cannot run on this built CLIP (and what can), or None when it can."""
-    spec = method_spec(method)
-    text_refusal = text_tower_refusal(clip)
-    if text_refusal is not None:
-        return f"--model.clip_name {clip_name}: {text_refusal}; choose another CLIP."
-    refusal = visual_prompt_refusal(clip.visual)
-    if spec.visual_prompts and refusal is not None:
-        methods = ", ".join(supported_methods(clip))
-        return (
-            f"--model.method {method} needs visual prompts, but in {clip_name} {refusal}. "
-            f"With {clip_name} use: {methods}."
-        )
-    return None
-
-
-def config_method_refusal(clip_name: str, method: str) -> str | None:
-    """:func:`method_refusal` from ``clip_name``'s open_clip config alone, before any weights or data are read.
-
-    The architecture is built on the meta device (shapes only, nothing allocated). A config that does not build that
-    way (a Hugging Face text tower needs its config from the network) is judged from its keys, or left to the check
-    on the built model.
-    """
-    config = open_clip.get_model_config(clip_name)
-    if config is None:
+def meta_model(clip_name: str) -> nn.Module | None:
+    """Architecture ``clip_name`` built on the meta device (shapes only, nothing allocated), or None when it does not
+    build that way (a Hugging Face text tower needs its config from the network) or the name is unknown."""
+    if open_clip.get_model_config(clip_name) is None:
         return None  # the loader reports unknown names
-    hf_name = config.get("text_cfg", {}).get("hf_model_name")
-    if hf_name:
-        return (
-            f"--model.clip_name {clip_name}: its text tower is the Hugging Face transformer {hf_name}, not open_clip's "
-            "TextTransformer, which dapt_lightning needs to place prompt tokens; choose another CLIP."
-        )
     try:
         with quiet_random_init(), torch.device("meta"):
-            model = open_clip.create_model(clip_name, device="meta")
+            return open_clip.create_model(clip_name, device="meta")
     except Exception:  # towers that do not build on the meta device are checked once built
         return None
-    return method_refusal(model, clip_name, method)
+
+
+def hugging_face_text_refusal(clip_name: str) -> str | None:
+    """Why ``clip_name``'s text tower cannot be prompted, judged from its config: a Hugging Face transformer."""
+    config = open_clip.get_model_config(clip_name) or {}
+    hf_name = config.get("text_cfg", {}).get("hf_model_name")
+    if not hf_name:
+        return None
+    return (
+        f"its text tower is the Hugging Face transformer {hf_name}, not open_clip's TextTransformer, which "
+        "dapt_lightning needs to place prompt tokens"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import read_class_folder_dataset
+from dapt_lightning.data.datasets.generated_splits import read_class_folder_dataset
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits
 

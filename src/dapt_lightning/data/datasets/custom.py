@@ -13,15 +13,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import (
-    DatasetError,
-    SplitTriple,
-    load_json,
-    read_classnames_txt,
-    read_split,
-    save_generated_split,
-    split_trainval,
-)
+from dapt_lightning.data.datasets.checks import DatasetError
+from dapt_lightning.data.datasets.files import load_json, read_classnames_txt
+from dapt_lightning.data.datasets.generated_splits import split_trainval
+from dapt_lightning.data.datasets.split_files import SplitTriple, read_split, save_generated_split
 from dapt_lightning.data.records import DatasetRecord
 from dapt_lightning.data.types import DatasetSplits, Datum
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import DatasetError, reject_options, require
+from dapt_lightning.data.datasets.checks import DatasetError, reject_options, require
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 

@@ -8,13 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import (
-    DatasetError,
-    listdir_nohidden,
-    read_classnames_txt,
-    reject_options,
-    require,
-)
+from dapt_lightning.data.datasets.checks import DatasetError, reject_options, require
+from dapt_lightning.data.datasets.files import listdir_nohidden, read_classnames_txt
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import reject_options
+from dapt_lightning.data.datasets.checks import reject_options
 from dapt_lightning.data.datasets.imagenet import classnames_requirement, classnames_resource
 from dapt_lightning.data.datasets.imagenet_variants import IGNORED, read_wnid_folders
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource

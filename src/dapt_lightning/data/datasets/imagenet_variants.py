@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import DatasetLayout, listdir_nohidden, read_classnames_txt, require
+from dapt_lightning.data.datasets.checks import require
+from dapt_lightning.data.datasets.files import listdir_nohidden, read_classnames_txt
 from dapt_lightning.data.datasets.imagenet import classname_of
+from dapt_lightning.data.records import DatasetLayout
 from dapt_lightning.data.types import DatasetSplits, Datum
 
 IGNORED = ("README.txt",)

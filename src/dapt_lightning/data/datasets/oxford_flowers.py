@@ -6,13 +6,9 @@ import os
 import random
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import (
-    SPLIT_SEED,
-    DatasetError,
-    load_json,
-    read_or_generate_split,
-    reject_options,
-)
+from dapt_lightning.data.datasets.checks import DatasetError, reject_options
+from dapt_lightning.data.datasets.files import load_json
+from dapt_lightning.data.datasets.generated_splits import SPLIT_SEED, read_or_generate_split
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import read_trainval_test_dataset
+from dapt_lightning.data.datasets.generated_splits import read_trainval_test_dataset
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 

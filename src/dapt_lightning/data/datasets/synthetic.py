@@ -12,7 +12,8 @@ import json
 import random
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import read_split, reject_options, write_json_atomic
+from dapt_lightning.data.datasets.checks import reject_options
+from dapt_lightning.data.datasets.split_files import read_split, write_json_atomic
 from dapt_lightning.data.records import DatasetRecord
 from dapt_lightning.data.synthetic_render import COLOURS, SHAPES, Style, render
 from dapt_lightning.data.types import DatasetSplits
@@ -68,14 +69,20 @@ def needs_writing(folder: Path) -> bool:
     return not isinstance(rendering, dict) or rendering.get("version") != RENDERING_VERSION
 
 
-def read_synthetic(root: Path, **options: object) -> DatasetSplits:
-    """Read (writing it first if absent or written by an older renderer) the synthetic dataset under ``root``."""
+def prepare_synthetic(root: Path, **options: object) -> None:
+    """Write the synthetic dataset under ``root`` if it is absent or an older renderer wrote it."""
     reject_options(FOLDER, options)
     folder = Path(root) / FOLDER
     if needs_writing(folder):
         write_synthetic_dataset(folder)
+
+
+def read_synthetic(root: Path, **options: object) -> DatasetSplits:
+    """Read the synthetic dataset under ``root`` (written by :func:`prepare_synthetic`)."""
+    reject_options(FOLDER, options)
+    folder = Path(root) / FOLDER
     train, val, test = read_split(folder / SPLIT_FILE, folder)
     return DatasetSplits(FOLDER, train, val, test)
 
 
-RECORD = DatasetRecord(name=FOLDER, reader=read_synthetic, config="demo.yaml")
+RECORD = DatasetRecord(name=FOLDER, reader=read_synthetic, config="demo.yaml", prepare=prepare_synthetic)

@@ -6,7 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from dapt_lightning.data.datasets.common import DatasetError, read_trainval_test_dataset
+from dapt_lightning.data.datasets.checks import DatasetError
+from dapt_lightning.data.datasets.generated_splits import read_trainval_test_dataset
 from dapt_lightning.data.records import DatasetLayout, DatasetRecord, DownloadPlan, Requirement, Resource
 from dapt_lightning.data.types import DatasetSplits, Datum
 

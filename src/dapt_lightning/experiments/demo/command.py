@@ -3,20 +3,21 @@ CLIP; their accuracies side by side, and DAPT's dispersion before and after tuni
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dapt_lightning.arguments import ArgumentParser, UsageError, comma_list, command_parser, parse, split_flags
 from dapt_lightning.data.registry import config_path
 from dapt_lightning.experiments.demo.dispersion import Dispersion, dispersion_before_after
 from dapt_lightning.experiments.demo.report import accuracy_table, dispersion_table
-from dapt_lightning.experiments.lightning_cli import cli_main, quiet_console
-from dapt_lightning.loggers import finish_wandb_runs
-from dapt_lightning.methods import METHODS
+from dapt_lightning.experiments.run import RunRecord, RunSpec, execute
+from dapt_lightning.methods import DAPT, ZeroShotCLIP, list_methods, method_class
+from dapt_lightning.methods.registry import setting_name
 from dapt_lightning.storage import atomic_write_bytes
 
 DEMO_CONFIG = config_path("synthetic")
@@ -32,37 +33,49 @@ STEPS = {
 }
 
 
-def parse_list(text: str, kind: type, name: str, choices: tuple[str, ...] | None = None) -> list[Any]:
-    """A comma-separated option as a list, or an error naming the option and the bad value."""
-    try:
-        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name} takes comma-separated {kind.__name__}s, got {text!r}") from None
-    bad = [value for value in values if choices is not None and value not in choices]
-    if not values or bad:
-        raise argparse.ArgumentTypeError(f"{name}: {bad or text!r} not valid; choose from {', '.join(choices or ())}")
-    return values
+@dataclass(frozen=True)
+class DemoOptions:
+    """What a ``dapt demo`` command line asks for (every other flag is a setting of each run)."""
+
+    config: str
+    seeds: list[int]
+    methods: list[str]
+    threads: int | None
+    max_epochs: int | None
+    out: Path
+    run_args: tuple[str, ...]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dapt demo", description=__doc__)
-    parser.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: configs/demo.yaml)")
-    parser.add_argument(
-        "--seeds",
-        type=lambda text: parse_list(text, int, "--seeds"),
-        default=[1],
-        help="comma-separated seeds; more than one prints mean ± std over them (default: 1)",
-    )
+OWN_OPTIONS = ("--config", "--seeds", "--methods", "--threads", "--max_epochs", "--out")
+
+
+def build_parser() -> ArgumentParser:
+    """The parser of ``dapt demo``'s own options."""
+    parser = command_parser("dapt demo", __doc__ + " Every other flag is a setting of each run (`dapt fit --help`).")
+    parser.add_argument("--config", default=str(DEMO_CONFIG), help="demo config")
+    parser.add_argument("--seeds", default="1", help="comma-separated seeds; more than one prints mean ± std over them")
     parser.add_argument(
         "--methods",
-        type=lambda text: parse_list(text, str, "--methods", tuple(METHODS)),
-        default=list(DEFAULT_METHODS),
-        help=f"comma-separated methods, from {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated methods, from {', '.join(list_methods())}",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="override the config's epoch count")
-    parser.add_argument("--out", default="runs/demo", help="where the runs go (default: runs/demo)")
+    parser.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--max_epochs", type=int | None, default=None, help="override the config's epoch count")
+    parser.add_argument("--out", default="runs/demo", help="where the runs go")
     return parser
+
+
+def parse_options(argv: list[str]) -> DemoOptions:
+    """Read and check the command line; a bad option is a one-line ``UsageError``."""
+    own, run_args = split_flags(argv, OWN_OPTIONS)
+    args = parse(build_parser(), own)
+    if not Path(args.config).is_file():
+        raise UsageError(f"--config {args.config} does not exist (run the demo from the repository root)")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    seeds = comma_list(args.seeds, int, "--seeds")
+    methods = comma_list(args.methods, str, "--methods", list_methods())
+    return DemoOptions(args.config, seeds, methods, args.threads, args.max_epochs, Path(args.out), tuple(run_args))
 
 
 def planned_runs(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
@@ -73,68 +86,56 @@ def planned_runs(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     return [(method, seed) for method in order for seed in (seeds[:1] if method == "zeroshot" else seeds)]
 
 
-def run_method(method: str, seed: int, common: list[str], run_dir: Path) -> Any:
-    """Test zero-shot CLIP, or fit and test ``method`` with ``seed``, in ``run_dir``; returns the CLI."""
-    if method == "zeroshot":
-        args = ["test", *common, "--model.method", method, "--run.dir", str(run_dir)]
-    else:
-        args = ["fit", *common, "--model.method", method, "--seed_everything", str(seed)]
-        args += ["--run.dir", str(run_dir), "--run.test_after_fit", "true"]
-        # The t-SNE figures are DAPT's (the paper's Figures 1 and 6): the baselines skip their cost.
-        args += ["--embedding_plots.enabled", str(method == "dapt").lower()]
-    if not METHODS[method].dispersion_losses:
-        args += ["--model.beta_v", "null", "--model.beta_t", "null"]  # the config's are DAPT's
-    with quiet_console():
-        cli = cli_main(args)
-    finish_wandb_runs(cli.trainer)  # every run gets its own W&B run
-    return cli
+def run_method(method: str, seed: int, options: DemoOptions, run_dir: Path) -> RunRecord:
+    """Test zero-shot CLIP, or fit and test ``method`` with ``seed``, in ``run_dir``."""
+    method_type = method_class(method)
+    # The demo starts afresh each time: its folders are replaced, not refused as finished runs.
+    settings: dict[str, Any] = {"run.overwrite": True, "model": setting_name(method_type), "run.dir": str(run_dir)}
+    if options.max_epochs is not None:
+        settings["trainer.max_epochs"] = options.max_epochs
+    if issubclass(method_type, ZeroShotCLIP):
+        return execute(RunSpec("test", options.run_args, (options.config,), settings))
+    settings |= {"seed_everything": seed, "run.test_after_fit": True}
+    # The t-SNE figures are DAPT's (the paper's Figures 1 and 6): the baselines skip their cost.
+    settings["embedding_plots.enabled"] = issubclass(method_type, DAPT)
+    return execute(RunSpec("fit", options.run_args, (options.config,), settings))
 
 
 def demo_main(argv: list[str]) -> int:
     """Run the demo and print each method's test accuracy, DAPT's dispersion and where everything was written."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if not Path(args.config).is_file():
-        parser.error(f"--config {args.config} does not exist (run the demo from the repository root)")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    options = parse_options(argv)
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or threads)
+    torch.set_num_threads(options.threads or threads)
     try:
-        return run_demo(args, extra)
+        return run_demo(options)
     finally:
         torch.set_num_threads(threads)
 
 
-def run_demo(args: argparse.Namespace, extra: list[str]) -> int:
+def run_demo(args: DemoOptions) -> int:
     """The demo's runs and report (see :func:`demo_main`)."""
-
-    # The demo starts afresh each time: its folders are replaced, not refused as finished runs.
-    common = ["--config", args.config, "--run.overwrite", "true", *extra]
-    if args.max_epochs is not None:
-        common += ["--trainer.max_epochs", str(args.max_epochs)]
-    out = Path(args.out)
+    out = args.out
     start = time.time()
     runs = planned_runs(args.methods, args.seeds)
     methods = list(dict.fromkeys(method for method, _ in runs))
     accuracy: dict[str, dict[int, float]] = {method: {} for method in methods}
     macro_f1: dict[str, dict[int, float]] = {method: {} for method in methods}
     dispersion: dict[int, tuple[Dispersion, Dispersion]] = {}
-    dapt_cli = None
+    dapt_record = None
     for step, (method, seed) in enumerate(runs, start=1):
         seed_part = "" if method == "zeroshot" or len(args.seeds) == 1 else f"  (seed {seed})"
         print(f"== {step}/{len(runs)}  {STEPS[method]}{seed_part}", flush=True)
         run_dir = out / method if method == "zeroshot" else out / f"seed{seed}" / method
-        cli = run_method(method, seed, common, run_dir)
-        test = json.loads((run_dir / "metrics.json").read_text())["test"]
+        record = run_method(method, seed, args, run_dir)
+        test = record.record["test"]
         for each in args.seeds if method == "zeroshot" else [seed]:
             accuracy[method][each] = test["test/acc"]
             macro_f1[method][each] = test["test/macro_f1"]
         if method == "dapt":
-            dispersion[seed] = dispersion_before_after(cli.model, cli.datamodule)
-            dapt_cli = cli
-        classes = len(cli.datamodule.classnames)
-        shots = cli.datamodule.num_shots
+            dispersion[seed] = dispersion_before_after(record.model, record.datamodule)
+            dapt_record = record
+        classes = len(record.datamodule.classnames)
+        shots = record.datamodule.num_shots
 
     elapsed = time.time() - start
     summary = {
@@ -158,9 +159,9 @@ def run_demo(args: argparse.Namespace, extra: list[str]) -> int:
     )
     print()
     print("\n".join(accuracy_table(accuracy, macro_f1, args.seeds)))
-    if dispersion and dapt_cli is not None:
+    if dispersion and dapt_record is not None:
         print()
-        print("\n".join(dispersion_table(dispersion, dapt_cli.model.loss_settings.rbf_t)))
+        print("\n".join(dispersion_table(dispersion, dapt_record.model.hparams.rbf_t)))
     print()
     trained = [method for method in methods if method != "zeroshot"]
     folders = [str(out / "zeroshot")] if "zeroshot" in methods else []
@@ -169,7 +170,7 @@ def run_demo(args: argparse.Namespace, extra: list[str]) -> int:
         folders.append(f"{out / seed_folders}/{{{','.join(trained)}}}")
     print(f"  runs                         : {', '.join(folders)}")
     print(f"  all numbers above            : {out / SUMMARY_FILE}")
-    if dapt_cli is not None:
+    if dapt_record is not None:
         dapt_dir = out / f"seed{args.seeds[-1]}" / "dapt"
         checkpoint = dapt_dir / "checkpoints" / "last.ckpt"
         print(f"  DAPT checkpoint              : {checkpoint}")

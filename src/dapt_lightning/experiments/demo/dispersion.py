@@ -8,7 +8,6 @@ import lightning as L
 import torch
 
 from dapt_lightning.callbacks.features import image_features
-from dapt_lightning.data.registry import dataset_template
 from dapt_lightning.losses import inter_dispersion, intra_dispersion
 
 
@@ -33,18 +32,18 @@ def dispersion_before_after(
     its ``rbf_t``; zero-shot CLIP is the dataset's hand-crafted prompt without visual prompts.
     """
     if not module.has_prototypes:
-        raise ValueError("dispersion_before_after needs a module fitted with DAPT's prototypes (--model.method dapt)")
+        raise ValueError("dispersion_before_after needs a module fitted with DAPT's prototypes (--model DAPT)")
     images = datamodule.dataset("test", transform="test")
     zero_images, labels = image_features(module, images, zero_shot=True, batch_size=batch_size)
     tuned_images, _ = image_features(module, images, zero_shot=False, batch_size=batch_size)
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        zero_text = module.model.encode_template(dataset_template(datamodule.dataset_name)).cpu()
+        zero_text = module.model.encode_template(datamodule.template).cpu()
         tuned_text = module.model.encode_text().float().cpu()
     module.train(was_training)
     prototypes = module.prototypes.float().cpu()
-    t = module.loss_settings.rbf_t
+    t = module.hparams.rbf_t
 
     def measure(text: torch.Tensor, features: torch.Tensor) -> Dispersion:
         return Dispersion(float(inter_dispersion(text, t)), float(intra_dispersion(features, prototypes, labels)))

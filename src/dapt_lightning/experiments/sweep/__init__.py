@@ -4,7 +4,7 @@ runs here, in local workers or on Slurm), ``command`` (``dapt sweep``); ``result
 
 from dapt_lightning.experiments.sweep.claims import Status, run_status
 from dapt_lightning.experiments.sweep.command import sweep_main
-from dapt_lightning.experiments.sweep.launch import execute, launch_slurm, run_local
+from dapt_lightning.experiments.sweep.launch import execute_run, launch_slurm, run_local
 from dapt_lightning.experiments.sweep.plan import Run, Step, load_sweep, plan
 from dapt_lightning.experiments.sweep.tables import Table, collect, summarize, summarize_main
 
@@ -14,7 +14,7 @@ __all__ = [
     "Step",
     "Table",
     "collect",
-    "execute",
+    "execute_run",
     "launch_slurm",
     "load_sweep",
     "plan",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from dapt_lightning.arguments import ActionYesNo, ArgumentParser, UsageError, command_parser, parse
 from dapt_lightning.experiments.sweep import plan as sweep_file
 from dapt_lightning.experiments.sweep.claims import STATES, run_status
 from dapt_lightning.experiments.sweep.launch import BUSY, DONE, FAILED, launch_slurm, run_local
@@ -17,18 +17,18 @@ from dapt_lightning.experiments.sweep.plan import Run, load_sweep, plan, skipped
 from dapt_lightning.experiments.sweep.tables import summarize_main
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dapt sweep", description=sweep_file.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("sweep", help="sweep file (configs/sweeps/*.yaml); `dapt sweep summarize -h` for tables")
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--list", action="store_true", help="list every run: index, status (done/running/failed/todo)")
-    action.add_argument("--print-commands", action="store_true", help="print one shell line per run (job arrays)")
-    action.add_argument("--index", type=int, default=None, help="run only run K (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
-    parser.add_argument("--workers", type=int, default=1, help="run N runs at once in local processes (default 1)")
+def build_parser() -> ArgumentParser:
+    """The ``dapt sweep FILE`` parser (``dapt sweep summarize`` has its own, ``tables.py``)."""
+    parser = command_parser("dapt sweep", sweep_file.__doc__)
+    parser.add_argument("sweep", help="sweep file (configs/sweeps/*.yaml); `dapt sweep summarize --help` for tables")
+    parser.add_argument("--list", action=ActionYesNo, default=False, help="list every run: index, status, folder")
     parser.add_argument(
-        "--launcher", choices=("local", "slurm"), default="local", help="slurm: submit a job array with submitit"
+        "--print_commands", action=ActionYesNo, default=False, help="print one shell line per run (job arrays)"
+    )
+    parser.add_argument("--index", type=int | None, default=None, help="run only run K (e.g. $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--workers", type=int, default=1, help="run N runs at once in local processes")
+    parser.add_argument(
+        "--launcher", type=Literal["local", "slurm"], default="local", help="slurm: submit a job array (submitit)"
     )
     parser.add_argument(
         "--slurm",
@@ -38,16 +38,16 @@ def _parser() -> argparse.ArgumentParser:
         help="submitit parameter for --launcher slurm, repeatable: timeout_min=600, gpus_per_node=1, "
         "slurm_partition=gpu, slurm_array_parallelism=16, ...",
     )
-    parser.add_argument("--wait", action="store_true", help="--launcher slurm: wait for the jobs and report them")
+    parser.add_argument("--wait", action=ActionYesNo, default=False, help="--launcher slurm: wait and report")
     return parser
 
 
-def _slurm_parameters(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+def _slurm_parameters(items: list[str]) -> dict[str, Any]:
     parameters = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            parser.error(f"--slurm takes KEY=VALUE (e.g. timeout_min=600), got {item!r}")
+            raise UsageError(f"--slurm takes KEY=VALUE (e.g. timeout_min=600), got {item!r}")
         parameters[key] = yaml.safe_load(value)
     return parameters
 
@@ -75,20 +75,21 @@ def _report(outcomes: dict[str, list[Run]]) -> int:
 
 
 def sweep_main(argv: list[str]) -> int:
-    """``dapt sweep FILE [--list | --print-commands | --index K] [--workers N | --launcher slurm]``.
+    """``dapt sweep FILE [--list | --print_commands | --index K] [--workers N | --launcher slurm]``.
 
     ``dapt sweep summarize ...`` writes the tables (``tables.py``). Returns 1 when a run failed.
     """
     if argv and argv[0] == "summarize":
         return summarize_main(argv[1:])
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse(build_parser(), argv)
+    if sum((args.list, args.print_commands, args.index is not None)) > 1:
+        raise UsageError("--list, --print_commands and --index go one at a time")
     if args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.launcher != "slurm" and (args.slurm or args.wait):
-        parser.error("--slurm and --wait go with --launcher slurm")
+        raise UsageError("--slurm and --wait go with --launcher slurm")
     if args.launcher == "slurm" and (args.workers > 1 or args.index is not None):
-        parser.error("--launcher slurm runs one job per run: drop --workers and --index")
+        raise UsageError("--launcher slurm runs one job per run: drop --workers and --index")
     sweep = load_sweep(args.sweep)
     runs = plan(sweep)
     skipped = skipped_variants(sweep)
@@ -103,7 +104,7 @@ def sweep_main(argv: list[str]) -> int:
         print(f"[sweep] variant {name} is not run: {reason}", flush=True)
     if args.index is not None:
         if not 0 <= args.index < len(runs):
-            parser.error(f"--index must be in [0, {len(runs) - 1}], got {args.index}")
+            raise UsageError(f"--index must be in [0, {len(runs) - 1}], got {args.index}")
         return _report(run_local([runs[args.index]]))
     pending = [run for run in runs if not run.finished]
     print(f"[sweep] {len(runs)} runs, {len(runs) - len(pending)} finished already", flush=True)
@@ -113,7 +114,7 @@ def sweep_main(argv: list[str]) -> int:
             print("[sweep] nothing to submit", flush=True)
             return 0
         folder = Path(sweep["runs_dir"]) / ".submitit"
-        outcomes = launch_slurm(pending, folder, _slurm_parameters(parser, args.slurm), wait=args.wait)
+        outcomes = launch_slurm(pending, folder, _slurm_parameters(args.slurm), wait=args.wait)
         if outcomes is None:
             print(f"[sweep] `dapt sweep {args.sweep} --list` shows their progress", flush=True)
             return 0

@@ -1,8 +1,8 @@
 """Running a sweep's runs: one after another in this process, in N local worker processes, or as Slurm jobs.
 
-Whatever runs it, a run goes through :func:`execute`: claim the run (``claims.py``), run its unfinished steps
-in-process (a fit resumes from ``last.ckpt``), keep a failure's error in ``error.txt``, release the claim. A failed
-run never stops the others; the caller turns failures into a non-zero exit status.
+Whatever runs it, a grid point goes through :func:`execute_run`: claim it (``claims.py``), run its unfinished steps
+with ``run.execute`` in that process (a fit resumes from ``last.ckpt``), keep a failure's error in ``error.txt``,
+release the claim. A failed run never stops the others; the caller turns failures into a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -10,81 +10,43 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import sys
-import threading
 import traceback
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dapt_lightning.experiments.lightning_cli import cli_main
+from dapt_lightning.experiments.run import RunInterrupted, execute, failure_line, interruptible
 from dapt_lightning.experiments.runs import last_checkpoint
 from dapt_lightning.experiments.sweep.claims import ERROR_FILE, claimed, write_error
 from dapt_lightning.experiments.sweep.plan import Run, Step
-from dapt_lightning.loggers import finish_wandb_runs
 
 DONE, FAILED, BUSY = "done", "failed", "busy"
-"""What :func:`execute` reports: the run is finished, it failed, or another worker holds it."""
-
-
-class SweepInterrupted(BaseException):  # noqa: N818  (a signal, like KeyboardInterrupt, not an error)
-    """SIGINT or SIGTERM while a run was running (Lightning turns KeyboardInterrupt into ``exit(1)``)."""
-
-
-@contextmanager
-def _interruptible() -> Iterator[None]:
-    """SIGINT and SIGTERM (Slurm's time limit, ``kill``) raise SweepInterrupted, so the run records why it stopped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise SweepInterrupted(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _close_wandb(cli: Any) -> None:
-    finish_wandb_runs(getattr(cli, "trainer", None))
-    wandb = sys.modules.get("wandb")
-    if cli is None and wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=1)  # a run that failed before its trainer existed would be reused by the next
+"""What :func:`execute_run` reports: the run is finished, it failed, or another worker holds it."""
 
 
 def _run_step(step: Step) -> None:
-    args = list(step.args)
-    if args[-2:] == ["--ckpt_path", "last"] and not last_checkpoint(step.run_dir).is_file():
-        args = args[:-2]  # nothing to resume: start fresh (Lightning would only warn)
-    print(f"[sweep] dapt {shlex.join(args)}", flush=True)
-    cli = None
-    try:
-        cli = cli_main(args)
-    finally:
-        _close_wandb(cli)
+    spec = step.spec
+    if spec.settings.get("ckpt_path") == "last" and not last_checkpoint(step.run_dir).is_file():
+        spec = spec.without("ckpt_path")  # nothing to resume: start fresh (Lightning would only warn)
+    print(f"[sweep] {shlex.join(spec.command_line())}", flush=True)
+    execute(spec)
 
 
 def _summary(error: BaseException) -> str:
-    if isinstance(error, SweepInterrupted):
+    if isinstance(error, RunInterrupted):
         return f"interrupted by {error} (a rerun resumes from the last checkpoint)"
-    return "".join(traceback.format_exception_only(type(error), error)).strip().replace("\n", " ")
+    return failure_line(error)
 
 
-def execute(run: Run) -> str:
+def execute_run(run: Run) -> str:
     """Run the unfinished steps of ``run`` in this process, if no other worker holds it.
 
     Returns:
         ``done``, ``failed`` (the error is in the run folder's ``error.txt``) or ``busy`` (claimed elsewhere).
 
     Raises:
-        SweepInterrupted: on SIGINT or SIGTERM, after recording it in ``error.txt``.
+        RunInterrupted: on SIGINT or SIGTERM, after recording it in ``error.txt``.
     """
     if run.finished:
         print(f"[sweep] done already: {run.name}", flush=True)
@@ -97,14 +59,14 @@ def execute(run: Run) -> str:
             if step.finished:
                 continue
             try:
-                with _interruptible():
+                with interruptible():  # also between steps: the claim is released and the reason kept
                     _run_step(step)
-            except (Exception, SystemExit, SweepInterrupted) as error:
+            except (Exception, SystemExit, RunInterrupted) as error:
                 summary = _summary(error)
-                details = f"step: {step.kind}\ncommand: dapt {shlex.join(step.args)}\n\n"
+                details = f"step: {step.kind}\ncommand: {shlex.join(step.spec.command_line())}\n\n"
                 path = write_error(run.run_dir, summary, details + "".join(traceback.format_exception(error)))
                 print(f"[sweep] FAILED {run.name}: {summary}\n  error kept in {path}", file=sys.stderr, flush=True)
-                if isinstance(error, SweepInterrupted):
+                if isinstance(error, RunInterrupted):
                     raise
                 return FAILED
         (run.run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's error no longer applies
@@ -126,7 +88,7 @@ def run_local(runs: list[Run], workers: int = 1) -> dict[str, list[Run]]:
     outcomes: dict[str, list[Run]] = {DONE: [], FAILED: [], BUSY: []}
     if workers <= 1:
         for run in runs:
-            outcomes[execute(run)].append(run)
+            outcomes[execute_run(run)].append(run)
         return outcomes
     threads = max(1, (os.cpu_count() or 1) // workers)
     import multiprocessing
@@ -134,9 +96,9 @@ def run_local(runs: list[Run], workers: int = 1) -> dict[str, list[Run]]:
     # spawn: a fresh interpreter per worker (forking a process that already ran torch can deadlock its thread pools).
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(threads,))
-    with _interruptible():
+    with interruptible():
         try:
-            futures = {pool.submit(execute, run): run for run in runs}
+            futures = {pool.submit(execute_run, run): run for run in runs}
             for count, future in enumerate(as_completed(futures), 1):
                 run = futures[future]
                 try:
@@ -182,7 +144,7 @@ def launch_slurm(
         )
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
     executor.update_parameters(**{"name": "dapt-sweep", **parameters})
-    jobs = executor.map_array(execute, runs)
+    jobs = executor.map_array(execute_run, runs)
     print(f"[sweep] submitted {len(jobs)} jobs: {', '.join(job.job_id for job in jobs)} (logs in {folder})", flush=True)
     if not wait:
         return None

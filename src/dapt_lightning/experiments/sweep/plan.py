@@ -18,9 +18,9 @@ A sweep file (``configs/sweeps/*.yaml``)::
     overrides:                           # settings for every run, as dotted CLI keys
       trainer.precision: bf16-mixed
 
-Every run is a ``dapt fit --run.dir DIR --run.test_after_fit true`` (zero-shot: ``dapt test``), followed by its
-test-only runs of ``DIR/checkpoints/last.ckpt``, each in a folder under DIR (where ``dapt test --ckpt_path`` puts
-them by default, ``runs.evaluation_folder``)::
+Every run is a fit in DIR tested after fitting (zero-shot: a test), followed by its test-only runs of
+``DIR/checkpoints/last.ckpt``, each in a folder under DIR (where ``dapt test --ckpt_path`` puts them by default,
+``runs.evaluation_folder``); each step is a :class:`RunSpec` (``experiments/run_spec.py``)::
 
     <runs_dir>/<dataset>/<method or variant>/<shots>shots[-base]/seed<seed>/   (zero-shot: 0shots, first seed)
         test/<dataset>-new/   base2new: the test on the new classes
@@ -39,8 +39,11 @@ from typing import Any
 
 import yaml
 
-from dapt_lightning.experiments.runs import METRICS_FILE, evaluation_folder, last_checkpoint, run_folder
-from dapt_lightning.methods import METHODS
+from dapt_lightning.callbacks.run_files import METRICS_FILE
+from dapt_lightning.experiments.run_spec import RunSpec
+from dapt_lightning.experiments.runs import evaluation_folder, last_checkpoint, run_folder
+from dapt_lightning.methods import ZeroShotCLIP, list_methods, method_class
+from dapt_lightning.methods.registry import setting_name
 
 SWEEP_KEYS = {"runs_dir", "protocol", "datasets", "shots", "seeds", "methods", "variants", "targets", "overrides"}
 VARIANT_KEYS = {"method", "overrides", "skip"}
@@ -49,13 +52,13 @@ PROTOCOLS = ("fewshot", "base2new")
 
 @dataclass
 class Step:
-    """One ``dapt`` invocation and the run folder it fills.
+    """One run of a sweep's grid point and the folder it fills.
 
     ``kind`` is ``fit`` (train, then test), ``test`` (zero-shot), ``new`` (base2new: the new classes) or
     ``transfer`` (another dataset).
     """
 
-    args: list[str]
+    spec: RunSpec
     run_dir: Path
     kind: str = "fit"
 
@@ -93,16 +96,7 @@ class Run:
 
     def command(self, program: str = "dapt") -> str:
         """The shell line that runs every step in order."""
-        return " && ".join(shlex.join([program, *step.args]) for step in self.steps)
-
-
-def _flags(overrides: dict[str, Any] | None) -> list[str]:
-    flags = []
-    for key, value in (overrides or {}).items():
-        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
-        text = text.removesuffix("\n...").strip()
-        flags += [f"--{key}", text]
-    return flags
+        return " && ".join(shlex.join(step.spec.command_line(program)) for step in self.steps)
 
 
 def _config_entry(path: str | Path, where: str, entry: Any) -> tuple[str, dict[str, Any]]:
@@ -160,24 +154,34 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         for name, entry in sweep[where].items():
             _config_entry(path, f"{where}.{name}", entry)
     variants = sweep["variants"]
+    methods = ", ".join(list_methods())
     for name, variant in variants.items():
-        if name in METHODS:
+        if name in list_methods():
             raise ValueError(f"sweep {path}: variants.{name} shadows the method {name!r}; give the variant a new name")
-        if not isinstance(variant, dict) or variant.get("method") not in METHODS or set(variant) - VARIANT_KEYS:
+        if not isinstance(variant, dict) or not _is_method(variant.get("method")) or set(variant) - VARIANT_KEYS:
             raise ValueError(
-                f"sweep {path}: variants.{name} must be {{method: one of {', '.join(METHODS)}, overrides: {{...}}, "
-                f"skip: 'why it is not run' (optional)}}, got {variant!r}"
+                f"sweep {path}: variants.{name} must be {{method: one of {methods} (or a method class's import "
+                f"path), overrides: {{...}}, skip: 'why it is not run' (optional)}}, got {variant!r}"
             )
         if "skip" in variant and not (isinstance(variant["skip"], str) and variant["skip"].strip()):
             raise ValueError(f"sweep {path}: variants.{name}.skip must say why the variant is not run")
     for name in sweep["methods"]:
-        if name not in METHODS and name not in variants:
+        if name not in variants and not _is_method(name):
             raise ValueError(
-                f"sweep {path}: method {name!r} is neither one of {', '.join(METHODS)} nor defined under 'variants'"
+                f"sweep {path}: method {name!r} is neither one of {methods} (or a method class's import path) nor "
+                "defined under 'variants'"
             )
     if len(set(sweep["methods"])) != len(sweep["methods"]):
         raise ValueError(f"sweep {path}: 'methods' lists a method twice: {sweep['methods']!r}")
     return sweep
+
+
+def _is_method(name: Any) -> bool:
+    try:
+        method_class(str(name))
+    except ValueError:
+        return False
+    return isinstance(name, str)
 
 
 def skipped_variants(sweep: dict[str, Any]) -> dict[str, str]:
@@ -196,39 +200,38 @@ def _make_run(sweep: dict[str, Any], dataset: str, label: str, shots: int, seed:
     """One run: its fit (zero-shot: its test), then the tests of its prompts (new classes, each target)."""
     config, dataset_overrides = _config_entry("", dataset, sweep["datasets"][dataset])
     variant = sweep["variants"].get(label, {})
-    method = variant.get("method", label)
+    method = method_class(variant.get("method", label))
     base2new = sweep["protocol"] == "base2new"
     subsample = "base" if base2new else "all"
-    zero_shot = method == "zeroshot"
-    everywhere, variant_flags = _flags(sweep["overrides"]), _flags(variant.get("overrides"))
-    extra = [*everywhere, *_flags(dataset_overrides), *variant_flags]
-    common = ["--seed_everything", str(seed), "--model.method", method, "--run.label", label]
+    zero_shot = issubclass(method, ZeroShotCLIP)
+    everywhere, variant_settings = dict(sweep["overrides"]), dict(variant.get("overrides") or {})
+    common: dict[str, Any] = {"seed_everything": seed, "model": setting_name(method), "run.label": label}
     if not zero_shot:
-        common += ["--data.num_shots", str(shots)]
+        common["data.num_shots"] = shots
     folder = run_folder(Path(sweep["runs_dir"]), dataset, label, shots, seed, subsample)
-    data = ["--data.subsample", subsample] if base2new else []
-    run = Run(dataset, label, method, shots, seed, subsample)
+    data = {"data.subsample": subsample} if base2new else {}
+    own = {**everywhere, **dataset_overrides, **variant_settings}
+    run = Run(dataset, label, method.name, shots, seed, subsample)
     if zero_shot:
-        run.steps.append(
-            Step(["test", "--config", config, *common, *data, "--run.dir", str(folder), *extra], folder, "test")
-        )
+        spec = RunSpec("test", configs=(config,), settings={**common, **data, "run.dir": str(folder), **own})
+        run.steps.append(Step(spec, folder, "test"))
     else:
-        fit = ["fit", "--config", config, *common, *data, "--run.dir", str(folder), "--run.test_after_fit", "true"]
-        run.steps.append(Step([*fit, *extra, "--ckpt_path", "last"], folder, "fit"))
-    prompts = [] if zero_shot else ["--ckpt_path", str(last_checkpoint(folder))]
+        fit = {**common, **data, "run.dir": str(folder), "run.test_after_fit": True, **own, "ckpt_path": "last"}
+        run.steps.append(Step(RunSpec("fit", configs=(config,), settings=fit), folder, "fit"))
+    prompts = {} if zero_shot else {"ckpt_path": str(last_checkpoint(folder))}
     if base2new:
         new_dir = evaluation_folder(folder, "test", dataset, "new")
-        new = ["test", "--config", config, *common, "--data.subsample", "new", "--run.dir", str(new_dir)]
-        run.steps.append(Step([*new, *extra, *prompts], new_dir, "new"))
+        new = {**common, "data.subsample": "new", "run.dir": str(new_dir), **own, **prompts}
+        run.steps.append(Step(RunSpec("test", configs=(config,), settings=new), new_dir, "new"))
     for target, entry in sweep["targets"].items():
         if target == dataset:
             continue  # the run's own test
         target_config, target_overrides = _config_entry("", target, entry)
         target_dir = evaluation_folder(folder, "test", target)
         # The variant's settings shape the prompts the checkpoint holds; the source dataset's do not apply.
-        flags = [*everywhere, *_flags(target_overrides), *variant_flags]
-        test = ["test", "--config", target_config, *common, "--run.dir", str(target_dir)]
-        run.steps.append(Step([*test, *flags, *prompts], target_dir, "transfer"))
+        settings = {**common, "run.dir": str(target_dir), **everywhere, **target_overrides, **variant_settings}
+        spec = RunSpec("test", configs=(target_config,), settings={**settings, **prompts})
+        run.steps.append(Step(spec, target_dir, "transfer"))
     return run
 
 
@@ -237,9 +240,9 @@ def plan(sweep: dict[str, Any]) -> list[Run]:
     runs = []
     for dataset in sweep["datasets"]:
         for label in labels(sweep):
-            method = sweep["variants"].get(label, {}).get("method", label)
+            method = method_class(sweep["variants"].get(label, {}).get("method", label))
             # Zero-shot CLIP depends on neither shots nor seed: one run per dataset, filed under 0 shots.
-            if method == "zeroshot":
+            if issubclass(method, ZeroShotCLIP):
                 grid = [(0, sweep["seeds"][0])]
             else:
                 grid = [(shots, seed) for shots in sweep["shots"] for seed in sweep["seeds"]]

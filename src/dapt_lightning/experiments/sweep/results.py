@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dapt_lightning.callbacks.run_files import METRICS_FILE, read_metrics
 from dapt_lightning.data.registry import benchmark_datasets
-from dapt_lightning.experiments.runs import METRICS_FILE, read_metrics
-from dapt_lightning.methods import METHODS
+from dapt_lightning.methods import DAPT, list_methods, method_class
 
 PAPER_DATASETS = benchmark_datasets("fewshot")
 DG_TARGETS = benchmark_datasets("domain_shift")
-METHOD_ORDER = tuple(METHODS)
+METHOD_ORDER = tuple(list_methods())
 COMPONENTS = ("text prompts", "visual prompts", "inter-dispersion", "intra-dispersion")
 """What a run's method and settings switch on: the ablation table's tick columns."""
 EVALUATIONS = "test"
@@ -115,13 +115,16 @@ def _sweep_run(run_dir: Path) -> tuple[str, str] | None:
 
 
 def _components(record: dict[str, Any]) -> tuple[bool, ...]:
-    spec = METHODS.get(record["method"])
-    if spec is None:
-        return (False,) * len(COMPONENTS)
     model = (record.get("settings") or {}).get("model") or {}
-    inter = spec.dispersion_losses and model.get("beta_t") != 0
-    intra = spec.dispersion_losses and model.get("beta_v") != 0
-    return (spec.text_prompts, spec.visual_prompts, inter, intra)
+    try:
+        method = method_class(model.get("class_path") or record["method"])
+    except ValueError:
+        return (False,) * len(COMPONENTS)
+    settings = model.get("init_args") or model
+    dispersion = issubclass(method, DAPT)
+    inter = dispersion and settings.get("beta_t") != 0
+    intra = dispersion and settings.get("beta_v") != 0
+    return (method.uses_text_prompts, method.uses_visual_prompts, inter, intra)
 
 
 def _result(path: Path, record: dict[str, Any], acc: float) -> Result | None:

@@ -15,7 +15,6 @@ note under the table says what is missing. The results come from ``results.py``;
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from collections import defaultdict
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dapt_lightning.arguments import command_parser, parse
 from dapt_lightning.experiments.sweep.figures import fewshot_figure
 from dapt_lightning.experiments.sweep.results import (
     COMPONENTS,
@@ -316,15 +316,15 @@ def summarize(runs_dir: str | Path, out_dir: str | Path, wandb_project: str | No
 
 def summarize_main(argv: list[str]) -> int:
     """``dapt sweep summarize --runs runs --out results [--wandb PROJECT]``."""
-    parser = argparse.ArgumentParser(
-        prog="dapt sweep summarize", description="The papers' tables and the few-shot figure from metrics.json files"
+    parser = command_parser(
+        "dapt sweep summarize", "The papers' tables and the few-shot figure from metrics.json files"
     )
-    parser.add_argument("--runs", default="runs", help="folder searched for metrics.json files (default: runs)")
-    parser.add_argument("--out", default="results", help="where the tables and the figure go (default: results)")
+    parser.add_argument("--runs", default="runs", help="folder searched for metrics.json files")
+    parser.add_argument("--out", default="results", help="where the tables and the figure go")
     parser.add_argument(
-        "--wandb", metavar="PROJECT", default=None, help="also log the tables and figure to this W&B project"
+        "--wandb", type=str | None, metavar="PROJECT", default=None, help="also log the tables and figure to W&B"
     )
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     results = collect(args.runs)
     if not results:
         print(f"dapt sweep summarize: no metrics.json with a test accuracy under {args.runs}", file=sys.stderr)

@@ -7,18 +7,14 @@ the protocol keeps, so its validation accuracy is the trial's value (and what th
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import optuna
 
-from dapt_lightning.experiments.lightning_cli import DAPTCLI, cli_main
+from dapt_lightning.experiments.run import RunRecord, RunSpec, execute
 from dapt_lightning.experiments.tune.space import STEPS_PER_SEED
-from dapt_lightning.loggers import finish_wandb_runs
 
 MONITOR = "val/acc"
 
@@ -74,60 +70,38 @@ class ReportToTrial(ValidateLastEpoch):
             trainer.should_stop = True
 
 
-class TuneCLI(DAPTCLI):
-    """``dapt fit`` with a validation callback, and for a trial no test split at all.
+def fit(spec: RunSpec, monitor: ValidateLastEpoch) -> tuple[RunRecord, float | None]:
+    """Run the fit ``spec`` in this process with ``monitor`` validating its last epoch; returns what it left and
+    the last epoch's val/acc."""
+    return execute(spec, callbacks=(monitor,)), monitor.value
 
-    Args:
-        monitor: the callback that validates the last epoch (and reports to the trial).
-        hide_test: drop the test split from the DataModule: nothing in the run can read a test image.
-        run_name: the W&B run's name (``tune-<study>-trial<k>-seed<s>``); the group is ``tune-<study>``.
+
+def fit_spec(
+    args: list[str],
+    settings: dict[str, Any],
+    run_dir: Path,
+    seed: int,
+    *,
+    trial: bool,
+    name: str,
+    group: str,
+    configs: tuple[Path, ...] = (),
+) -> RunSpec:
+    """One fit of ``dapt tune``: the user's flags ``args``, then ``configs`` (the best settings' overlay), then
+    ``settings`` (a trial's), in its folder with its seed; its W&B run is ``name`` in ``group``.
+
+    A trial holds no test split (nothing in it can read a test image), is not tested and draws no t-SNE figures
+    (they cost time and say nothing about the settings searched); the final run is tested after fitting.
     """
-
-    def __init__(self, monitor: ValidateLastEpoch, hide_test: bool, run_name: str, group: str, **kwargs: Any):
-        self.monitor, self.hide_test, self.run_name, self.group = monitor, hide_test, run_name, group
-        super().__init__(**kwargs)
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        if self.trainer.world_size > 1:
-            # Lightning would relaunch `dapt tune` itself once per extra process, each running its own search.
-            raise ValueError(
-                f"dapt tune fits each trial in one process, got {self.trainer.world_size} (--trainer.devices, "
-                "--trainer.num_nodes): set --trainer.devices 1 and start one worker per GPU (README, dapt tune)"
-            )
-        self.trainer.callbacks.append(self.monitor)
-        if self.hide_test:
-            # Trials are scored on the few-shot validation split only: without test items, no dataloader,
-            # callback (t-SNE, per-class accuracy) or bug can read a test image.
-            self.datamodule.splits = dataclasses.replace(self.datamodule.splits, test=[])
-
-    def before_fit(self) -> None:
-        for logger in self.trainer.loggers:
-            if hasattr(logger, "set_run_identity"):  # before DAPTCLI names it: the first name given wins
-                logger.set_run_identity(self.run_name, self.group, ["dapt-tune"])
-        super().before_fit()
-
-
-def fit(
-    args: list[str], monitor: ValidateLastEpoch, hide_test: bool, run_name: str, group: str
-) -> tuple[DAPTCLI, float | None]:
-    """Run ``dapt fit ARGS`` in this process, as ``lightning_cli.cli_main`` builds it; returns the CLI
-    (its W&B runs still open: the caller ends them with :func:`close`) and the last epoch's val/acc."""
-    cli = cli_main(["fit", *args], cli_class=functools.partial(TuneCLI, monitor, hide_test, run_name, group))
-    return cli, monitor.value
-
-
-def close(cli: DAPTCLI | None) -> None:
-    """End the W&B runs of a fit (in-process runs would otherwise share one)."""
-    finish_wandb_runs(getattr(cli, "trainer", None))
-    wandb = sys.modules.get("wandb")
-    if cli is None and wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=1)  # a run that failed before its trainer existed would be reused by the next
-
-
-def run_args(run_dir: Path, seed: int, trial: bool) -> list[str]:
-    """The flags of one fit of ``dapt tune``: its folder and seed; a trial is not tested and draws no t-SNE figures
-    (they cost time and say nothing about the settings searched), the final run is tested after fitting."""
-    args = ["--seed_everything", str(seed), "--run.dir", str(run_dir), "--run.overwrite", "true"]
-    args += ["--run.test_after_fit", "false" if trial else "true"]
-    return [*args, "--embedding_plots.enabled", "false"] if trial else args
+    run = {
+        "seed_everything": seed,
+        "trainer.devices": 1,  # one trial, one process: Lightning would relaunch `dapt tune` itself per device
+        "run.dir": str(run_dir),
+        "run.overwrite": True,
+        "run.test_after_fit": not trial,
+        "run.name": name,
+        "run.group": group,
+    }
+    if trial:
+        run |= {"data.hold_out_test": True, "embedding_plots.enabled": False}
+    return RunSpec("fit", args=tuple(args), configs=configs, settings={**settings, **run})

@@ -4,7 +4,6 @@ accuracy (the mean over seeds); the test split is never read."""
 from __future__ import annotations
 
 import json
-import shlex
 import statistics
 import time
 import traceback
@@ -14,21 +13,14 @@ from typing import Any
 
 import optuna
 
+from dapt_lightning.experiments.run import RunInterrupted, failure_line
 from dapt_lightning.experiments.sweep.claims import claim_record
-from dapt_lightning.experiments.tune.fit import ReportToTrial, close, fit, run_args
+from dapt_lightning.experiments.tune.fit import ReportToTrial, fit, fit_spec
 from dapt_lightning.experiments.tune.space import SearchSpace
 from dapt_lightning.experiments.tune.study import WORKER_ATTR, StudyFolder, set_aside
 
 SEED_ATTR = "val_acc_seed{seed}"
 """The trial user attribute holding one seed's validation accuracy."""
-
-
-def setting_args(settings: dict[str, Any]) -> list[str]:
-    """``{"model.lr": 0.02}`` as ``dapt fit`` flags; numbers are written exactly (``json`` keeps a float's repr)."""
-    args = []
-    for key, value in settings.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return args
 
 
 def seed_value(trial: optuna.trial.FrozenTrial, seed: int) -> float | None:
@@ -57,7 +49,8 @@ class Objective:
 
         Raises:
             optuna.TrialPruned: the pruner stopped a seed's fit (the trial ends there).
-            KeyboardInterrupt: the worker was interrupted (Ctrl-C, SIGTERM): Optuna marks the trial failed.
+            KeyboardInterrupt: the worker was interrupted (Ctrl-C, SIGTERM: ``run.RunInterrupted``): Optuna marks
+                the trial failed.
         """
         started()
         trial.set_user_attr(WORKER_ATTR, claim_record())
@@ -72,16 +65,16 @@ class Objective:
                     raise optuna.TrialPruned(f"val/acc {value:.4f} below the pruner's bar during seed {seed}")
         except optuna.TrialPruned:
             raise
-        except (Exception, KeyboardInterrupt, SystemExit) as error:
-            summary = "".join(traceback.format_exception_only(type(error), error)).strip().replace("\n", " ")
+        except (Exception, KeyboardInterrupt, SystemExit, RunInterrupted) as error:
+            summary = failure_line(error)
             if not isinstance(error, Exception):
-                summary = f"interrupted ({type(error).__name__}); rerun the command to go on with the study"
-            details = f"settings: {shlex.join(setting_args(settings))}\n\n" + "".join(traceback.format_exception(error))
+                summary = f"interrupted ({type(error).__name__}: {error}); rerun the command to go on with the study"
+            details = f"settings: {json.dumps(settings)}\n\n" + "".join(traceback.format_exception(error))
             path = set_aside(self.folder, trial.number, summary, details)
             print(f"[tune] trial {trial.number} failed: {summary}\n  kept in {path}", flush=True)
-            if isinstance(error, SystemExit):
-                # Lightning turns Ctrl-C into exit(1); Optuna records a KeyboardInterrupt as a failed trial, but would
-                # leave the trial running on SystemExit.
+            if not isinstance(error, Exception | KeyboardInterrupt):
+                # Optuna records a KeyboardInterrupt as a failed trial, but would leave the trial running on any
+                # other BaseException (an interrupt, Lightning's exit).
                 raise KeyboardInterrupt(summary) from error
             raise
         return statistics.fmean(values)
@@ -89,14 +82,10 @@ class Objective:
     def _fit(self, trial: optuna.Trial, settings: dict[str, Any], index: int, seed: int) -> tuple[float, bool]:
         run_dir = self.folder.trial_dir(trial.number) / f"seed{seed}"
         reporter = ReportToTrial(trial, index)
-        args = [*self.fit_args, *setting_args(settings), *run_args(run_dir, seed, trial=True)]
         name = f"tune-{self.folder.name}-trial{trial.number}-seed{seed}"
+        spec = fit_spec(self.fit_args, settings, run_dir, seed, trial=True, name=name, group=f"tune-{self.folder.name}")
         started = time.time()
-        cli = None
-        try:
-            cli, value = fit(args, reporter, hide_test=True, run_name=name, group=f"tune-{self.folder.name}")
-        finally:
-            close(cli)
+        _, value = fit(spec, reporter)
         if value is None:
             raise RuntimeError(
                 f"trial {trial.number}, seed {seed}: no val/acc was logged ({run_dir}); the few-shot validation split "

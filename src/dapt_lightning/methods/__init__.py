@@ -1,0 +1,29 @@
+"""The methods, one class each, on one base (:class:`CLIPMethod`); select one with ``--model NAME`` or YAML's
+``model: {class_path: ..., init_args: ...}``, or subclass one (``README.md``, "Add a method")."""
+
+from dapt_lightning.methods.base import CLIPMethod
+from dapt_lightning.methods.coop import CoOp
+from dapt_lightning.methods.coop_vpt import CoOpVPT
+from dapt_lightning.methods.dapt import DAPT
+from dapt_lightning.methods.registry import list_methods, method_class, register_method, registered_methods
+from dapt_lightning.methods.tuning import PromptTuning
+from dapt_lightning.methods.vpt import VPT
+from dapt_lightning.methods.zeroshot import ZeroShotCLIP
+
+# The order of result tables and listings; a user's method registers itself with @register_method.
+for _method in (ZeroShotCLIP, CoOp, VPT, CoOpVPT, DAPT):
+    register_method(_method)
+
+__all__ = [
+    "DAPT",
+    "VPT",
+    "CLIPMethod",
+    "CoOp",
+    "CoOpVPT",
+    "PromptTuning",
+    "ZeroShotCLIP",
+    "list_methods",
+    "method_class",
+    "register_method",
+    "registered_methods",
+]

@@ -1,0 +1,47 @@
+"""Whether a method can run on a CLIP: the one place that answers it, from the config alone (before any weights or
+data are read) or from the built model (an architecture read from a weights file)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dapt_lightning.methods.registry import Method, registered_methods
+from dapt_lightning.model.families import (
+    hugging_face_text_refusal,
+    meta_model,
+    text_tower_refusal,
+    visual_prompt_refusal,
+)
+
+
+def usable_methods(clip: nn.Module) -> list[Method]:
+    """The registered methods this CLIP's towers can serve."""
+    if text_tower_refusal(clip) is not None:
+        return []
+    visual_ok = visual_prompt_refusal(clip.visual) is None
+    return [method for method in registered_methods() if visual_ok or not method.uses_visual_prompts]
+
+
+def method_refusal(method: Method, clip_name: str, clip: nn.Module | None = None) -> str | None:
+    """One line saying why ``method`` cannot run on CLIP ``clip_name`` and which methods can, or None when it can.
+
+    Args:
+        method: the method class.
+        clip_name: the open_clip architecture (named in the message).
+        clip: the built CLIP; None judges from ``clip_name``'s config, built on the meta device (nothing is read).
+    """
+    hugging_face = hugging_face_text_refusal(clip_name)
+    if hugging_face is not None:
+        return f"--model.clip_name {clip_name}: {hugging_face}; choose another CLIP."
+    clip = clip if clip is not None else meta_model(clip_name)
+    if clip is None:
+        return None  # an unknown name (the loader says so) or a tower checked once built
+    text = text_tower_refusal(clip)
+    if text is not None:
+        return f"--model.clip_name {clip_name}: {text}; choose another CLIP."
+    visual = visual_prompt_refusal(clip.visual)
+    if method.uses_visual_prompts and visual is not None:
+        usable = ", ".join(m.__name__ for m in usable_methods(clip))
+        needs = f"--model {method.__name__} needs visual prompts"
+        return f"{needs}, but in {clip_name} {visual}. With {clip_name} use: {usable}."
+    return None
