@@ -116,3 +116,29 @@ def test_the_library_never_imports_the_experiments_layer() -> None:
 def test_the_package_root_keeps_a_handful_of_modules() -> None:
     root_modules = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
     assert len(root_modules) <= 8, root_modules
+
+
+def test_every_subcommand_parses_with_jsonargparse_not_argparse() -> None:
+    offending = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if any(
+            isinstance(node, ast.Import | ast.ImportFrom)
+            and "argparse" in ([alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module])
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    ]
+    assert not offending, offending
+
+
+def test_the_experiments_layer_is_small_files_imported_only_by_the_cli_entry() -> None:
+    experiments = PACKAGE / "experiments"
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in experiments.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 300
+    }
+    assert not long, f"files of the experiments layer over 300 lines: {long}"
+    graph = import_graph()
+    importers = {name for name, targets in graph.items() if any(t.startswith(EXPERIMENTS) for t in targets)}
+    assert {name for name in importers if not name.startswith(EXPERIMENTS)} == {"dapt_lightning.cli"}

@@ -12,7 +12,7 @@ from tiny import quiet_trainer
 
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
 from dapt_lightning.data.datamodule import FewShotDataModule
-from dapt_lightning.methods import DAPT
+from dapt_lightning.methods import DAPT, CLIPMethod, CoOpVPT
 from dapt_lightning.model.clip import load_clip
 
 PROMPT_KEYS = {"model.text_prompt.txt_ctx", "model.visual_prompt.vis_ctx", "prototypes", "prototypes_ready"}
@@ -117,3 +117,36 @@ def test_loading_with_another_activation_is_an_error(trained: tuple[Path, DAPT])
     path, _ = trained
     with pytest.raises(ValueError, match="quick_gelu"):
         DAPT.load_from_checkpoint(path, map_location="cpu", quick_gelu=False)
+
+
+def _as_format_1(checkpoint: dict, method: str) -> dict:
+    """A checkpoint as the single-module era wrote it: the method a name among the hyperparameters, unset dispersion
+    weights None, DAPT's prototype buffers kept for every method."""
+    old = dict(checkpoint, dapt_checkpoint_format=1)
+    old.pop("method")
+    settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    old["hyper_parameters"] = {**settings, "method": method, "beta_v": None, "beta_t": None, "template": None}
+    return old
+
+
+def test_checkpoints_from_before_methods_were_classes_load_as_their_method(
+    trained: tuple[Path, DAPT], tmp_path: Path
+) -> None:
+    path, module = trained
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["dapt_checkpoint_format"] == 2
+    assert checkpoint["method"] == {"name": "dapt", "class_path": "dapt_lightning.methods.dapt.DAPT"}
+
+    torch.save(_as_format_1(checkpoint, "dapt"), tmp_path / "old_dapt.ckpt")
+    loaded = CLIPMethod.load_from_checkpoint(tmp_path / "old_dapt.ckpt")
+    assert type(loaded) is DAPT and (loaded.hparams.beta_v, loaded.hparams.beta_t) == (10.0, 0.01)  # old defaults
+    assert torch.equal(loaded.model.text_prompt.txt_ctx, module.model.text_prompt.txt_ctx)
+    assert torch.equal(loaded.prototypes, module.prototypes)
+
+    # A CoOp+VPT checkpoint of then held the same tensors, prototypes included; it loads without them.
+    torch.save(_as_format_1(checkpoint, "coop_vpt"), tmp_path / "old_coop_vpt.ckpt")
+    baseline = CLIPMethod.load_from_checkpoint(tmp_path / "old_coop_vpt.ckpt")
+    assert type(baseline) is CoOpVPT and not hasattr(baseline, "prototypes")
+    assert torch.equal(baseline.model.visual_prompt.vis_ctx, module.model.visual_prompt.vis_ctx)
+    with pytest.raises(ValueError, match="holds a CoOpVPT checkpoint, not a DAPT"):
+        DAPT.load_from_checkpoint(tmp_path / "old_coop_vpt.ckpt")

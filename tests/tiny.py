@@ -36,7 +36,7 @@ def tiny_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["--config", str(TINY_CONFIG), "--data.root", str(root), "--run.dir", str(run_dir), *extra]
 
 
-def run(argv: list[str]) -> RunRecord:
+def run_cli(argv: list[str]) -> RunRecord:
     """``dapt COMMAND ARGS...`` in this process, as the console command runs it (``run.execute``)."""
     return execute(RunSpec(argv[0], args=tuple(argv[1:])))
 

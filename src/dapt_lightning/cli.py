@@ -74,7 +74,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"dapt: interrupted ({error})", file=sys.stderr)
         raise SystemExit(130) from None
     except BrokenPipeError:
-        # The reader of our output went away (`dapt sweep FILE --print-commands | head`): nothing more to say.
+        # The reader of our output went away (`dapt sweep FILE --print_commands | head`): nothing more to say.
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit, into the closed pipe
         raise SystemExit(0) from None
     except USER_ERRORS as error:

@@ -22,7 +22,7 @@ from dapt_lightning.data.registry import (
     list_datasets,
     register_dataset,
 )
-from dapt_lightning.experiments.sweep.tables import DG_TARGETS, PAPER_DATASETS
+from dapt_lightning.experiments.sweep.results import DG_TARGETS, PAPER_DATASETS
 from dapt_lightning.model.prompted_clip import GENERIC_TEMPLATE
 from dapt_lightning.schedule import official_max_epochs
 

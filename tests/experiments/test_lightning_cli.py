@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import DEMO_CONFIG, REPO, build, run, tiny_args
+from tiny import DEMO_CONFIG, REPO, build, run_cli, tiny_args
 
 from dapt_lightning.arguments import UsageError
 from dapt_lightning.cli import main
@@ -28,7 +28,7 @@ CLI_CONFIGS = sorted(
 
 @pytest.mark.slow
 def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
-    fit = run(["fit", *tiny_args(synthetic_root, tmp_path / "fit", "--trainer.limit_train_batches", "2")])
+    fit = run_cli(["fit", *tiny_args(synthetic_root, tmp_path / "fit", "--trainer.limit_train_batches", "2")])
     assert fit.trainer.current_epoch == 1 and fit.trainer.global_step == 2
     assert fit.model.model.classnames[0] == "red circle" and len(fit.model.model.classnames) == 24  # linked
     assert fit.datamodule.image_size == 64  # the tiny CLIP's input size, linked when the arguments were parsed
@@ -38,7 +38,7 @@ def test_fit_then_test(synthetic_root: Path, tmp_path: Path) -> None:
     assert checkpoint == tmp_path / "fit" / "checkpoints" / "last.ckpt" and checkpoint.is_file()
 
     logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)]
-    test = run(["test", *tiny_args(synthetic_root, tmp_path / "test", *logger, "--ckpt_path", str(checkpoint))])
+    test = run_cli(["test", *tiny_args(synthetic_root, tmp_path / "test", *logger, "--ckpt_path", str(checkpoint))])
     assert torch.equal(test.model.model.text_prompt.txt_ctx, fit.model.model.text_prompt.txt_ctx)
     accuracy = float(test.trainer.callback_metrics["test/acc"])
     # The same accuracy, recomputed image by image from the trained model.
@@ -62,7 +62,7 @@ def test_main_entry_point_runs_fit(synthetic_root: Path, tmp_path: Path) -> None
 @pytest.mark.slow
 def test_bf16_mixed_on_cpu(synthetic_root: Path, tmp_path: Path) -> None:
     args = tiny_args(synthetic_root, tmp_path / "run", "--trainer.precision", "bf16-mixed")
-    cli = run(["fit", *args])
+    cli = run_cli(["fit", *args])
     assert cli.trainer.precision == "bf16-mixed"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss_epoch"])
     assert cli.model.model.text_prompt.txt_ctx.dtype == torch.float32  # fp32 master prompts
@@ -100,7 +100,7 @@ def test_official_max_epochs() -> None:
 def _parse_only(config: Path, capsys: pytest.CaptureFixture[str]) -> dict:
     """Parse ``config`` against the current code without building anything (``--print_config`` exits first)."""
     with pytest.raises(SystemExit) as exit_info:
-        run(["fit", "--config", str(config), "--print_config"])
+        run_cli(["fit", "--config", str(config), "--print_config"])
     captured = capsys.readouterr()
     assert exit_info.value.code in (0, None), captured.err[-2000:]
     return yaml.safe_load(captured.out)
@@ -140,7 +140,7 @@ def test_a_config_with_a_typo_is_refused_in_one_line_with_the_closest_key(
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dapt: error")]
     assert "unknown setting --model.beta_vv: DAPT takes no 'beta_vv'" in line and "did you mean --model.beta_v?" in line
     with pytest.raises(UsageError, match=r"unknown setting --trainer.max_epocs .*did you mean --trainer.max_epochs\?"):
-        run(["fit", "--config", str(DEMO_CONFIG), "--trainer.max_epocs", "3"])
+        run_cli(["fit", "--config", str(DEMO_CONFIG), "--trainer.max_epocs", "3"])
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_a_config_with_a_typo_is_refused_in_one_line_with_the_closest_key(
 )
 def test_a_method_or_a_setting_it_does_not_take_is_one_line(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError) as error:
-        run(["fit", "--config", str(DEMO_CONFIG), *argv])
+        run_cli(["fit", "--config", str(DEMO_CONFIG), *argv])
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -167,3 +167,15 @@ def test_demo_lists_only_the_wandb_runs_it_wrote(tmp_path: Path) -> None:
     os.utime(old, (1_000, 1_000))  # an earlier demo's run
     assert offline_wandb_runs_since(tmp_path, since=2_000) == [new]
     assert offline_wandb_runs_since(tmp_path / "missing", since=0) == []
+
+
+def test_another_method_after_a_dataset_config_keeps_the_settings_it_takes(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    pets = REPO / "configs" / "oxfordpets.yaml"
+    coop = build(["--config", str(pets), "--model", "CoOp", "--data.root", str(synthetic_root)])
+    assert type(coop.model).__name__ == "CoOp" and coop.model.model is None  # nothing loaded before the run starts
+    assert coop.model.hparams.lr == 0.02 and coop.model.hparams.text_tokens == 16  # the config's, which CoOp takes
+    assert "beta_v" not in coop.model.hparams  # DAPT's weights are not CoOp's settings
+    dapt = build(["--config", str(pets), "--data.root", str(synthetic_root)])
+    assert type(dapt.model).__name__ == "DAPT" and dapt.model.hparams.beta_v == 10.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import TINY_CONFIG, build, read_metrics, run
+from tiny import TINY_CONFIG, build, read_metrics, run_cli
 
 from dapt_lightning.callbacks.predictions import read_predictions
 from dapt_lightning.cli import main
@@ -52,12 +52,12 @@ def test_fit_without_run_dir_keeps_the_run_in_its_own_folder(
 
     # Evaluations of the checkpoint go inside the trained run, each in its own folder.
     checkpoint = str(RUN / "checkpoints" / "last.ckpt")
-    test = run(["test", *readme_args(synthetic_root, "--ckpt_path", checkpoint)])
+    test = run_cli(["test", *readme_args(synthetic_root, "--ckpt_path", checkpoint)])
     tested = in_tmp / RUN / "test" / "synthetic"
     assert read_metrics(tested)["test"]["test/acc"] == pytest.approx(float(test.trainer.callback_metrics["test/acc"]))
     assert (tested / "per_class_test_accuracy.csv").is_file()
 
-    predict = run(["predict", *readme_args(synthetic_root, "--ckpt_path", checkpoint)])
+    predict = run_cli(["predict", *readme_args(synthetic_root, "--ckpt_path", checkpoint)])
     rows = read_predictions(in_tmp / RUN / "predict" / "synthetic" / "predictions.csv")
     items = predict.datamodule.dataset("test").items
     assert len(rows) == len(items) and {row["image"] for row in rows} == {item.impath for item in items}
@@ -89,13 +89,13 @@ def test_an_unfinished_run_is_refused_without_ckpt_path_and_resumes_with_it(
     assert f"{RUN} holds an unfinished run" in err and "--ckpt_path last" in err
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == checkpoint
 
-    resumed = run(["fit", *readme_args(synthetic_root, *two_epochs, "--ckpt_path", "last")])
+    resumed = run_cli(["fit", *readme_args(synthetic_root, *two_epochs, "--ckpt_path", "last")])
     assert resumed.trainer.current_epoch == 2 and read_metrics(run)["epochs"] == 2
     steps_per_epoch = 48 // 8  # 24 classes x 2 shots, batches of 8
     assert resumed.trainer.global_step == 2 * steps_per_epoch  # the first epoch was not trained again
 
     # --run.overwrite starts again in the same folder.
-    again = run(["fit", *readme_args(synthetic_root, "--run.overwrite", "true")])
+    again = run_cli(["fit", *readme_args(synthetic_root, "--run.overwrite", "true")])
     assert again.trainer.current_epoch == 1 and read_metrics(run)["epochs"] == 1
 
 
@@ -127,7 +127,9 @@ def test_a_checkpoint_and_its_weights_moved_elsewhere_are_tested_from_there(
     weights = in_tmp / "machine_a" / "dapt-tiny.safetensors"
     weights.parent.mkdir()
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
-    fit = run(["fit", *readme_args(synthetic_root, "--model.pretrained", str(weights), "--run.test_after_fit", "true")])
+    fit = run_cli(
+        ["fit", *readme_args(synthetic_root, "--model.pretrained", str(weights), "--run.test_after_fit", "true")]
+    )
     trained_acc = read_metrics(in_tmp / RUN)["test"]["test/acc"]
 
     # Another machine: the run folder and the weights file in other places.
@@ -140,7 +142,7 @@ def test_a_checkpoint_and_its_weights_moved_elsewhere_are_tested_from_there(
         synthetic_root, "--ckpt_path", str(checkpoint), "--model.pretrained", str(moved / "dapt-tiny.safetensors")
     )
     # Settings that only change how the run executes are honoured.
-    test = run(["test", *args, "--model.text_encoding", "full"])
+    test = run_cli(["test", *args, "--model.text_encoding", "full"])
     assert test.model.model.text_encoder.name == "full"
     assert float(test.trainer.callback_metrics["test/acc"]) == pytest.approx(trained_acc, abs=1e-6)
     assert torch.equal(test.model.model.text_prompt.txt_ctx, fit.model.model.text_prompt.txt_ctx)

@@ -14,7 +14,7 @@ from dapt_lightning.callbacks.run_files import write_metrics
 from dapt_lightning.experiments.runs import evaluation_folder, run_folder
 from dapt_lightning.experiments.sweep import collect, summarize, sweep_main
 from dapt_lightning.experiments.sweep.figures import draw_fewshot
-from dapt_lightning.experiments.sweep.tables import FewShot
+from dapt_lightning.experiments.sweep.results import FewShot
 
 METHOD_OF = {"dapt_inter_only": "dapt", "dapt_intra_only": "dapt"}
 BETAS = {"dapt_inter_only": (0.01, 0.0), "dapt_intra_only": (0.0, 10.0)}

@@ -19,13 +19,14 @@ from tiny import REPO, TINY_CONFIG
 
 from dapt_lightning.cli import main
 from dapt_lightning.data.registry import benchmark_datasets, config_path
+from dapt_lightning.experiments.run_spec import nested
 from dapt_lightning.experiments.sweep.claims import claim_record
 from dapt_lightning.experiments.tune import DEFAULT_SPACE, StudyFolder, load_space, open_study, search
 from dapt_lightning.experiments.tune import objective as objective_module
 from dapt_lightning.experiments.tune.command import check_seeds
 from dapt_lightning.experiments.tune.fit import ReportToTrial, ValidateLastEpoch, fit_spec
 from dapt_lightning.experiments.tune.objective import Objective
-from dapt_lightning.experiments.tune.report import nested, param_importances, write_figures, write_overlay
+from dapt_lightning.experiments.tune.report import param_importances, write_figures, write_overlay
 from dapt_lightning.experiments.tune.study import WORKER_ATTR, count_states, fail_trials_of_dead_workers
 
 # The tests create trials with study.ask() (outside Study.optimize, which beats the heartbeat) to stage workers.
@@ -125,13 +126,14 @@ def test_settings_keep_their_exact_values_and_the_overlay_nests_them(tmp_path: P
         assert words[words.index(flag) + 1] == text  # what --print_commands would show: exact too
     assert words[words.index("--model.text_init") + 1] == "a photo of a"
     assert nested({"model.lr": 1.0, "trainer.logger.init_args.project": "p"}) == {
-        "model": {"lr": 1.0},
+        "model": {"init_args": {"lr": 1.0}},  # a method's settings are its init_args
         "trainer": {"logger": {"init_args": {"project": "p"}}},
     }
     path = write_overlay(tmp_path / "tuned" / "x.yaml", settings, ["line one", "line two"])
     text = path.read_text()
     assert text.startswith("# line one\n# line two\n")
-    assert yaml.safe_load(text) == {"model": {"lr": 0.1 + 0.2, "beta_v": 3.0e-7, "text_init": "a photo of a"}}
+    overlay = {"model": {"init_args": {"lr": 0.1 + 0.2, "beta_v": 3.0e-7, "text_init": "a photo of a"}}}
+    assert yaml.safe_load(text) == overlay
 
 
 def fake_trainer(epoch: int, max_epochs: int, acc: float, **state: object) -> SimpleNamespace:

@@ -93,8 +93,9 @@ def test_readme_tune_then_fit_never_reads_the_test_split_and_reproduces_the_best
     assert final_run["val_acc"] == final_run["trial_val_acc"] == summary["val_acc"]  # the same fit, the same number
     assert 0 <= final_run["test_acc"] <= 1 and summary["final_test_acc"] == final_run["test_acc"]
     overlay = yaml.safe_load(folder.overlay.read_text())
-    assert overlay == {"model": {key.split(".")[1]: value for key, value in summary["settings"].items()}}
-    assert list(overlay["model"]) == ["lr", "beta_v", "beta_t"]
+    settings = {key.split(".")[1]: value for key, value in summary["settings"].items()}
+    assert overlay == {"model": {"init_args": settings}}
+    assert list(overlay["model"]["init_args"]) == ["lr", "beta_v", "beta_t"]
     with open(folder.trials_csv) as handle:
         rows = list(csv.DictReader(handle))
     assert [row["trial"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} == {"complete"}
@@ -120,7 +121,7 @@ def test_readme_tune_then_fit_never_reads_the_test_split_and_reproduces_the_best
     main([*as_user(fit_args), "--trainer.check_val_every_n_epoch", "2"])
     refit = json.loads((RUN / "metrics.json").read_text())
     assert refit["fit"]["val/acc"] == pytest.approx(summary["val_acc"], abs=1e-6)
-    assert refit["settings"]["model"]["lr"] == summary["settings"]["model.lr"]
+    assert refit["settings"]["model"]["init_args"]["lr"] == summary["settings"]["model.lr"]
 
 
 # --- two workers --------------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def write_worker_world(tmp_path: Path) -> list[str]:
     write_synthetic_dataset(root / FOLDER, seed=0, image_size=64, sizes=SIZES)
     config = yaml.safe_load(TINY_CONFIG.read_text())
     config["data"].update(dataset="custom", dataset_options=write_subset_dataset(root), batch_size=5, root=str(root))
-    config["model"].update(pretrained="tiny-synthetic", warmup_epochs=0)
+    config["model"]["init_args"].update(pretrained="tiny-synthetic", warmup_epochs=0)
     config["trainer"].update(max_epochs=4, check_val_every_n_epoch=1)
     (tmp_path / "subset.yaml").write_text(yaml.safe_dump(config))
     space = yaml.safe_load(tune.DEFAULT_SPACE.read_text())
@@ -236,7 +237,7 @@ def test_two_workers_share_a_study_and_a_killed_trial_is_failed_and_set_apart(
     ]
     for trial in complete:
         settings = json.loads((folder.trial_dir(trial.number) / "seed1" / "metrics.json").read_text())["settings"]
-        assert settings["model"]["lr"] == trial.params["model.lr"]
+        assert settings["model"]["init_args"]["lr"] == trial.params["model.lr"]
         line = f"[tune] trial {trial.number:<3d} complete"
         assert (first_log.count(line), out.count(line)) == ((1, 0) if workers[trial.number] == first.pid else (0, 1))
     assert len({trial.params["model.lr"] for trial in trials}) == 4
@@ -285,6 +286,6 @@ def test_sigterm_marks_the_running_trial_failed(
     (trial,) = optuna.load_study(study_name="subset", storage=f"sqlite:///{folder.database}").trials
     assert trial.state == optuna.trial.TrialState.FAIL
     summary = (folder.failed_dir(0) / "error.txt").read_text().split("\n")[0]
-    assert summary == "interrupted (SIGTERMException); rerun the command to go on with the study"  # Lightning's
+    assert summary == "interrupted (RunInterrupted: SIGTERM); rerun the command to go on with the study"
     assert not folder.trial_dir(0).exists() and (folder.failed_dir(0) / "seed1").is_dir()
     assert "[tune] interrupted: the running trial is recorded as failed; rerun the command to go on" in out

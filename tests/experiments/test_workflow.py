@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import REPO, SIZES, SUBSET_LABELS, run, tiny_args, write_subset_dataset
+from tiny import REPO, SIZES, SUBSET_LABELS, run_cli, tiny_args, write_subset_dataset
 from wandb_records import OfflineRun
 
 from dapt_lightning.callbacks.evaluation import mean_pairwise_cosine
@@ -80,7 +80,7 @@ def trained_run(tiny_root: Path, tiny_weights: Path, tmp_path_factory: pytest.Te
             "--embedding_plots.max_images",
             "40",
         )
-        cli = run(["fit", *args])
+        cli = run_cli(["fit", *args])
         cli.trainer.logger.experiment.finish()  # flush the offline run's records to disk
     return run_dir
 
@@ -98,7 +98,7 @@ def test_offline_wandb_run_records_the_experiment(trained_run: Path, tiny_root: 
     # The resolved config (every setting, incl. the data root), transforms, versions and git revision.
     config = run.config["config"]["value"] if "value" in run.config["config"] else run.config["config"]
     assert config["data"]["root"] == str(tiny_root)
-    assert config["model"]["beta_v"] == 10.0 and config["trainer"]["max_epochs"] == 2
+    assert config["model"]["init_args"]["beta_v"] == 10.0 and config["trainer"]["max_epochs"] == 2
     resolved = run.config["resolved"].get("value", run.config["resolved"])
     assert set(resolved["versions"]) >= {"torch", "lightning", "open_clip", "dapt_lightning"}
     assert "RandomResizedCrop" in resolved["data"]["transforms"]["train"]
@@ -203,7 +203,7 @@ def test_dapt_test_on_another_datasets_classes(
     args = workflow_args(tiny_root, tmp_path / "cross", tiny_weights, "--data.dataset", "custom")
     args += ["--data.dataset_options", json.dumps(options), "--ckpt_path", str(ckpt)]
     with caplog.at_level(logging.INFO):
-        cli = run(["test", *args])
+        cli = run_cli(["test", *args])
     assert "Cross-dataset checkpoint" in caplog.text and "not loaded (class-specific): prototypes" in caplog.text
 
     # This run's 5 classes are kept; the generic text context and visual prompts come from the checkpoint.
@@ -224,12 +224,12 @@ def test_dapt_test_on_another_datasets_classes(
 def test_dapt_test_with_a_missing_checkpoint_says_so(synthetic_root: Path, tmp_path: Path) -> None:
     args = tiny_args(synthetic_root, tmp_path / "run", "--ckpt_path", str(tmp_path / "nope.ckpt"))
     with pytest.raises(FileNotFoundError, match="--ckpt_path: checkpoint .*nope.ckpt does not exist"):
-        run(["test", *args])
+        run_cli(["test", *args])
 
 
 def test_dapt_test_of_prompts_needs_a_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs --ckpt_path.*--model ZeroShotCLIP"):
-        run(["test", *tiny_args(synthetic_root, tmp_path / "run")])
+        run_cli(["test", *tiny_args(synthetic_root, tmp_path / "run")])
 
 
 def test_zero_shot_template_defaults_to_the_datasets(
@@ -242,9 +242,9 @@ def test_zero_shot_template_defaults_to_the_datasets(
     synthetic = dataclasses.replace(get_dataset("synthetic"), template="a drawing of a {}.")
     monkeypatch.setitem(registry._DATASETS, "synthetic", synthetic)
     args = tiny_args(synthetic_root, tmp_path / "run", "--model", "ZeroShotCLIP")
-    cli = run(["test", *args, "--trainer.limit_test_batches", "1"])
+    cli = run_cli(["test", *args, "--trainer.limit_test_batches", "1"])
     assert cli.model.model.template == "a drawing of a {}."
-    explicit = run(
+    explicit = run_cli(
         [
             "test",
             *args,
@@ -341,7 +341,7 @@ def test_notebook_runs_as_the_readme_says(
     # Its baselines are the CLI's: the tuned accuracy of the run's test, zero-shot CLIP as `dapt test` computes it.
     tuned = json.loads((trained_run / "metrics.json").read_text())["test"]["test/acc"]
     args = workflow_args(tiny_root, tmp_path / "zeroshot", tiny_weights, "--model", "ZeroShotCLIP")
-    zero_shot = float(run(["test", *args]).trainer.callback_metrics["test/acc"])
+    zero_shot = float(run_cli(["test", *args]).trainer.callback_metrics["test/acc"])
     assert float(match.group(1)) == pytest.approx(100 * tuned, abs=0.006)
     assert float(match.group(2)) == pytest.approx(100 * zero_shot, abs=0.006)
 

@@ -74,7 +74,7 @@ def resolved_settings(trainer: L.Trainer, module: L.LightningModule) -> dict[str
     settings: dict[str, Any] = {
         "versions": package_versions(),
         "git": git_revision(),
-        "clip_identity": module.clip_identity.to_dict() if hasattr(module, "clip_identity") else None,
+        "clip_identity": module.clip_identity.to_dict() if getattr(module, "clip_identity", None) else None,
         "world_size": trainer.world_size,
     }
     if datamodule is not None and hasattr(datamodule, "dataset"):
@@ -134,6 +134,19 @@ class RunInfo(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.name_runs:  # a no-op when the CLI already named the run before it started
             name_run(trainer, pl_module, getattr(trainer, "datamodule", None), stage)
+
+    # The settings are logged once the model is built (it may be built from the DataModule, after `setup`).
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_settings(trainer, pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_settings(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._log_settings(trainer, pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_settings(trainer, pl_module)
 
     @rank_zero_only

@@ -82,15 +82,32 @@ def parse_spec(parser: Any, spec: RunSpec) -> Any:
     return config
 
 
-def _nested(current: Any, key: str, value: Any) -> dict[str, Any]:
-    """``{"a": {"b": value}}`` for ``a.b``; a method setting ``model.X`` goes to the selected class's ``init_args``
-    (without its ``class_path``, jsonargparse would start from the base class)."""
+def config_path(key: str) -> list[str]:
+    """Where a dotted setting sits in a config file: ``model.lr`` is the selected method's ``model.init_args.lr``
+    (a method is a class: its settings are its ``init_args``); any other key is itself."""
     parts = key.split(".")
     if parts[0] == "model" and len(parts) > 1 and parts[1] not in ("class_path", "init_args"):
-        parts = ["model", "init_args", *parts[1:]]
-    nested: Any = value
-    for part in reversed(parts):
-        nested = {part: nested}
-    if parts[0] == "model" and len(parts) > 1:
-        nested["model"]["class_path"] = current.model.class_path
-    return nested
+        return ["model", "init_args", *parts[1:]]
+    return parts
+
+
+def nested(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted settings in the shape of a config file: ``{"model.lr": 0.1}`` is ``{"model": {"init_args": {"lr":
+    0.1}}}``."""
+    tree: dict[str, Any] = {}
+    for key, value in settings.items():
+        *sections, leaf = config_path(key)
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return tree
+
+
+def _nested(current: Any, key: str, value: Any) -> dict[str, Any]:
+    """One setting, nested; a method setting carries the selected class's ``class_path`` (without it, jsonargparse
+    would start from the base class)."""
+    tree = nested({key: value})
+    if config_path(key)[:2] == ["model", "init_args"]:
+        tree["model"]["class_path"] = current.model.class_path
+    return tree

@@ -103,6 +103,11 @@ class CLIPMethod(L.LightningModule):
         the ``template`` setting when the method has one, else the dataset's, else ``"a photo of a {}."``."""
         return self.hparams.get("template") or self._dataset_template or GENERIC_TEMPLATE
 
+    def text_encoding_options(self) -> dict[str, Any]:
+        """How the text-encoding strategy packs and checkpoints its work (``build_text_encoder``'s ``layout`` and
+        ``checkpointing``); a learned context's settings (CoOp's), nothing for fixed prompts."""
+        return {}
+
     def build_state(self, num_classes: int, dim: int) -> None:
         """Register what the method keeps besides its prompts (buffers such as DAPT's prototypes)."""
 
@@ -172,9 +177,8 @@ class CLIPMethod(L.LightningModule):
             settings.text_encoding,
             text_tower,
             text_prompt if text_prompt is not None else fixed,
-            layout=settings.get("text_layout", "auto"),
-            checkpointing=settings.get("text_checkpointing", False),
             compile_mode=settings.compile,
+            **self.text_encoding_options(),
         )
         # The tower view is compiled, not the CLIP: zero-shot calls on `clip` itself stay eager.
         compile_module(image_tower, settings.compile)

@@ -40,6 +40,9 @@ class CoOp(PromptTuning):
             raise ValueError(f"--model.text_tokens must be >= 1, got {text_tokens}")
         super().__init__(**kwargs)
 
+    def text_encoding_options(self) -> dict[str, Any]:
+        return {"layout": self.hparams.text_layout, "checkpointing": self.hparams.text_checkpointing}
+
     def text_prompt(self, text_tower: TextTower, classnames: list[str]) -> TextPromptLearner:
         settings = self.hparams
         return TextPromptLearner(

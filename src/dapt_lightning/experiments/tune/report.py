@@ -17,6 +17,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from dapt_lightning.experiments.run_spec import nested
 from dapt_lightning.experiments.tune.objective import seed_value
 from dapt_lightning.experiments.tune.study import STATE_NAMES, WORKER_ATTR, StudyFolder
 from dapt_lightning.storage import atomic_write_bytes
@@ -58,18 +59,6 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> Path:
         writer.writerows(rows)
     atomic_write_bytes(path, buffer.getvalue().encode())
     return path
-
-
-def nested(settings: dict[str, Any]) -> dict[str, Any]:
-    """``{"model.lr": 0.1}`` as ``{"model": {"lr": 0.1}}``: the shape of a config file."""
-    tree: dict[str, Any] = {}
-    for key, value in settings.items():
-        *sections, leaf = key.split(".")
-        node = tree
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[leaf] = value
-    return tree
 
 
 def write_overlay(path: Path, settings: dict[str, Any], header: list[str]) -> Path:
