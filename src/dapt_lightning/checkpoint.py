@@ -3,7 +3,6 @@ nor leaves a half-written file."""
 
 from __future__ import annotations
 
-import errno
 import io
 import pickle
 from pathlib import Path
@@ -21,7 +20,7 @@ from dapt_lightning.model.clip import (
     read_weights_file,
     unsafe_pickle_reason,
 )
-from dapt_lightning.storage import atomic_write_bytes
+from dapt_lightning.storage import DiskFullError, atomic_write_bytes, disk_full_message, is_disk_full
 
 
 class CheckpointFileError(ValueError):
@@ -121,11 +120,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
         try:
             atomic_write_bytes(Path(path), buffer.getvalue())
         except OSError as error:
-            reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else str(error)
+            if is_disk_full(error):
+                raise DiskFullError(
+                    f"could not write checkpoint {path}: {disk_full_message(Path(path).parent)}"
+                ) from error
             raise OSError(
-                error.errno,
-                f"could not write checkpoint {path}: {reason}. The previous checkpoint there (if any) is intact; "
-                "free space or point --trainer.default_root_dir elsewhere, then resume with --ckpt_path last",
+                f"could not write checkpoint {path}: {error}. The previous checkpoint there (if any) is intact; "
+                "fix the folder (or give the run another one with --run.dir DIR), then resume with --ckpt_path last"
             ) from error
 
     def load_checkpoint(

@@ -43,13 +43,19 @@ class DAPTWandbLogger(WandbLogger):
         # W&B writes a run's files from its service process, which outlives this process's changes of directory and
         # resolves a relative folder against its own: a later run in another directory would write elsewhere.
         save_dir = os.path.abspath(save_dir)
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(save_dir=save_dir, project=project, name=name, group=group, mode=mode, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             # Passed on as None, it only makes W&B warn that the setting is deprecated.
             self._wandb_init.pop("anonymous", None)
         self.mode = mode
         self.project = project
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run, started on first use (rank zero); its folder is made then, not when the logger is built."""
+        if self._experiment is None and self._save_dir:
+            Path(self._save_dir).mkdir(parents=True, exist_ok=True)
+        return WandbLogger.experiment.fget(self)
 
     def set_run_identity(self, name: str, group: str, tags: list[str]) -> None:
         """Name and group the run before its first log (W&B fixes them when the run starts)."""

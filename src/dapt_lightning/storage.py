@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,33 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 CACHE_ENV = "DAPT_CACHE_DIR"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""The errors of a write that found no room: a full disk, a quota, a file-size limit."""
+
+
+class DiskFullError(OSError):
+    """A write that found no room; the message says where and what to do."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a write that found no room."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:  # a re-raised cause can point back at its effect
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_message(folder: str | os.PathLike[str], written: str | None = None) -> str:
+    """What to say when a run's folder has no room left: where, and the two ways out."""
+    what = f" (writing {written})" if written else ""
+    return (
+        f"the disk holding {folder} is full{what}. Files written before are intact; free space on that disk, or give "
+        "the run a folder on another one (--run.dir DIR, or --run.root DIR for every run), then resume a fit with "
+        "--ckpt_path last"
+    )
 
 
 def default_cache_dir() -> Path:

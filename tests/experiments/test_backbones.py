@@ -19,7 +19,7 @@ from dapt_lightning.model.clip import ClipLoadError, clip_preprocessing, clip_to
 
 def test_the_data_follows_the_clips_preprocessing(synthetic_root: Path) -> None:
     module = DAPT(classnames=["a", "b"], clip_name="dapt-tiny", pretrained=None)
-    data = FewShotDataModule(root=str(synthetic_root))
+    data = FewShotDataModule("synthetic", root=str(synthetic_root))
     assert data.preprocessing == ImagePreprocessing()  # OpenAI's, without a model
     data.follow(module)
     assert data.preprocessing == ImagePreprocessing(**clip_preprocessing("dapt-tiny", None))
@@ -28,7 +28,7 @@ def test_the_data_follows_the_clips_preprocessing(synthetic_root: Path) -> None:
 
 def test_preprocessing_flags_given_explicitly_are_kept() -> None:
     siglip = SimpleNamespace(image_preprocessing=clip_preprocessing("ViT-B-16-SigLIP", "webli"))
-    data = FewShotDataModule(image_size=256)
+    data = FewShotDataModule("synthetic", image_size=256)
     data.follow(siglip)
     assert data.preprocessing == ImagePreprocessing(
         size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", resize_mode="squash"

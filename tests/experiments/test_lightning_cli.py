@@ -138,7 +138,8 @@ def test_a_config_with_a_typo_is_refused_in_one_line_with_the_closest_key(
         main(["fit", "--config", str(path)])
     assert exit_info.value.code == 2  # a bad command line or config: usage error
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dapt: error")]
-    assert "unknown setting --model.beta_vv: DAPT takes no 'beta_vv'" in line and "did you mean --model.beta_v?" in line
+    assert f"unknown setting --model.beta_vv (in {path}): DAPT takes no 'beta_vv'" in line
+    assert "did you mean --model.beta_v?" in line
     with pytest.raises(UsageError, match=r"unknown setting --trainer.max_epocs .*did you mean --trainer.max_epochs\?"):
         run_cli(["fit", "--config", str(DEMO_CONFIG), "--trainer.max_epocs", "3"])
 

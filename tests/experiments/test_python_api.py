@@ -96,7 +96,7 @@ def test_the_library_exports_what_a_lightning_user_imports() -> None:
 
 
 def test_a_method_built_without_class_names_takes_the_datamodules(synthetic_root: Path, make_trainer) -> None:
-    data = FewShotDataModule(root=str(synthetic_root), num_shots=1, batch_size=8, num_workers=0)
+    data = FewShotDataModule("synthetic", root=str(synthetic_root), num_shots=1, batch_size=8, num_workers=0)
     model = DAPT(clip_name="dapt-tiny", pretrained=None, lr=0.1)
     assert model.model is None  # nothing loaded until the run starts
     make_trainer(limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=data)

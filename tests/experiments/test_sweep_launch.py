@@ -24,9 +24,9 @@ from tiny import SIZES, TINY_CONFIG, write_subset_dataset
 
 from dapt_lightning.callbacks.run_files import read_metrics
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
+from dapt_lightning.experiments.claims import ERROR_FILE, RUNNING_FILE, claim_record, claimed
 from dapt_lightning.experiments.run import RunInterrupted
 from dapt_lightning.experiments.sweep import launch_slurm, load_sweep, plan, run_status, summarize, sweep_main
-from dapt_lightning.experiments.sweep.claims import ERROR_FILE, RUNNING_FILE, claim_record, claimed
 from dapt_lightning.experiments.sweep.launch import DONE, execute_run
 
 REGISTERED = {"synthetic": "synthetic", "subset": "custom"}

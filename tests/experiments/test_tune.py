@@ -19,8 +19,8 @@ from tiny import REPO, TINY_CONFIG
 
 from dapt_lightning.cli import main
 from dapt_lightning.data.registry import benchmark_datasets, config_path
+from dapt_lightning.experiments.claims import claim_record
 from dapt_lightning.experiments.run_spec import nested
-from dapt_lightning.experiments.sweep.claims import claim_record
 from dapt_lightning.experiments.tune import DEFAULT_SPACE, StudyFolder, load_space, open_study, search
 from dapt_lightning.experiments.tune import objective as objective_module
 from dapt_lightning.experiments.tune.command import check_seeds
@@ -258,7 +258,7 @@ def test_a_study_is_joined_with_its_own_seeds(tmp_path: Path) -> None:
         check_seeds(study, [3])
 
 
-def test_figures_show_the_history_and_which_setting_matters(tmp_path: Path) -> None:
+def test_figures_show_the_history_and_which_setting_matters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
     for _ in range(12):
         trial = study.ask()
@@ -269,7 +269,7 @@ def test_figures_show_the_history_and_which_setting_matters(tmp_path: Path) -> N
     pruned.suggest_float("model.lr", 0.002, 20.0, log=True)
     pruned.report(0.1, 50)
     study.tell(pruned, state=TrialState.PRUNED)
-    importances = param_importances(study)
+    importances, _ = param_importances(study)
     assert importances is not None and max(importances, key=importances.get) == "model.lr"
     written = write_figures(study, StudyFolder(tmp_path, "s"))
     assert set(written) == {"optimization_history", "param_importances"}
@@ -278,9 +278,9 @@ def test_figures_show_the_history_and_which_setting_matters(tmp_path: Path) -> N
     single = optuna.create_study(direction="maximize")
     single.enqueue_trial({"model.lr": 0.1})
     single.optimize(lambda trial: trial.suggest_float("model.lr", 0.002, 20.0, log=True), n_trials=1)
-    assert param_importances(single) is None and set(write_figures(single, StudyFolder(tmp_path, "one"))) == {
-        "optimization_history"
-    }
+    assert param_importances(single) == (None, "1 complete trial(s); fANOVA needs 2 or more")
+    assert set(write_figures(single, StudyFolder(tmp_path, "one"))) == {"optimization_history"}
+    assert "[tune] no param_importances.png: 1 complete trial(s)" in capsys.readouterr().out  # said, not silent
 
 
 def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:

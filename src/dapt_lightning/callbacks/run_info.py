@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
+
+from dapt_lightning.callbacks.paths import output_folder
+from dapt_lightning.storage import atomic_write_bytes
 
 PACKAGES = ("torch", "lightning", "open_clip", "dapt_lightning", "torchmetrics", "torchvision", "wandb")
 
@@ -20,19 +24,30 @@ def run_identity(
     stage: str,
     name: str | None = None,
     group: str | None = None,
+    trained_on: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Name, group and tags of a run: ``<dataset>-<method>-<shots>shots-seed<seed>`` (and ``-<stage>`` for an
-    evaluation), grouped without the seed so that seeds aggregate; ``name`` and ``group`` replace them when given."""
+    """Name, group and tags of a run: ``<dataset>-<method>-<shots>shots-seed<seed>``, grouped without the seed so that
+    seeds aggregate; ``name`` and ``group`` replace them when given.
+
+    An evaluation of trained prompts is named after the run that trained them (``trained_on``: its DataModule
+    settings) and grouped with it, ending ``-<stage>``, and ``-on-<dataset>`` when it tests other data.
+    """
     method = getattr(module, "name", "") or type(module).__name__.lower()
     dataset = getattr(datamodule, "dataset_name", "unknown")
     shots = getattr(datamodule, "num_shots", 0)
     seed = getattr(datamodule, "seed", 0)
-    subsample = getattr(datamodule, "hparams", {}).get("subsample", "all")
-    dataset_part = dataset if subsample == "all" else f"{dataset}-{subsample}"
-    group = group or f"{dataset_part}-{method}-{shots}shots"
-    name = name or f"{dataset_part}-{method}-{shots}shots-seed{seed}" + ("" if stage == "fit" else f"-{stage}")
+    subsample = (getattr(datamodule, "hparams", {}) or {}).get("subsample", "all")
+    tested = _dataset_part(dataset, subsample)
+    trained = _dataset_part(trained_on["dataset"], trained_on.get("subsample", "all")) if trained_on else tested
+    group = group or f"{trained}-{method}-{shots}shots"
+    suffix = "" if stage == "fit" else f"-{stage}" + ("" if tested == trained else f"-on-{tested}")
+    name = name or f"{trained}-{method}-{shots}shots-seed{seed}{suffix}"
     tags = [dataset, method, f"{shots}shots", f"seed{seed}", stage] + ([subsample] if subsample != "all" else [])
-    return {"name": name, "group": group, "tags": tags}
+    return {"name": name, "group": group, "tags": tags + ([f"trained-on-{trained}"] if trained != tested else [])}
+
+
+def _dataset_part(dataset: str, subsample: str) -> str:
+    return dataset if subsample == "all" else f"{dataset}-{subsample}"
 
 
 def package_versions() -> dict[str, str]:
@@ -99,6 +114,7 @@ def name_run(
     stage: str,
     name: str | None = None,
     group: str | None = None,
+    trained_on: Mapping[str, Any] | None = None,
 ) -> bool:
     """Give the trainer's W&B run its name, group and tags (:func:`run_identity`); True if done before the run
     started.
@@ -106,7 +122,7 @@ def name_run(
     Lightning starts the W&B run just before the ``setup`` hooks, so the ``dapt`` CLI calls this before
     ``trainer.fit/test``; afterwards only the name and tags can still change (W&B fixes the group at start).
     """
-    identity = run_identity(module, datamodule, stage, name, group)
+    identity = run_identity(module, datamodule, stage, name, group, trained_on)
     named = False
     for logger in trainer.loggers:
         if not hasattr(logger, "set_run_identity"):
@@ -156,7 +172,20 @@ class RunInfo(L.Callback):
 
 
 class LoggedSaveConfig(SaveConfigCallback):
-    """Saves ``config.yaml`` beside the run (as Lightning's) and logs the whole resolved config to the loggers."""
+    """Saves ``config.yaml`` beside the run, atomically (a full disk leaves no half-written file), and logs the whole
+    resolved config to the loggers."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        folder = output_folder(trainer)  # on every rank: the log folder is broadcast
+        if trainer.is_global_zero:
+            text = self.parser.dump(self.config, skip_none=False)
+            atomic_write_bytes(folder / self.config_filename, text.encode())
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        # Every rank in step for later calls to setup (fit, then test).
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         import yaml

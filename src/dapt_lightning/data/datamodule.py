@@ -18,6 +18,10 @@ from dapt_lightning.data.transforms import ImagePreprocessing, TransformName, bu
 from dapt_lightning.data.types import DatasetSplits
 
 DATA_ROOT_ENV = "DAPT_DATA_ROOT"
+NO_DATASET = (
+    "--data.dataset: no dataset given; name one (--data.dataset oxford_pets; `dapt data check` lists them) or give "
+    "a dataset's config (--config configs/oxfordpets.yaml)"
+)
 
 
 def resolve_data_root(root: str | None) -> Path:
@@ -48,7 +52,7 @@ class FewShotDataModule(L.LightningDataModule):
     data), ``setup`` reads the splits and draws the few-shot sets (``classnames`` does too, when asked first).
 
     Args:
-        dataset: registered dataset name (``dapt data check`` lists them), e.g. ``oxford_pets``.
+        dataset: registered dataset name (``dapt data check`` lists them), e.g. ``oxford_pets``; required.
         root: folder holding every dataset's folder; default ``$DAPT_DATA_ROOT`` or ``./data``.
         num_shots: training images per class (-1: all). The few-shot val set takes ``min(num_shots, 4)``.
         seed: few-shot sampling seed; None takes ``seed_everything``'s value (the CLI links it), else 1.
@@ -70,7 +74,7 @@ class FewShotDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "synthetic",
+        dataset: str | None = None,
         root: str | None = None,
         num_shots: int = 16,
         seed: int | None = None,
@@ -90,9 +94,12 @@ class FewShotDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if dataset is None:
+            raise ValueError(NO_DATASET)
         self.record = get_dataset(dataset)
         self.dataset_name = dataset
         self.root = resolve_data_root(root)
+        self.hparams["root"] = str(self.root)  # recorded absolute: the checkpoint says where the data was
         self.num_shots = validate_num_shots(num_shots)
         self.seed = 1 if seed is None else seed
         if subsample not in ("all", "base", "new"):
@@ -146,10 +153,6 @@ class FewShotDataModule(L.LightningDataModule):
             self.prepare_data()
             self.setup()
         return self._splits
-
-    @splits.setter
-    def splits(self, value: DatasetSplits) -> None:
-        self._splits = value
 
     def _check_every_class_has_training_images(self, splits: DatasetSplits) -> None:
         if not splits.train:

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from dapt_lightning.arguments import UsageError
 from dapt_lightning.checkpoint import load_checkpoint_file
+from dapt_lightning.data.datamodule import NO_DATASET
 from dapt_lightning.methods import CLIPMethod, PromptTuning, method_class
 from dapt_lightning.methods.compatibility import method_refusal
 from dapt_lightning.schedule import official_max_epochs
@@ -29,6 +31,12 @@ def configured_method(config: Any) -> type[CLIPMethod]:
 def method_settings(config: Any) -> Any:
     """The method's settings (``model.init_args``) of a parsed configuration."""
     return config.model.init_args
+
+
+def check_dataset_given(config: Any) -> None:
+    """Refuse a run without a dataset before anything is named after it (``--data.dataset`` has no default)."""
+    if not config.data.get("dataset"):
+        raise UsageError(NO_DATASET)
 
 
 def derive_protocol_settings(config: Any) -> None:

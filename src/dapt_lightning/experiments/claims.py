@@ -1,9 +1,10 @@
-"""Who runs what: a run's ``RUNNING`` claim, its ``error.txt``, and the status ``dapt sweep --list`` shows.
+"""Who runs what: a run folder's ``RUNNING`` claim and a failed run's ``error.txt``.
 
-A worker claims a run by creating ``RUNNING`` (pid, host, start time) in the run folder with ``os.link``, which
-fails if the file exists, so two workers (processes, or jobs on hosts sharing the file system) never run the same
-run. A claim whose process is gone (same host: the pid is dead or belongs to a newer process) is stale: it shows
-as failed and the next worker takes the run over; on another host it cannot be checked, and shows as running.
+Every run (``dapt fit``, a sweep's run, a tuning trial) claims its folder by creating ``RUNNING`` (pid, host, start
+time) there with ``os.link``, which fails if the file exists, so two processes (or jobs on hosts sharing the file
+system) never run in one folder at once. A process may claim a folder it holds already (a sweep's worker, then the
+fit it runs). A claim whose process is gone (same host: the pid is dead or belongs to a newer process) is stale: the
+next claimant takes the folder over; on another host it cannot be checked, and counts as held.
 """
 
 from __future__ import annotations
@@ -15,25 +16,13 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dapt_lightning.experiments.sweep.plan import Run
 from dapt_lightning.storage import atomic_write_bytes
 
 RUNNING_FILE = "RUNNING"
 ERROR_FILE = "error.txt"
-CLAIM_LOCK = ".claim.lock"
-STATES = ("done", "running", "failed", "todo")
-
-
-@dataclass(frozen=True)
-class Status:
-    """A run's state (one of :data:`STATES`) and what to know about it (who runs it, its error, ...)."""
-
-    state: str
-    detail: str = ""
 
 
 def _process_start(pid: int) -> str | None:
@@ -65,13 +54,25 @@ def read_claim(run_dir: Path) -> dict[str, Any] | None:
     """The ``RUNNING`` marker of a run folder; None when there is none. An unreadable one reads as ``{}``."""
     try:
         text = (run_dir / RUNNING_FILE).read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no claim (or no folder: its creation says what is wrong)
         return None
     try:
         claim = json.loads(text)
     except ValueError:
         return {}
     return claim if isinstance(claim, dict) else {}
+
+
+def holder_of(run_dir: Path) -> dict[str, Any] | None:
+    """The live claim on ``run_dir`` held by another process (None when free, stale or this process's own)."""
+    claim = read_claim(run_dir)
+    if claim is None or is_stale(claim) or _is_mine(claim):
+        return None
+    return claim
+
+
+def _is_mine(claim: dict[str, Any]) -> bool:
+    return claim.get("host") == socket.gethostname() and claim.get("pid") == os.getpid()
 
 
 def is_stale(claim: dict[str, Any]) -> bool:
@@ -85,7 +86,8 @@ def is_stale(claim: dict[str, Any]) -> bool:
     return started is not None and now is not None and started != now
 
 
-def _describe(claim: dict[str, Any]) -> str:
+def describe(claim: dict[str, Any]) -> str:
+    """Who holds a claim, for messages: ``pid 123 on host since 2026-12-03 07:00:00``."""
     if not claim:
         return f"unreadable {RUNNING_FILE} marker; delete it if no worker runs this"
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(claim.get("started", 0)))
@@ -93,14 +95,15 @@ def _describe(claim: dict[str, Any]) -> str:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Serialises claim decisions on this host, so two workers cannot both take over the same stale claim.
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(folder: Path) -> Iterator[None]:
+    # Serialises claim decisions on this host, so two workers cannot both take over the same stale claim. The lock is
+    # the folder's own (flock on its descriptor): no lock file is left in the run folder.
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _create_exclusive(path: Path, data: bytes) -> bool:
@@ -121,11 +124,14 @@ def claimed(run_dir: Path) -> Iterator[bool]:
     """Claim the run in ``run_dir`` for this process: yields True when claimed (released on exit), else False."""
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / RUNNING_FILE
-    with _locked(run_dir / CLAIM_LOCK):
+    with _locked(run_dir):
         holder = read_claim(run_dir)
         if holder is not None and is_stale(holder):
             marker.unlink(missing_ok=True)
             holder = None
+        if holder is not None and _is_mine(holder):
+            yield True  # held already by this process (a sweep's worker, then its fit): the outer claim releases it
+            return
         ours = holder is None and _create_exclusive(marker, json.dumps(claim_record()).encode())
     if not ours:
         yield False
@@ -142,20 +148,3 @@ def write_error(run_dir: Path, summary: str, details: str) -> Path:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     atomic_write_bytes(path, f"{summary}\n\n{stamp} on {socket.gethostname()}, pid {os.getpid()}\n{details}".encode())
     return path
-
-
-def run_status(run: Run) -> Status:
-    """Where ``run`` stands: done, running (by whom), failed (its error, or a worker that died) or todo."""
-    if run.finished:
-        return Status("done")
-    claim = read_claim(run.run_dir)
-    if claim is not None:
-        if is_stale(claim):
-            return Status("failed", f"its worker stopped without finishing ({_describe(claim)}); rerun the sweep")
-        return Status("running", _describe(claim))
-    error = run.run_dir / ERROR_FILE
-    if error.is_file():
-        summary = error.read_text().split("\n", 1)[0]
-        return Status("failed", f"{summary} (see {error})")
-    done = sum(step.finished for step in run.steps)
-    return Status("todo", f"{done} of {len(run.steps)} steps done" if done else "")

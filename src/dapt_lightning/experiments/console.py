@@ -15,6 +15,9 @@ QUIET_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode at the start of training",
     # `dapt` hands LightningCLI the arguments it was given, which are also sys.argv: no mistake to warn about.
     r"LightningCLI's args parameter is intended to run from within Python",
+    # Under DDP: the learning rate and the dispersion measures (computed from all-reduced sums) are the same on every
+    # process, so there is nothing to accumulate across devices.
+    r"It is recommended to use `self\.log\('(train/lr|(val|test)/dispersion/\w+)', \.\.\., sync_dist=True\)`",
 )
 """The warnings every ``dapt`` run keeps off the console."""
 
@@ -25,6 +28,10 @@ def quiet_console() -> Iterator[None]:
     closing summary says where the W&B run went and how to upload it)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info logs from
+    raise_exceptions = logging.raiseExceptions
+    # A log handler that cannot write (W&B's debug log, the run's log, on a full disk) would print a traceback for
+    # every log line, thousands of them, before the run's one error line.
+    logging.raiseExceptions = False
     with warnings.catch_warnings():
         for message in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
@@ -33,6 +40,7 @@ def quiet_console() -> Iterator[None]:
             yield
         finally:
             tips.removeFilter(skip_advertisements)
+            logging.raiseExceptions = raise_exceptions
 
 
 def skip_advertisements(record: logging.LogRecord) -> bool:

@@ -8,11 +8,15 @@ exists is finished; one with only ``last.ckpt`` resumes from it.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dapt_lightning.callbacks.run_files import METRICS_FILE
+from dapt_lightning.experiments.checks import configured_method
+from dapt_lightning.methods import ZeroShotCLIP
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -42,8 +46,10 @@ class RunFolderError(ValueError):
 
 
 def run_folder(root: str | Path, dataset: str, label: str, shots: int, seed: int, subsample: str = "all") -> Path:
-    """The folder of one run: ``ROOT/<dataset>/<label>/<shots>shots[-<subsample>]/seed<seed>/``."""
-    shots_part = f"{shots}shots" if subsample == "all" else f"{shots}shots-{subsample}"
+    """The folder of one run: ``ROOT/<dataset>/<label>/<shots>shots[-<subsample>]/seed<seed>/`` (``allshots`` for
+    every training image)."""
+    shots_part = "allshots" if shots == -1 else f"{shots}shots"  # -1: every training image
+    shots_part = shots_part if subsample == "all" else f"{shots_part}-{subsample}"
     return Path(root) / dataset / label / shots_part / f"seed{seed}"
 
 
@@ -89,3 +95,38 @@ def check_run_folder(run_dir: Path, resuming: bool, overwrite: bool) -> None:
 def last_checkpoint(run_dir: str | Path) -> Path:
     """Where a run folder keeps its resumable checkpoint."""
     return Path(run_dir) / LAST_CHECKPOINT
+
+
+def default_run_folder(config: Any, subcommand: str) -> Path:
+    """Where a run goes without ``--run.dir``: its own folder (``fit``, zero-shot ``test``), or, for evaluating a
+    checkpoint, a subfolder of the checkpoint's run folder (``<run>/test/<dataset>/``)."""
+    data, options = config.data, config.run
+    method = configured_method(config)
+    label = options.get("label") or method.name or method.__name__.lower()
+    zero_shot = issubclass(method, ZeroShotCLIP)
+    shots = 0 if zero_shot else data.num_shots  # zero-shot CLIP uses no training image
+    own = run_folder(options.root, data.dataset, label, shots, data.seed, data.subsample)
+    if subcommand == "fit" or (zero_shot and not config.get("ckpt_path")):
+        return own
+    ckpt_path = config.get("ckpt_path")
+    trained = run_folder_of_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+    return evaluation_folder(trained or own, subcommand, data.dataset, data.subsample)
+
+
+def is_first_process() -> bool:
+    """False in the processes Lightning relaunches for the other DDP ranks (they find LOCAL_RANK/NODE_RANK set)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def point_outputs_at(config: Any, run_dir: Path, subcommand: str) -> None:
+    """Send the trainer's files, the logger's and the last checkpoint into ``run_dir``."""
+    config.trainer.default_root_dir = str(run_dir)
+    logger = config.trainer.get("logger")
+    if logger not in (None, False, True) and "save_dir" in (logger.get("init_args") or {}):
+        logger.init_args.save_dir = str(run_dir)
+    if config.get("checkpoint") is not None:
+        # The CLI's ModelCheckpoint (save_last every epoch) writes into the run folder, where sweeps resume from.
+        # An evaluation saves nothing: its callback keeps the trained run's folder, which it restores from.
+        ckpt_path = config.get("ckpt_path")
+        evaluated = subcommand != "fit" and ckpt_path and Path(ckpt_path).is_file()
+        config.checkpoint.dirpath = str(Path(ckpt_path).parent if evaluated else run_dir / LAST_CHECKPOINT.parent)

@@ -8,9 +8,7 @@ and keeps every run in a folder of its own (``runs.py``) with its log, ``metrics
 
 from __future__ import annotations
 
-import difflib
-import os
-import re
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from dapt_lightning.arguments import UsageError, argument_error_line
+from dapt_lightning.arguments import UsageError
 from dapt_lightning.callbacks.embeddings import EmbeddingPlots
 from dapt_lightning.callbacks.evaluation import DispersionMonitor, PerClassAccuracy
 from dapt_lightning.callbacks.predictions import PredictionWriter
@@ -30,27 +28,31 @@ from dapt_lightning.callbacks.run_info import LoggedSaveConfig, RunInfo, name_ru
 from dapt_lightning.checkpoint import SafeCheckpointIO
 from dapt_lightning.data.datamodule import FewShotDataModule
 from dapt_lightning.experiments.checks import (
+    EVALUATION_SUBCOMMANDS,
     check_checkpoint_request,
     check_clip_serves_method,
+    check_dataset_given,
     check_devices_and_precision,
     check_same_model,
-    configured_method,
     derive_protocol_settings,
 )
+from dapt_lightning.experiments.claims import claimed, describe, holder_of
+from dapt_lightning.experiments.cli_errors import error_line
+from dapt_lightning.experiments.recorded import TrainedRun, explicit_settings, restore
 from dapt_lightning.experiments.run_spec import RunSpec, parse_spec
 from dapt_lightning.experiments.runs import (
-    LAST_CHECKPOINT,
+    RunFolderError,
     RunOptions,
     check_run_folder,
-    evaluation_folder,
+    default_run_folder,
+    is_first_process,
     last_checkpoint,
-    run_folder,
-    run_folder_of_checkpoint,
+    point_outputs_at,
 )
 from dapt_lightning.loggers import finish_wandb_runs
-from dapt_lightning.methods import CLIPMethod, ZeroShotCLIP, registered_methods
-from dapt_lightning.methods.registry import init_arguments, method_class
-from dapt_lightning.storage import ensure_writable_dir
+from dapt_lightning.methods import CLIPMethod, registered_methods
+from dapt_lightning.methods.registry import init_arguments
+from dapt_lightning.storage import DiskFullError, disk_full_message, ensure_writable_dir, is_disk_full
 
 TRAINER_SUBCOMMANDS = {
     "fit": "train a method (then test it with --run.test_after_fit true)",
@@ -64,13 +66,6 @@ DEFAULT_METHOD = "dapt_lightning.methods.DAPT"
 DEFAULT_LOGGER = {"class_path": "dapt_lightning.loggers.DAPTWandbLogger"}
 # The DataModule shards data itself (exact evaluation, DDP equal to one process): Lightning must not re-wrap it.
 TRAINER_DEFAULTS = {"logger": DEFAULT_LOGGER, "use_distributed_sampler": False}
-OLD_METHOD_KEY = "method"
-"""The setting that chose a method before methods were classes."""
-UNKNOWN_CLASS = re.compile(r"Expected a dot import path string: (\S+)")
-FAILED_IMPORT = re.compile(
-    r"Problem with given class_path '([\w.]+)':\s*(No module named [^\n]+|[^\n]*has no attribute[^\n]*)"
-)
-CLASS_PATH = re.compile(r"Problem with given class_path '([\w.]+)'")
 
 
 class DAPTCLI(LightningCLI):
@@ -84,6 +79,8 @@ class DAPTCLI(LightningCLI):
 
     def __init__(self, args: list[str] | RunSpec | None = None, callbacks: tuple[L.Callback, ...] = (), **kwargs: Any):
         self.run_log: RunLog | None = None
+        self.run_dir: Path | None = None
+        self._claim: Any = None
         self.extra_callbacks = list(callbacks)
         try:
             super().__init__(
@@ -91,13 +88,17 @@ class DAPTCLI(LightningCLI):
                 subclass_mode_model=True,
                 datamodule_class=FewShotDataModule,
                 trainer_defaults=TRAINER_DEFAULTS,
+                # The first of the official seeds, as the few-shot sampling's default (not Lightning's random seed).
+                seed_everything_default=1,
                 save_config_callback=LoggedSaveConfig,
                 save_config_kwargs={"overwrite": True},
                 args=args,
                 **kwargs,
             )
-        except BaseException:
+        except BaseException as error:
             self.close()
+            if is_disk_full(error) and not isinstance(error, DiskFullError) and self.run_dir is not None:
+                raise DiskFullError(disk_full_message(self.run_dir, getattr(error, "filename", None))) from error
             raise
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -130,6 +131,11 @@ class DAPTCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._command = args.command if isinstance(args, RunSpec) else next(iter(args or []), None)
+        words = list(args.args) if isinstance(args, RunSpec) else list(args or [])
+        self.explicit = explicit_settings(words, args.settings if isinstance(args, RunSpec) else {})
+        self._config_files = [value for flag, value in zip(words, words[1:], strict=False) if flag == "--config"]
+        self._config_files += [word.split("=", 1)[1] for word in words if word.startswith("--config=")]
+        self._config_files += list(args.configs) if isinstance(args, RunSpec) else []
         try:
             if isinstance(args, RunSpec):
                 self.config = parse_spec(parser, args)
@@ -140,34 +146,11 @@ class DAPTCLI(LightningCLI):
 
     def _error_line(self, message: str) -> str:
         command = f"dapt {self._command if self._command in TRAINER_SUBCOMMANDS else 'SUBCOMMAND'}"
-        if f"Option '{OLD_METHOD_KEY}' is not accepted" in message:
-            return (
-                "--model.method is gone: methods are classes now. Select one with --model NAME (DAPT, CoOp, VPT, "
-                "CoOpVPT, ZeroShotCLIP) or, in YAML, model: {class_path: dapt_lightning.methods.DAPT, init_args: "
-                "{...}} (README, Running experiments)"
-            )
-        unknown_method = UNKNOWN_CLASS.search(message)
-        if unknown_method is not None and message.startswith('Parser key "model"'):
-            names = [method.__name__ for method in registered_methods()]
-            close = difflib.get_close_matches(unknown_method.group(1), names, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}? " if close else ""
-            return (
-                f"--model {unknown_method.group(1)}: no such method; {hint}choose one of {', '.join(names)}, or give "
-                "a method class's import path (my_package.MyMethod)"
-            )
-        failed_import = FAILED_IMPORT.search(message)
-        if failed_import is not None and message.startswith('Parser key "model"'):
-            path, reason = failed_import.groups()
-            return f"--model {path}: cannot import it ({reason.strip()}); is its package installed?"
         keys: set[str] = set()
         for subparser in getattr(self, "_subcommand_parsers", {}).values():
             defaults = subparser.get_defaults()
             keys |= {key for key in defaults.keys() if not key.startswith("model.")}  # noqa: SIM118 - a Namespace
-        owner = CLASS_PATH.search(message)  # a setting the selected method does not take: suggest one it takes
-        methods = [_method_or_none(owner.group(1))] if owner is not None else registered_methods()
-        methods = [method for method in methods if method is not None] or registered_methods()
-        keys |= {f"model.{name}" for method in methods for name in init_arguments(method)}
-        return argument_error_line(message, sorted(keys), command)
+        return error_line(message, command, keys, self._config_files, self.explicit)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would replace every --model.* setting by the checkpoint's hyperparameters (unpickling the file
@@ -176,23 +159,63 @@ class DAPTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self.trained: TrainedRun | None = None
+        self.run_dir: Path | None = None
+        ckpt_path = config.get("ckpt_path")
+        if self.subcommand in EVALUATION_SUBCOMMANDS and ckpt_path and Path(ckpt_path).is_file():
+            self.trained = TrainedRun.of(ckpt_path)
+            restore(config, self.trained, self.explicit)  # the checkpoint's method, CLIP and data, unless flags say
+        check_dataset_given(config)
         derive_protocol_settings(config)
         check_clip_serves_method(config)
         check_devices_and_precision(config)
         check_checkpoint_request(config, self.subcommand)
         if self.subcommand is None or config.get("run") is None:
             return  # built without running (tests): no run folder
-        run_dir = Path(config.run.dir) if config.run.get("dir") else default_run_folder(config, self.subcommand)
-        config.run.dir = str(run_dir)
-        ckpt_path = last_checkpoint(run_dir) if config.get("ckpt_path") == "last" else config.get("ckpt_path")
+        self.run_dir = Path(config.run.dir) if config.run.get("dir") else default_run_folder(config, self.subcommand)
+        config.run.dir = str(self.run_dir)
+        if ckpt_path == "last":
+            ckpt_path = last_checkpoint(self.run_dir)
         check_same_model(config, ckpt_path)
-        if is_first_process():  # processes relaunched for DDP find the folder as the first one left it
-            resuming = self.subcommand != "fit" or bool(config.get("ckpt_path"))
-            check_run_folder(run_dir, resuming, config.run.overwrite)
-            ensure_writable_dir(run_dir, "--run.dir")
-            self.run_log = RunLog(run_dir / RUN_LOG)
-            self.run_log.attach()  # before the data is read: its messages (a generated split) belong to the run
-        point_outputs_at(config, run_dir, self.subcommand)
+        point_outputs_at(config, self.run_dir, self.subcommand)
+
+    def instantiate_classes(self) -> None:
+        # As LightningCLI's, with the run folder claimed and created between the classes (whose settings are checked
+        # as they are built) and the Trainer (whose logger and checkpoints write into it): nothing is created for a
+        # command with a bad setting.
+        try:
+            self.config_init = self.parser.instantiate_classes(self.config)
+        except (ValueError, TypeError) as error:
+            cause = error  # jsonargparse wraps a constructor's own error (`--model.lr must be > 0`): say that one
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise cause from None
+        self._open_run_folder()
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
+
+    def _open_run_folder(self) -> None:
+        if self.run_dir is None or not is_first_process():  # DDP's other ranks find it as the first one left it
+            return
+        config = self.config[self.subcommand]
+        holder = holder_of(self.run_dir)
+        if holder is not None:
+            raise RunFolderError(
+                f"{self.run_dir} is in use by another run ({describe(holder)}): wait for it to end, or choose another "
+                "folder (--run.dir DIR)"
+            )
+        evaluation = self.subcommand in EVALUATION_SUBCOMMANDS
+        # A finished evaluation is tested again (evaluations are cheap and change nothing); a finished fit is kept.
+        resuming = evaluation or bool(config.get("ckpt_path"))
+        check_run_folder(self.run_dir, resuming, config.run.overwrite or evaluation)
+        ensure_writable_dir(self.run_dir, "--run.dir")
+        self._claim = claimed(self.run_dir)
+        if not self._claim.__enter__():  # lost a race with a run started at the same moment
+            raise RunFolderError(f"{self.run_dir} is in use by another run: wait for it, or choose another folder")
+        self.run_log = RunLog(self.run_dir / RUN_LOG)
+        self.run_log.attach()  # before the data is read: its messages (a generated split) belong to the run
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -215,7 +238,9 @@ class DAPTCLI(LightningCLI):
         run_info = config.get("run_info")
         if run_info is None or run_info.get("name_runs", True):
             options = config.get("run") or {}
-            name_run(self.trainer, self.model, self.datamodule, stage, options.get("name"), options.get("group"))
+            trained_on = self.trained.data if self.trained is not None else None
+            name = options.get("name")
+            name_run(self.trainer, self.model, self.datamodule, stage, name, options.get("group"), trained_on)
 
     def before_fit(self) -> None:
         self._name_run("fit")
@@ -233,10 +258,16 @@ class DAPTCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=None)
 
     def close(self) -> None:
-        """End the run's W&B runs (an in-process run would otherwise reuse them for the next) and its log."""
-        finish_wandb_runs(getattr(self, "trainer", None))
+        """End the run's W&B runs (an in-process run would otherwise reuse them for the next), its log and its claim
+        on the run folder."""
+        # W&B may fail to write its last files (a full disk): the run's own error says what happened.
+        with contextlib.suppress(OSError):
+            finish_wandb_runs(getattr(self, "trainer", None))
         if self.run_log is not None:
             self.run_log.detach()
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.__exit__(None, None, None)
 
 
 def _yaml(text: str) -> dict[str, Any]:
@@ -246,49 +277,5 @@ def _yaml(text: str) -> dict[str, Any]:
 
 
 def _method_setting_names() -> set[str]:
-    from dapt_lightning.methods import registered_methods
-    from dapt_lightning.methods.registry import init_arguments
 
     return set().union(*(init_arguments(method) for method in registered_methods()))
-
-
-def _method_or_none(reference: str) -> type[CLIPMethod] | None:
-    try:
-        return method_class(reference)
-    except ValueError:
-        return None
-
-
-def default_run_folder(config: Any, subcommand: str) -> Path:
-    """Where a run goes without ``--run.dir``: its own folder (``fit``, zero-shot ``test``), or, for evaluating a
-    checkpoint, a subfolder of the checkpoint's run folder (``<run>/test/<dataset>/``)."""
-    data, options = config.data, config.run
-    method = configured_method(config)
-    label = options.get("label") or method.name or method.__name__.lower()
-    zero_shot = issubclass(method, ZeroShotCLIP)
-    shots = 0 if zero_shot else data.num_shots  # zero-shot CLIP uses no training image
-    own = run_folder(options.root, data.dataset, label, shots, data.seed, data.subsample)
-    if subcommand == "fit" or (zero_shot and not config.get("ckpt_path")):
-        return own
-    ckpt_path = config.get("ckpt_path")
-    trained = run_folder_of_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
-    return evaluation_folder(trained or own, subcommand, data.dataset, data.subsample)
-
-
-def is_first_process() -> bool:
-    """False in the processes Lightning relaunches for the other DDP ranks (they find LOCAL_RANK/NODE_RANK set)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-
-
-def point_outputs_at(config: Any, run_dir: Path, subcommand: str) -> None:
-    """Send the trainer's files, the logger's and the last checkpoint into ``run_dir``."""
-    config.trainer.default_root_dir = str(run_dir)
-    logger = config.trainer.get("logger")
-    if logger not in (None, False, True) and "save_dir" in (logger.get("init_args") or {}):
-        logger.init_args.save_dir = str(run_dir)
-    if config.get("checkpoint") is not None:
-        # The CLI's ModelCheckpoint (save_last every epoch) writes into the run folder, where sweeps resume from.
-        # An evaluation saves nothing: its callback keeps the trained run's folder, which it restores from.
-        ckpt_path = config.get("ckpt_path")
-        evaluated = subcommand != "fit" and ckpt_path and Path(ckpt_path).is_file()
-        config.checkpoint.dirpath = str(Path(ckpt_path).parent if evaluated else run_dir / LAST_CHECKPOINT.parent)

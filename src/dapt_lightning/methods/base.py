@@ -140,6 +140,9 @@ class CLIPMethod(L.LightningModule):
         tokenizer = clip_tokenizer(settings.clip_name, _context_length(clip))
         self.model = self.build_model(clip, classnames, tokenizer)
         self.clip_identity = identity
+        if settings.pretrained and Path(settings.pretrained).expanduser().is_file():
+            # Recorded absolute: a checkpoint tested from another working directory finds its weights.
+            self.hparams["pretrained"] = str(Path(settings.pretrained).expanduser().resolve())
         self.image_preprocessing = clip_preprocessing(
             settings.clip_name, settings.pretrained, image_size=self.model.image_tower.image_size
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from dapt_lightning.methods.base import Batch, CLIPMethod
 from dapt_lightning.schedule import warmup_cosine
@@ -97,6 +98,12 @@ class PromptTuning(CLIPMethod):
             params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
         )
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        if max_epochs <= settings.warmup_epochs:
+            rank_zero_warn(
+                f"--trainer.max_epochs {max_epochs} <= --model.warmup_epochs {settings.warmup_epochs}: every epoch is "
+                f"warm-up at the constant --model.warmup_lr {settings.warmup_lr}, and the learning rate never reaches "
+                f"--model.lr {settings.lr}; train for more epochs (or set --model.warmup_epochs 0)"
+            )
         scheduler = warmup_cosine(optimizer, max_epochs, settings.warmup_epochs, settings.warmup_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 

@@ -11,9 +11,9 @@ import yaml
 
 from dapt_lightning.arguments import ActionYesNo, ArgumentParser, UsageError, command_parser, parse
 from dapt_lightning.experiments.sweep import plan as sweep_file
-from dapt_lightning.experiments.sweep.claims import STATES, run_status
 from dapt_lightning.experiments.sweep.launch import BUSY, DONE, FAILED, launch_slurm, run_local
 from dapt_lightning.experiments.sweep.plan import Run, load_sweep, plan, skipped_variants
+from dapt_lightning.experiments.sweep.status import STATES, run_status
 from dapt_lightning.experiments.sweep.summary import summarize_main
 
 

@@ -16,10 +16,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from dapt_lightning.experiments.claims import ERROR_FILE, claimed, write_error
 from dapt_lightning.experiments.run import RunInterrupted, execute, failure_line, interruptible
 from dapt_lightning.experiments.runs import last_checkpoint
-from dapt_lightning.experiments.sweep.claims import ERROR_FILE, claimed, write_error
 from dapt_lightning.experiments.sweep.plan import Run, Step
+from dapt_lightning.experiments.workers import die_with_parent
 
 DONE, FAILED, BUSY = "done", "failed", "busy"
 """What :func:`execute_run` reports: the run is finished, it failed, or another worker holds it."""
@@ -73,9 +74,10 @@ def execute_run(run: Run) -> str:
         return DONE
 
 
-def _set_threads(threads: int) -> None:
+def _start_worker(threads: int, parent: int) -> None:
     import torch
 
+    die_with_parent(parent)  # a sweep killed outright leaves no worker behind (its claims turn stale)
     torch.set_num_threads(threads)
 
 
@@ -95,7 +97,7 @@ def run_local(runs: list[Run], workers: int = 1) -> dict[str, list[Run]]:
 
     # spawn: a fresh interpreter per worker (forking a process that already ran torch can deadlock its thread pools).
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(threads,))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(threads, os.getpid()))
     with interruptible():
         try:
             futures = {pool.submit(execute_run, run): run for run in runs}

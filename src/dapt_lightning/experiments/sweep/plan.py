@@ -111,6 +111,16 @@ def _config_entry(path: str | Path, where: str, entry: Any) -> tuple[str, dict[s
     )
 
 
+def _dataset_of(config: str, name: str) -> str:
+    """The dataset a target's config tests (its ``data.dataset``), else the target's name in the sweep file."""
+    try:
+        with open(config) as handle:
+            data = (yaml.safe_load(handle) or {}).get("data") or {}
+    except OSError:
+        return name
+    return str(data.get("dataset") or name)
+
+
 def _check_list(path: str | Path, sweep: dict[str, Any], key: str, minimum: int) -> None:
     values = sweep[key]
     if not isinstance(values, list) or not values or not all(isinstance(v, int) and v >= minimum for v in values):
@@ -228,8 +238,10 @@ def _make_run(sweep: dict[str, Any], dataset: str, label: str, shots: int, seed:
             continue  # the run's own test
         target_config, target_overrides = _config_entry("", target, entry)
         target_dir = evaluation_folder(folder, "test", target)
-        # The variant's settings shape the prompts the checkpoint holds; the source dataset's do not apply.
-        settings = {**common, "run.dir": str(target_dir), **everywhere, **target_overrides, **variant_settings}
+        # The variant's settings shape the prompts the checkpoint holds; the source dataset's do not apply. The target
+        # is named explicitly: a test of trained prompts keeps the checkpoint's own dataset unless told otherwise.
+        settings = {**common, "data.dataset": _dataset_of(target_config, target), "run.dir": str(target_dir)}
+        settings |= {**everywhere, **target_overrides, **variant_settings}
         spec = RunSpec("test", configs=(target_config,), settings={**settings, **prompts})
         run.steps.append(Step(spec, target_dir, "transfer"))
     return run

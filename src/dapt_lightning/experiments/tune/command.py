@@ -125,7 +125,8 @@ def _finish(study: optuna.Study, request: Request, counts: Counter[str]) -> int:
     best = study.best_trial
     settings = {name: best.params[name] for name in names if name in best.params}  # in the space file's order
     header = overlay_header(study, best, seeds, request.fit_args, folder.overlay)
-    write_overlay(folder.overlay, settings, header)
+    # The trials' seed, whatever the base config says (without one, a fit with the overlay would run with seed 0).
+    write_overlay(folder.overlay, {"seed_everything": seeds[0], **settings}, header)
     with quiet_console():
         finals, target = train_best(best, request.fit_args, seeds, folder)
     if len(finals) < len(seeds):

@@ -10,7 +10,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from dapt_lightning.callbacks.run_files import METRICS_FILE, read_metrics
-from dapt_lightning.experiments.sweep.claims import claimed
+from dapt_lightning.experiments.claims import claimed
 from dapt_lightning.experiments.tune.fit import ValidateLastEpoch, fit, fit_spec
 from dapt_lightning.experiments.tune.objective import seed_value
 from dapt_lightning.experiments.tune.study import StudyFolder

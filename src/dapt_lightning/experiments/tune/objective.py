@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
+from dapt_lightning.experiments.claims import claim_record
 from dapt_lightning.experiments.run import RunInterrupted, failure_line
-from dapt_lightning.experiments.sweep.claims import claim_record
 from dapt_lightning.experiments.tune.fit import ReportToTrial, fit, fit_spec
 from dapt_lightning.experiments.tune.space import SearchSpace
 from dapt_lightning.experiments.tune.study import WORKER_ATTR, StudyFolder, set_aside

@@ -77,6 +77,9 @@ def overlay_header(study: optuna.Study, best: FrozenTrial, seeds: list[int], fit
         "the final run's test accuracy is in the study's summary.json.",
         f"Searched with: dapt tune {shlex.join(fit_args)}",
         f"Use: dapt fit {shlex.join([*fit_args, '--config', str(path)])}",
+        f"seed_everything is the trials' first seed; the others: add --seed_everything N for N in {seeds[1:]}"
+        if len(seeds) > 1
+        else "seed_everything is the seed the trials used: the fit reproduces the best trial's validation accuracy",
     ]
 
 
@@ -114,17 +117,17 @@ def draw_history(study: optuna.Study) -> Figure | None:
     return fig
 
 
-def param_importances(study: optuna.Study) -> dict[str, float] | None:
-    """fANOVA importances of the settings for val/acc (seeded, so a report is reproducible); None when there are
-    too few complete trials to tell (fewer than two, or no setting varies)."""
+def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
+    """fANOVA importances of the settings for val/acc (seeded, so a report is reproducible), or None and why not:
+    too few complete trials to tell (fewer than two), or no setting varies."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(complete) < 2:
-        return None
+        return None, f"{len(complete)} complete trial(s); fANOVA needs 2 or more"
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (RuntimeError, ValueError):
-        return None
+        return optuna.importance.get_param_importances(study, evaluator=evaluator), ""
+    except (RuntimeError, ValueError) as error:
+        return None, f"fANOVA could not tell ({' '.join(str(error).split())})"
 
 
 def draw_importances(importances: dict[str, float], name: str) -> Figure:
@@ -159,10 +162,12 @@ def write_figures(study: optuna.Study, folder: StudyFolder) -> dict[str, Path]:
     history = draw_history(study)
     if history is not None:
         written["optimization_history"] = save_figure(history, folder.figures / "optimization_history.png")
-    importances = param_importances(study)
+    importances, why_not = param_importances(study)
     if importances:
         figure = draw_importances(importances, study.study_name)
         written["param_importances"] = save_figure(figure, folder.figures / "param_importances.png")
+    else:
+        print(f"[tune] no param_importances.png: {why_not}", flush=True)
     return written
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dapt_lightning.arguments import ArgumentParser, UsageError, comma_list, command_parser, parse, split_flags
+from dapt_lightning.data.datamodule import NO_DATASET
 from dapt_lightning.experiments.tune.space import DEFAULT_SPACE, SearchSpace, load_space
 from dapt_lightning.experiments.tune.study import StudyFolder
 
@@ -76,6 +77,18 @@ def _check_fit_args(fit_args: list[str]) -> None:
             raise UsageError(f"--config {config} does not exist")
 
 
+def _study_name(fit_args: list[str]) -> str:
+    """The study's default name: the first config's file name, else the dataset's (``--data.dataset NAME``)."""
+    configs = _configs(fit_args)
+    if configs:
+        return Path(configs[0]).stem
+    explicit = dict(zip(fit_args, fit_args[1:], strict=False))
+    explicit |= dict(arg.split("=", 1) for arg in fit_args if arg.startswith("--") and "=" in arg)
+    if explicit.get("--data.dataset"):
+        return explicit["--data.dataset"]
+    raise UsageError(f"{NO_DATASET}; the study is named after it (or give --name)")
+
+
 def parse_request(argv: list[str]) -> Request:
     """Read and check the command line; a bad option is a :class:`UsageError` line."""
     own, fit_args = split_flags(argv, OWN_OPTIONS)
@@ -86,9 +99,7 @@ def parse_request(argv: list[str]) -> Request:
         raise UsageError(f"--heartbeat must be >= 1 second, got {args.heartbeat}")
     seeds = comma_list(args.seeds, int, "--seeds")
     _check_fit_args(fit_args)
-    configs = _configs(fit_args)
-    if not configs:
-        raise UsageError("give the dataset's config: dapt tune --config configs/<dataset>.yaml")
-    folder = StudyFolder(Path(args.out), args.name or Path(configs[0]).stem)
+    name = args.name or _study_name(fit_args)
+    folder = StudyFolder(Path(args.out), name)
     storage = args.storage or f"sqlite:///{folder.database.resolve()}"
     return Request(fit_args, seeds, load_space(args.space), folder, args.trials, storage, args.heartbeat)

@@ -31,11 +31,11 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from dapt_lightning.experiments.sweep.claims import is_stale, write_error
+from dapt_lightning.experiments.claims import is_stale, write_error
 from dapt_lightning.experiments.tune.space import SearchSpace
 
 WORKER_ATTR = "worker"
-"""The trial user attribute holding its worker's pid, host and start (``sweep.claims.claim_record``)."""
+"""The trial user attribute holding its worker's pid, host and start (``claims.claim_record``)."""
 OPEN_ATTEMPTS = 3
 """Tries to open a storage before giving up (a database being created by another worker fails the first)."""
 STATE_NAMES = {
