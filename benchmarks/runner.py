@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.memory import ProbeConfig, probe_train_memory, run_probe
+from benchmarks.onnx_inference import InferenceResult, inference_table, measure_inference
 from benchmarks.profiling import StepProfile, profile_train_step
 from benchmarks.report import fmt, machine_description, ratio, write_section
 from benchmarks.throughput import throughput
@@ -82,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: min(8, CPUs - 1))")
     parser.add_argument(
+        "--onnx",
+        choices=["on", "off"],
+        default="on",
+        help="time a tuned model's exported image -> logits graph, eager PyTorch vs onnxruntime (CPU only)",
+    )
+    parser.add_argument(
         "--peak-tflops",
         type=float,
         help="the device's dense peak for the precision (default 989 for bf16 and 67 for fp32: H100 SXM)",
@@ -118,6 +125,7 @@ class BenchmarkReport:
     profiles: dict[str, StepProfile]  # path -> profile of the fast step
     compile_notes: list[str]  # first-call times, or why compiling failed
     markdown: str
+    inference: InferenceResult | None = None  # eager PyTorch vs onnxruntime on the exported graph
 
     def row(self, classes: int, measurement: str) -> Row:
         """The table row of ``measurement`` at ``classes``."""
@@ -335,6 +343,11 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
             checkpoint_rows.append((label, timed["fast"] * 1e3 if mode == "auto" else None, peak))
         del model
 
+    inference = None
+    if args.onnx == "on" and device.type == "cpu":
+        inference = measure_inference(clip, max(args.class_counts), args.test_batch, args.repeats)
+        print(f"[bench] inference: {inference}", file=sys.stderr, flush=True)
+
     load_after = os.getloadavg()[0]
     compiled_header = f" fast, compile {args.compile} | compiled / naive |" if args.compile != "off" else ""
     lines = [
@@ -388,6 +401,8 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
             f"| {classes} | " + " | ".join(fmt(timed.get(name)) for name in TEXT_LAYOUTS) + " |"
             for classes, timed in layouts.items()
         ]
+    if inference is not None:
+        lines += inference_table(inference)
     if profiles:
         lines += [
             "",
@@ -445,4 +460,4 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
     print(body)
     if args.output is not None:
         write_section(args.output, args.device, body)
-    return BenchmarkReport(rows, checkpoint_rows, extra, layouts, profiles, compile_notes, body)
+    return BenchmarkReport(rows, checkpoint_rows, extra, layouts, profiles, compile_notes, body, inference)

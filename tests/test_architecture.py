@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dapt_lightning"
-LIBRARY_SUBPACKAGES = ("model", "data", "callbacks")
+LIBRARY_SUBPACKAGES = ("model", "data", "callbacks", "inference")
 EXPERIMENTS = "dapt_lightning.experiments"
 
 

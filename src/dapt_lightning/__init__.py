@@ -6,11 +6,17 @@ callbacks that keep a run's files::
     from dapt_lightning import DAPT, FewShotDataModule
     trainer = lightning.Trainer(max_epochs=10)
     trainer.fit(DAPT(clip_name="ViT-B-16", pretrained="openai"), datamodule=FewShotDataModule("oxford_pets"))
+
+and a trained checkpoint, to classify images::
+
+    clf = dapt_lightning.load("runs/.../checkpoints/last.ckpt")
+    clf.predict(["cat.jpg", "dog.jpg"]).labels
 """
 
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
 from dapt_lightning.callbacks.run_files import ClosingSummary, MetricsFile, RunLog
 from dapt_lightning.data.datamodule import FewShotDataModule
+from dapt_lightning.inference import Classifier, Predictions, load
 from dapt_lightning.methods import (
     DAPT,
     VPT,
@@ -30,16 +36,19 @@ __all__ = [
     "DAPT",
     "VPT",
     "CLIPMethod",
+    "Classifier",
     "ClosingSummary",
     "CoOp",
     "CoOpVPT",
     "FewShotDataModule",
     "MetricsFile",
     "PromptTuning",
+    "Predictions",
     "PrototypeCallback",
     "RunLog",
     "ZeroShotCLIP",
     "list_methods",
+    "load",
     "method_class",
     "register_method",
 ]

@@ -14,6 +14,7 @@ from dapt_lightning.experiments.run import RunInterrupted, RunSpec, execute
 from dapt_lightning.experiments.sweep.command import sweep_main
 from dapt_lightning.experiments.trainer_cli import TRAINER_SUBCOMMANDS
 from dapt_lightning.experiments.tune.command import tune_main
+from dapt_lightning.inference.commands import export_main, serve_main
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,14 @@ class Subcommand:
     run: Callable[[list[str]], int]
 
 
+SOME_SKIPPED = 3
+"""The exit status of a ``dapt predict`` that classified every image it could read but skipped some."""
+
+
 def _trainer_subcommand(name: str) -> Subcommand:
     def run(argv: list[str]) -> int:
-        execute(RunSpec(name, args=tuple(argv)))
-        return 0
+        record = execute(RunSpec(name, args=tuple(argv)))
+        return SOME_SKIPPED if record.skipped_images else 0
 
     return Subcommand(TRAINER_SUBCOMMANDS[name], run)
 
@@ -37,6 +42,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "data": Subcommand("check or download the benchmark datasets", data_main),
     "sweep": Subcommand("run a grid of experiments, or summarise their results as tables", sweep_main),
     "tune": Subcommand("search LR and dispersion weights on a dataset's few-shot validation split (Optuna)", tune_main),
+    "export": Subcommand("write a checkpoint as an ONNX graph (images -> class logits)", export_main),
+    "serve": Subcommand("serve a checkpoint over HTTP: POST an image, get its top classes (LitServe)", serve_main),
     "demo": Subcommand("zero-shot CLIP, CoOp, VPT and DAPT side by side on a procedural dataset, tiny CLIP", demo_main),
 }
 """Every ``dapt`` subcommand, in the order ``dapt --help`` lists them."""

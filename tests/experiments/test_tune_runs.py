@@ -94,7 +94,7 @@ def test_readme_tune_then_fit_never_reads_the_test_split_and_reproduces_the_best
     assert 0 <= final_run["test_acc"] <= 1 and summary["final_test_acc"] == final_run["test_acc"]
     overlay = yaml.safe_load(folder.overlay.read_text())
     settings = {key.split(".")[1]: value for key, value in summary["settings"].items()}
-    assert overlay == {"model": {"init_args": settings}}
+    assert overlay == {"seed_everything": 1, "model": {"init_args": settings}}  # the seed the trials used
     assert list(overlay["model"]["init_args"]) == ["lr", "beta_v", "beta_t"]
     with open(folder.trials_csv) as handle:
         rows = list(csv.DictReader(handle))

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -319,12 +320,22 @@ def test_notebook_runs_as_the_readme_says(
 
     checkpoint = trained_run / "checkpoints" / "last.ckpt"
     executed = tmp_path / "out.ipynb"
-    # `papermill notebooks/explore_checkpoint.ipynb out.ipynb -p ckpt_path path/to/last.ckpt`, from the repository.
+    # The CLIP weights file the checkpoint was trained on has moved: the notebook's `weights` parameter, relative to
+    # the working directory, says where. `papermill notebooks/explore_checkpoint.ipynb out.ipynb -p ckpt_path
+    # path/to/last.ckpt -p weights moved/weights.safetensors`, from the repository.
+    moved = REPO / "moved-weights-of-a-test" / "weights.safetensors"
+    moved.parent.mkdir()
+    shutil.move(tiny_weights, moved)
     papermill = Path(sys.executable).parent / "papermill"
     command = [str(papermill), "notebooks/explore_checkpoint.ipynb", str(executed), "-p", "ckpt_path", str(checkpoint)]
-    result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"}
-    )
+    command += ["-p", "weights", str(moved.relative_to(REPO))]
+    try:
+        result = subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"}
+        )
+    finally:
+        shutil.move(moved, tiny_weights)
+        moved.parent.rmdir()
     assert result.returncode == 0, result.stderr[-3000:]
     notebook = nbformat.read(executed, as_version=4)
     outputs = "\n".join(
@@ -334,6 +345,9 @@ def test_notebook_runs_as_the_readme_says(
         for output in cell.get("outputs", [])
     )
     assert "ctx 15:" in outputs and "norms:" in outputs
+    # The last section classified 6 test images with `dapt_lightning.load` and showed each with its top-3 classes.
+    shown = re.findall(r"^test_\d+\.(?:jpg|png): (.+)$", outputs, re.M)
+    assert len(shown) == 6 and all(line.count("%") == 3 for line in shown), outputs[-2000:]
     test_images = len(class_names()) * SIZES["test"]
     match = re.search(rf"accuracy on {test_images} test images: tuned ([0-9.]+)%, zero-shot ([0-9.]+)%", outputs)
     assert match is not None, outputs[-2000:]

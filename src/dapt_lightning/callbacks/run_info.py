@@ -96,14 +96,20 @@ def resolved_settings(trainer: L.Trainer, module: L.LightningModule) -> dict[str
         from dapt_lightning.data.transforms import build_transform
 
         preprocessing = datamodule.preprocessing
+        own_images = getattr(datamodule, "images", None) is not None
         settings["data"] = {
-            "root": str(datamodule.root),
-            "dataset": datamodule.dataset_name,
-            "num_classes": len(datamodule.classnames),
             "preprocessing": asdict(preprocessing),
             "transforms": {name: repr(build_transform(name, preprocessing)) for name in ("train", "test")},
-            "split_sizes": {split: len(getattr(datamodule.splits, split)) for split in ("train", "val", "test")},
         }
+        if own_images:  # a user's own images: no dataset, splits or classes of their own
+            settings["data"] |= {"images": len(datamodule.predict_paths), "num_classes": len(module.classnames)}
+        else:
+            settings["data"] |= {
+                "root": str(datamodule.root),
+                "dataset": datamodule.dataset_name,
+                "num_classes": len(datamodule.classnames),
+                "split_sizes": {split: len(getattr(datamodule.splits, split)) for split in ("train", "val", "test")},
+            }
     return settings
 
 

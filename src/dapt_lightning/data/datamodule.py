@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from dapt_lightning.data.fewshot import Subsample, fewshot_splits, subsample_classes
 from dapt_lightning.data.image_dataset import ImageListDataset
+from dapt_lightning.data.image_files import ImageFilesDataset, expand_images
 from dapt_lightning.data.registry import get_dataset
 from dapt_lightning.data.samplers import EpochShuffleSampler, ShardSampler
 from dapt_lightning.data.transforms import ImagePreprocessing, TransformName, build_transform
@@ -20,7 +21,11 @@ from dapt_lightning.data.types import DatasetSplits
 DATA_ROOT_ENV = "DAPT_DATA_ROOT"
 NO_DATASET = (
     "--data.dataset: no dataset given; name one (--data.dataset oxford_pets; `dapt data check` lists them) or give "
-    "a dataset's config (--config configs/oxfordpets.yaml)"
+    "a dataset's config (--config configs/oxfordpets.yaml); to classify your own images: dapt predict --data.images"
+)
+IMAGES_ARE_FOR_PREDICT = (
+    "--data.images: your own images are only classified (dapt predict); fit, validate and test need a dataset with "
+    "labels (--data.dataset)"
 )
 
 
@@ -48,11 +53,14 @@ def validate_num_shots(num_shots: Any) -> int:
 class FewShotDataModule(L.LightningDataModule):
     """Few-shot CoOp/Dassl data for one dataset.
 
+    With ``images`` instead of a dataset, ``predict`` classifies a user's own files (no labels, no splits).
+
     Nothing is read when it is built: ``prepare_data`` writes what a dataset can make itself (the synthetic demo
     data), ``setup`` reads the splits and draws the few-shot sets (``classnames`` does too, when asked first).
 
     Args:
-        dataset: registered dataset name (``dapt data check`` lists them), e.g. ``oxford_pets``; required.
+        dataset: registered dataset name (``dapt data check`` lists them), e.g. ``oxford_pets``; required, unless
+            ``images`` are given.
         root: folder holding every dataset's folder; default ``$DAPT_DATA_ROOT`` or ``./data``.
         num_shots: training images per class (-1: all). The few-shot val set takes ``min(num_shots, 4)``.
         seed: few-shot sampling seed; None takes ``seed_everything``'s value (the CLI links it), else 1.
@@ -70,6 +78,8 @@ class FewShotDataModule(L.LightningDataModule):
         dataset_options: extra keyword arguments for the dataset reader (e.g. the ``custom`` dataset's path).
         hold_out_test: keep no test split at all, so that nothing in the run can read a test image (``dapt tune``'s
             trials, which are scored on the few-shot validation split).
+        images: image files, folders and globs (``photos/**/*.jpg``) to classify with ``predict``, in place of the
+            dataset's test split (``data/image_files.py``); a file that cannot be decoded is reported and skipped.
     """
 
     def __init__(
@@ -91,13 +101,16 @@ class FewShotDataModule(L.LightningDataModule):
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
         dataset_options: dict[str, Any] | None = None,
         hold_out_test: bool = False,
+        images: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if dataset is None:
+        if dataset is None and not images:
             raise ValueError(NO_DATASET)
-        self.record = get_dataset(dataset)
-        self.dataset_name = dataset
+        self.images = images or None
+        self._image_paths: list[str] | None = None
+        self.record = get_dataset(dataset) if dataset is not None else None
+        self.dataset_name = dataset or "images"
         self.root = resolve_data_root(root)
         self.hparams["root"] = str(self.root)  # recorded absolute: the checkpoint says where the data was
         self.num_shots = validate_num_shots(num_shots)
@@ -132,12 +145,16 @@ class FewShotDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Write what the dataset makes itself (the synthetic demo data); once per node, before any split is read."""
-        if self.record.prepare is not None:
+        if self.record is not None and self.record.prepare is not None:
             self.record.prepare(self.root, **self.dataset_options)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the dataset's splits and draw the few-shot sets (once)."""
         if self._splits is not None:
+            return
+        if self.record is None:
+            if stage not in (None, "predict"):
+                raise ValueError(IMAGES_ARE_FOR_PREDICT)
             return
         full = self.record.reader(self.root, **self.dataset_options)
         splits = subsample_classes(fewshot_splits(full, self.num_shots, self.seed), self.hparams.subsample)
@@ -149,6 +166,8 @@ class FewShotDataModule(L.LightningDataModule):
     @property
     def splits(self) -> DatasetSplits:
         """The few-shot splits (read on first use when ``setup`` has not run: outside a Trainer)."""
+        if self.record is None:
+            raise ValueError(IMAGES_ARE_FOR_PREDICT)
         if self._splits is None:
             self.prepare_data()
             self.setup()
@@ -184,13 +203,22 @@ class FewShotDataModule(L.LightningDataModule):
 
     @property
     def classnames(self) -> list[str]:
-        """Class names indexed by label (the model takes them from here)."""
-        return list(self.splits.classnames)
+        """Class names indexed by label (the model takes them from here); none for a user's own images."""
+        return list(self.splits.classnames) if self.record is not None else []
 
     @property
-    def template(self) -> str:
-        """The dataset's hand-crafted zero-shot prompt (CoOp's; ``{}`` is the class name)."""
-        return self.record.template
+    def template(self) -> str | None:
+        """The dataset's hand-crafted zero-shot prompt (CoOp's; ``{}`` is the class name); None for own images."""
+        return self.record.template if self.record is not None else None
+
+    @property
+    def predict_paths(self) -> list[str]:
+        """The files ``predict`` classifies, by index: the ``images`` given, else the test split's."""
+        if self.images is not None:
+            if self._image_paths is None:
+                self._image_paths = expand_images(self.images)
+            return self._image_paths
+        return [item.impath for item in self.splits.test]
 
     def dataset(self, split: str, transform: TransformName | None = None) -> ImageListDataset:
         """The ``train``/``val``/``test`` images with the ``train`` or ``test`` transform (default by split)."""
@@ -251,4 +279,10 @@ class FewShotDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if self.images is None:
+            return self.test_dataloader()
+        rank, world = self._rank_and_world()
+        preprocessing = self.preprocessing
+        paths = self.predict_paths
+        dataset = ImageFilesDataset(paths, build_transform("test", preprocessing), preprocessing.size)
+        return self._loader(dataset, ShardSampler(len(dataset), rank, world), self.test_batch_size)

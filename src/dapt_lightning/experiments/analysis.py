@@ -7,6 +7,8 @@ embedding-plot callback draws the same figures).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,10 @@ __all__ = [
     "image_features",
     "load_checkpoint",
     "nearest_words",
+    "notebook_folder",
     "plot_embedding_pair",
+    "resolve_path",
+    "show_predictions",
     "subset",
     "tsne",
     "tuned_text_features",
@@ -34,8 +39,50 @@ __all__ = [
 ]
 
 
+NOTEBOOK = "explore_checkpoint.ipynb"
+
+
+def notebook_folder() -> Path:
+    """The folder of the running notebook: Jupyter's (``$JPY_SESSION_NAME``), else the ``notebooks/`` folder holding
+    it in the working directory or above (papermill run from the repository), else the working directory."""
+    session = os.environ.get("JPY_SESSION_NAME")
+    if session and Path(session).parent.is_dir():
+        return Path(session).parent.resolve()
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / NOTEBOOK).is_file():
+            return folder
+        if (folder / "notebooks" / NOTEBOOK).is_file():
+            return folder / "notebooks"
+    return Path.cwd()
+
+
+def resolve_path(value: str | Path, parameter: str) -> Path:
+    """A notebook parameter's file: as given when absolute; a relative path is looked for in the working directory,
+    then in the notebook's folder (:func:`notebook_folder`).
+
+    Raises:
+        FileNotFoundError: in neither place; the message names both.
+    """
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        if not path.exists():
+            raise FileNotFoundError(f"{parameter}: {path} does not exist")
+        return path
+    places = list(dict.fromkeys([Path.cwd(), notebook_folder()]))
+    for base in places:
+        if (base / path).exists():
+            return (base / path).resolve()
+    raise FileNotFoundError(
+        f"{parameter}: {value} is in neither {' nor '.join(str(p) for p in places)} (relative paths are looked for "
+        "in the working directory, then in the notebook's folder); give an absolute path"
+    )
+
+
 def load_checkpoint(
-    path: str | Path, data_overrides: dict[str, Any] | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    data_overrides: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    weights: str | Path | None = None,
 ) -> tuple[CLIPMethod, FewShotDataModule]:
     """Rebuild a trained module (CLIP from its identity + the stored prompts) and its DataModule.
 
@@ -44,6 +91,7 @@ def load_checkpoint(
         data_overrides: DataModule settings to change (e.g. ``{"root": "/data", "num_workers": 0}``, or another
             ``dataset`` for cross-dataset evaluation; the prompts then transfer, the prototypes do not).
         device: where the module goes.
+        weights: the CLIP weights file the checkpoint was trained on, where it is now (None: where it recorded).
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (set DAPT_CKPT or the notebook's ckpt_path)")
@@ -54,7 +102,10 @@ def load_checkpoint(
     }
     data_args.update(data_overrides or {})
     datamodule = FewShotDataModule(**data_args)
-    module = CLIPMethod.load_from_checkpoint(str(path), map_location="cpu", classnames=datamodule.classnames)
+    settings = {"pretrained": str(weights)} if weights is not None else {}
+    module = CLIPMethod.load_from_checkpoint(
+        str(path), map_location="cpu", classnames=datamodule.classnames, **settings
+    )
     datamodule.follow(module)  # as under a Trainer: the data takes the model's CLIP preprocessing
     module.eval().to(device)
     return module, datamodule
@@ -128,3 +179,20 @@ def visual_prompt_norms(module: CLIPMethod) -> torch.Tensor:
     if prompt is None:
         return torch.zeros(0)
     return prompt.vis_ctx.detach().float().norm(dim=-1).cpu()
+
+
+def show_predictions(images: Sequence[str | Path], top: Sequence[Sequence[tuple[str, float]]], columns: int = 3) -> Any:
+    """A figure of ``images``, each titled with its top classes and probabilities (``Predictions.top(3)``)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = (len(images) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, classes in zip(axes.flat, images, top, strict=False):
+        with Image.open(image) as opened:
+            ax.imshow(opened.convert("RGB"))
+        ax.set_title("\n".join(f"{name} {100 * p:.1f}%" for name, p in classes), fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -11,7 +11,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from dapt_lightning.arguments import UsageError
 from dapt_lightning.checkpoint import load_checkpoint_file
-from dapt_lightning.data.datamodule import NO_DATASET
+from dapt_lightning.data.datamodule import IMAGES_ARE_FOR_PREDICT, NO_DATASET
+from dapt_lightning.data.image_files import expand_images
 from dapt_lightning.methods import CLIPMethod, PromptTuning, method_class
 from dapt_lightning.methods.compatibility import method_refusal
 from dapt_lightning.schedule import official_max_epochs
@@ -33,8 +34,17 @@ def method_settings(config: Any) -> Any:
     return config.model.init_args
 
 
-def check_dataset_given(config: Any) -> None:
-    """Refuse a run without a dataset before anything is named after it (``--data.dataset`` has no default)."""
+def check_dataset_given(config: Any, subcommand: str | None) -> None:
+    """Refuse a run without a dataset before anything is named after it (``--data.dataset`` has no default), and
+    a user's own images anywhere but ``predict``; images named that are not there are refused here too."""
+    if config.data.get("images"):
+        if subcommand not in (None, "predict"):
+            raise UsageError(IMAGES_ARE_FOR_PREDICT)
+        try:
+            expand_images(config.data.images)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        return
     if not config.data.get("dataset"):
         raise UsageError(NO_DATASET)
 
@@ -45,7 +55,7 @@ def derive_protocol_settings(config: Any) -> None:
     seed = config.get("seed_everything")
     if config.data.seed is None and isinstance(seed, int) and not isinstance(seed, bool):
         config.data.seed = seed
-    if config.trainer.max_epochs is None:
+    if config.trainer.max_epochs is None and config.data.get("dataset"):
         config.trainer.max_epochs = official_max_epochs(config.data.dataset, config.data.num_shots)
 
 

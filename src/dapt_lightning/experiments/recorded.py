@@ -19,7 +19,8 @@ RECORDED_DATA = ("dataset", "num_shots", "seed", "subsample", "dataset_options")
 """The DataModule settings that say what a checkpoint was trained on, restored when testing it (and the data root,
 when it is still there)."""
 NOT_RESTORED = ("classnames",)
-"""Method settings that belong to the data being tested, not to the checkpoint."""
+"""Method settings that belong to the data being tested, not to the checkpoint (except for a user's own images,
+which have no classes of their own: they are classified into the checkpoint's)."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,10 @@ def restore(config: Any, trained: TrainedRun, explicit: set[str]) -> None:
         FileNotFoundError: the CLIP weights file the checkpoint was trained with has moved, and no
             ``--model.pretrained`` says where it is now.
     """
-    said = _config_differences(config, trained, explicit)
+    own_images = bool(config.data.get("images"))
+    said = _config_differences(config, trained, explicit, own_images)
     current = config.model.init_args
-    settings = {k: v for k, v in trained.settings.items() if k not in NOT_RESTORED}
+    settings = {k: v for k, v in trained.settings.items() if own_images or k not in NOT_RESTORED}
     if "model" not in explicit:
         accepted = init_arguments(trained.method)
         given = {k: current[k] for k in accepted if f"model.{k}" in explicit and k in current}
@@ -72,6 +74,10 @@ def restore(config: Any, trained: TrainedRun, explicit: set[str]) -> None:
             if f"model.{name}" not in explicit and name in current:
                 current[name] = value
     _check_weights_file(config.model.init_args, trained, explicit)
+    if own_images:
+        return  # no dataset is read: the images are classified into the checkpoint's classes
+    if "data.dataset" in explicit and config.data.get("dataset") != trained.data.get("dataset"):
+        return  # another dataset: the recorded data settings (root, shots, options) were the trained dataset's
     for name, value in trained.data.items():
         if f"data.{name}" not in explicit:
             config.data[name] = value
@@ -85,7 +91,7 @@ def restore(config: Any, trained: TrainedRun, explicit: set[str]) -> None:
         )
 
 
-def _config_differences(config: Any, trained: TrainedRun, explicit: set[str]) -> list[str]:
+def _config_differences(config: Any, trained: TrainedRun, explicit: set[str], own_images: bool) -> list[str]:
     """What the configuration says that the checkpoint's record replaces, for the line that says so."""
     said = []
     model = config.model
@@ -95,7 +101,8 @@ def _config_differences(config: Any, trained: TrainedRun, explicit: set[str]) ->
         recorded, configured = trained.settings.get(name), model.init_args.get(name)
         if f"model.{name}" not in explicit and recorded != configured:
             said.append(f"{name} {recorded} (the config: {configured})")
-    for name, recorded in trained.data.items():
+    other_dataset = "data.dataset" in explicit and config.data.get("dataset") != trained.data.get("dataset")
+    for name, recorded in () if own_images or other_dataset else trained.data.items():
         configured = config.data.get(name)
         if f"data.{name}" not in explicit and configured is not None and recorded != configured:
             said.append(f"{name} {recorded} (the config: {configured})")

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 
+from dapt_lightning.callbacks.predictions import PredictionWriter
 from dapt_lightning.callbacks.run_files import METRICS_FILE, metric_values, read_metrics
 from dapt_lightning.experiments.console import quiet_console
 from dapt_lightning.experiments.run_spec import RunSpec
@@ -45,6 +46,7 @@ class RunRecord:
         checkpoint: its ``last.ckpt`` (None when it has none).
         metrics: the scalars it logged last (``test/*``, ``val/*``, ``train/*``).
         record: its ``metrics.json`` (empty when it wrote none, e.g. ``predict``).
+        skipped_images: ``(file, reason)`` of the images a ``predict`` could not read (and did not classify).
         trainer, model, datamodule: the run's own objects, to look into after an in-process run.
     """
 
@@ -53,6 +55,7 @@ class RunRecord:
     checkpoint: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
+    skipped_images: tuple[tuple[str, str], ...] = ()
     trainer: L.Trainer | None = field(default=None, repr=False, compare=False)
     model: L.LightningModule | None = field(default=None, repr=False, compare=False)
     datamodule: L.LightningDataModule | None = field(default=None, repr=False, compare=False)
@@ -70,6 +73,12 @@ class RunRecord:
             checkpoint=checkpoint if checkpoint is not None and checkpoint.is_file() else None,
             metrics=metric_values(cli.trainer.callback_metrics, ("test/", "val/", "train/")),
             record=read_metrics(metrics_file) if metrics_file is not None and metrics_file.is_file() else {},
+            skipped_images=tuple(
+                item
+                for callback in cli.trainer.callbacks
+                if isinstance(callback, PredictionWriter)
+                for item in callback.skipped
+            ),
             trainer=cli.trainer,
             model=cli.model,
             datamodule=cli.datamodule,

@@ -101,6 +101,10 @@ def default_run_folder(config: Any, subcommand: str) -> Path:
     """Where a run goes without ``--run.dir``: its own folder (``fit``, zero-shot ``test``), or, for evaluating a
     checkpoint, a subfolder of the checkpoint's run folder (``<run>/test/<dataset>/``)."""
     data, options = config.data, config.run
+    ckpt_path = config.get("ckpt_path")
+    trained = run_folder_of_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+    if data.get("images"):  # a user's own images: <run>/predict/images/, or ROOT/predict/images/ without a run
+        return evaluation_folder(trained or Path(options.root), subcommand, "images")
     method = configured_method(config)
     label = options.get("label") or method.name or method.__name__.lower()
     zero_shot = issubclass(method, ZeroShotCLIP)
@@ -108,8 +112,6 @@ def default_run_folder(config: Any, subcommand: str) -> Path:
     own = run_folder(options.root, data.dataset, label, shots, data.seed, data.subsample)
     if subcommand == "fit" or (zero_shot and not config.get("ckpt_path")):
         return own
-    ckpt_path = config.get("ckpt_path")
-    trained = run_folder_of_checkpoint(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
     return evaluation_folder(trained or own, subcommand, data.dataset, data.subsample)
 
 

@@ -58,7 +58,7 @@ TRAINER_SUBCOMMANDS = {
     "fit": "train a method (then test it with --run.test_after_fit true)",
     "validate": "evaluate a checkpoint on the validation split",
     "test": "evaluate a checkpoint (or zero-shot CLIP) on the test split",
-    "predict": "predict classes for the test split with a checkpoint",
+    "predict": "classify images with a checkpoint: the test split, or your own (--data.images 'photos/**/*.jpg')",
 }
 """LightningCLI's subcommands, as ``dapt --help`` describes them."""
 
@@ -165,7 +165,7 @@ class DAPTCLI(LightningCLI):
         if self.subcommand in EVALUATION_SUBCOMMANDS and ckpt_path and Path(ckpt_path).is_file():
             self.trained = TrainedRun.of(ckpt_path)
             restore(config, self.trained, self.explicit)  # the checkpoint's method, CLIP and data, unless flags say
-        check_dataset_given(config)
+        check_dataset_given(config, self.subcommand)
         derive_protocol_settings(config)
         check_clip_serves_method(config)
         check_devices_and_precision(config)

@@ -27,6 +27,7 @@ from dapt_lightning.checkpoint import (
     prompt_only_state,
     transferable_state,
 )
+from dapt_lightning.data.classnames import read_classnames
 from dapt_lightning.methods.compatibility import method_refusal
 from dapt_lightning.methods.registry import class_path, method_reference
 from dapt_lightning.model.clip import ClipIdentity, clip_preprocessing, clip_tokenizer, load_clip
@@ -44,7 +45,9 @@ class CLIPMethod(L.LightningModule):
     """A frozen CLIP classifying images by the similarity of image and class-text features.
 
     Args:
-        classnames: class names by label; None takes the Trainer's DataModule's when the run starts.
+        classnames: class names by label (a list, ``"cat,dog"`` or a text file with one per line); None takes the
+            Trainer's DataModule's when the run starts. Given with a dataset of as many classes, they name its
+            labels in the class texts (a learned context works with any class name).
         clip_name: open_clip architecture (``ViT-B-16``; ``dapt-tiny`` for tests and the demo).
         pretrained: pretrained tag (``openai``), a local weights file, ``tiny-synthetic``, or None (random).
         quick_gelu: force QuickGELU on or off; None picks it for OpenAI weights.
@@ -67,7 +70,7 @@ class CLIPMethod(L.LightningModule):
 
     def __init__(
         self,
-        classnames: list[str] | None = None,
+        classnames: list[str] | str | None = None,
         clip_name: str = "ViT-B-16",
         pretrained: str | None = "openai",
         quick_gelu: bool | None = None,
@@ -85,7 +88,7 @@ class CLIPMethod(L.LightningModule):
         self._dataset_template: str | None = None
         self._eval_text_features: torch.Tensor | None = None
         if classnames is not None:
-            self._build(list(classnames))
+            self._build(read_classnames(classnames))
 
     # ------------------------------------------------------------------------------------------------------------
     # What a method learns: override these.
@@ -122,8 +125,8 @@ class CLIPMethod(L.LightningModule):
         classnames = getattr(datamodule, "classnames", None)
         if not classnames:
             raise ValueError(
-                f"{type(self).__name__} needs class names: give classnames=[...], or run it with a DataModule that "
-                "has them (trainer.fit(model, datamodule=...))"
+                f"{type(self).__name__} needs class names: give --model.classnames (a,b,c or a file, one per line; "
+                "classnames=[...] in Python), or run it with a DataModule that has them (--data.dataset NAME)"
             )
         self._dataset_template = getattr(datamodule, "template", None)
         self._build(list(classnames))
@@ -202,12 +205,20 @@ class CLIPMethod(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         theirs = getattr(datamodule, "classnames", None)
-        if self.model is not None and theirs and list(theirs) != self.model.classnames:
+        if self.model is None or not theirs or list(theirs) == self.model.classnames:
+            return
+        if len(theirs) != len(self.model.classnames):
             raise ValueError(
                 f"this {type(self).__name__} was built for {len(self.model.classnames)} classes, but the DataModule "
-                f"has {len(theirs)} other ones. To evaluate trained prompts on other classes, build the method "
-                "without classnames and pass the checkpoint: trainer.test(method, datamodule=..., ckpt_path=PATH)"
+                f"has {len(theirs)}. Name its classes with as many names (--model.classnames), or build the method "
+                "without classnames to take the DataModule's: trainer.test(method, datamodule=..., ckpt_path=PATH)"
             )
+        renamed = [f"{old!r} as {new!r}" for old, new in zip(theirs, self.model.classnames, strict=True) if old != new]
+        rank_zero_info(
+            f"The class texts name {len(renamed)} of the dataset's {len(theirs)} classes by the class names given: "
+            + ", ".join(renamed[:3])
+            + (", ..." if len(renamed) > 3 else "")
+        )
 
     @property
     def classnames(self) -> list[str]:
@@ -221,6 +232,30 @@ class CLIPMethod(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of images."""
         return self.model(images)[0]
+
+    @torch.no_grad()
+    def text_features_for(self, classnames: list[str]) -> torch.Tensor:
+        """L2-normalised text features ``[C, D]`` of other class names with this method's learned prompts.
+
+        A learned context that is shared by every class (CoOp's, DAPT's) works with any class name; a class-specific
+        one (``class_specific_context``) is refused with a clear error.
+        """
+        if list(classnames) == self.model.classnames:
+            return self.model.encode_text()
+        return self.retargeted(classnames).encode_text()
+
+    def retargeted(self, classnames: list[str]) -> PromptedCLIP:
+        """This method's model for other class names: the same frozen CLIP and learned class-agnostic prompts (text
+        context, visual tokens), with the class texts of ``classnames``."""
+        model = self.model
+        other = self.build_model(model.clip, list(classnames), model.text_tower.tokenizer)
+        state = {f"model.{k}": v for k, v in model.state_dict().items() if not k.startswith("clip.")}
+        kept, _ = transferable_state(state, model.classnames, list(classnames), "these prompts", fitting=False)
+        learned = {k.removeprefix("model."): v for k, v in kept.items()}
+        _, unexpected = other.load_state_dict(learned, strict=False)  # the frozen CLIP is shared, not loaded
+        if unexpected:
+            raise RuntimeError(f"{type(self).__name__}.retargeted: unexpected state {unexpected[:3]}")
+        return other.to(self.device).eval()
 
     # ------------------------------------------------------------------------------------------------------------
     # Evaluation: prompts are fixed, so the class text features are encoded once per evaluation, not per batch.
@@ -327,6 +362,12 @@ class CLIPMethod(L.LightningModule):
             raise ValueError(
                 f"{checkpoint_path} holds a {method.__name__} checkpoint, not a {cls.__name__}: load it with "
                 f"{method.__name__}.load_from_checkpoint (or CLIPMethod.load_from_checkpoint, which takes any)"
+            )
+        recorded = settings.get("pretrained")
+        if "pretrained" not in kwargs and recorded and Path(recorded).is_absolute() and not Path(recorded).is_file():
+            raise FileNotFoundError(
+                f"{checkpoint_path} was trained on the CLIP weights file {recorded}, which is not there any more: "
+                "pass its new place (pretrained=PATH)"
             )
         model = method(**{**settings, **kwargs})
         model.on_load_checkpoint(checkpoint)
