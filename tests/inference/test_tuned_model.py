@@ -4,9 +4,12 @@ test time, an ONNX export run by onnxruntime, and a real LitServe server answeri
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import os
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -70,37 +73,59 @@ def test_the_readme_python_block_classifies_the_demo_images(
     assert torch.allclose(clf.encode_images(images[:4]).norm(dim=-1), torch.ones(4), atol=1e-5)
 
 
-def test_coops_context_transfers_to_renamed_classes(demo_coop: Path, tmp_path: Path) -> None:
-    work = demo_coop.parents[3]
-    checkpoint = demo_coop / "checkpoints" / "last.ckpt"
-    trained = json.loads((demo_coop / "metrics.json").read_text())["test"]["test/acc"]
-    names = load(checkpoint, device="cpu").classnames
-    renamed = tmp_path / "renamed.txt"
-    renamed.write_text("# the demo's classes, renamed\n" + "".join(f"the {name}\n" for name in names))
+def readme_commands(heading: str) -> list[list[str]]:
+    """The ``dapt`` commands of a README section's bash blocks (continued lines joined), as argument lists."""
+    commands = []
+    for language, block in readme_blocks(heading):
+        text = block.replace("\\\n", " ")
+        commands += [
+            shlex.split(line)[1:] for line in text.splitlines() if language == "bash" and line.startswith("dapt ")
+        ]
+    return commands
 
-    result = dapt(["test", "--ckpt_path", str(checkpoint), "--model.classnames", str(renamed)], cwd=work)
+
+def predictions_of(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_readme_predict_and_test_commands_run_as_written(demo_coop: Path) -> None:
+    work = demo_coop.parents[3]
+    (own,) = readme_commands("Classify your own images")
+    subset, renamed_test = readme_commands("New class names")
+    folder = demo_coop / "predict" / "images"
+
+    # Your own images: a glob over the red classes' folders; the checkpoint's 24 classes.
+    result = dapt(own, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((demo_coop / "test" / "synthetic" / "metrics.json").read_text())
-    assert record["settings"]["model"]["init_args"]["classnames"] == str(renamed)
+    red_images = len(list(work.glob("data/synthetic/images/red_*/*.jpg")))
+    assert f"Predictions for {red_images} images: " in result.stdout + result.stderr
+    rows = predictions_of(folder / "predictions.csv")
+    assert len({row["top1"] for row in rows} - {"red circle", "red square", "red triangle", "red cross"}) <= 1
+    assert np.mean([row["top1"] == true_class(Path(row["image"])) for row in rows]) >= 0.95
+
+    # Three classes to choose from, for every image of the red circle's folder.
+    result = dapt(subset, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = predictions_of(folder / "predictions.csv")
+    assert len(rows) == len(list((work / "data/synthetic/images/red_circle").iterdir()))
+    assert {row["top3"] for row in rows} <= {"red circle", "red square", "blue circle"} and "top4" not in rows[0]
+    assert np.mean([row["top1"] == "red circle" for row in rows]) >= 0.95
+
+    # Every class renamed ("red circle" as "the red circle"): CoOp's context works with the new names.
+    names = load(demo_coop / "checkpoints" / "last.ckpt", device="cpu").classnames
+    (work / "renamed.txt").write_text("# the demo's classes, renamed\n" + "".join(f"the {name}\n" for name in names))
+    result = dapt(renamed_test, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tested = demo_coop / "test" / "synthetic"
+    record = json.loads((tested / "metrics.json").read_text())
+    assert record["settings"]["model"]["init_args"]["classnames"] == "renamed.txt"
+    trained = json.loads((demo_coop / "metrics.json").read_text())["test"]["test/acc"]
     accuracy = record["test"]["test/acc"]
     assert abs(accuracy - trained) <= 0.015, (accuracy, trained)  # the README's margin: 1.5 points
-    assert (
-        "The class texts name 24 of the dataset's 24 classes by the class names given"
-        in result.stdout + (demo_coop / "test" / "synthetic" / "run.log").read_text()
-    )
-
-    # A subset of the classes, named in another order, at predict time: each image of those classes is found.
-    chosen = ["blue cross", "red circle", "green square"]
-    folders = [work / "data" / "synthetic" / "images" / name.replace(" ", "_") for name in chosen]
-    out = tmp_path / "subset"
-    images = "[" + ", ".join(str(folder) for folder in folders) + "]"
-    args = ["predict", "--ckpt_path", str(checkpoint), "--data.images", images, "--model.classnames", ",".join(chosen)]
-    result = dapt([*args, "--run.dir", str(out)], cwd=work)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = (out / "predictions.csv").read_text().splitlines()[1:]
-    hits = [row.split(",")[3] == true_class(Path(row.split(",")[0])) for row in rows]
-    assert len(rows) == sum(len([p for p in f.iterdir() if p.suffix in (".jpg", ".png")]) for f in folders)
-    assert np.mean(hits) >= 0.98
+    assert (100 * trained, 100 * accuracy) == (pytest.approx(98.4, abs=0.05), pytest.approx(98.6, abs=0.05))
+    log = (tested / "run.log").read_text()
+    assert "The class texts name 24 of the dataset's 24 classes by the class names given" in log
 
 
 def test_the_onnx_export_gives_pytorchs_logits(demo_coop: Path, tmp_path: Path) -> None:
@@ -191,13 +216,17 @@ def multipart(name: str, data: bytes) -> tuple[bytes, str]:
 
 def test_the_server_answers_concurrent_requests_and_keeps_serving(demo_coop: Path, tmp_path: Path) -> None:
     checkpoint = demo_coop / "checkpoints" / "last.ckpt"
+    work = demo_coop.parents[3]
+    # The README's two commands, on a free port rather than 8000 (which another program may hold).
+    ((_, block),) = readme_blocks("Serve over HTTP")
+    serve, curl = (shlex.split(line) for line in block.splitlines())
+    assert serve == ["dapt", "serve", "--ckpt_path", "runs/demo/seed1/coop/checkpoints/last.ckpt", "--port", "8000"]
     port = free_port()
-    command = [sys.executable, "-m", "dapt_lightning.cli", "serve", "--ckpt_path", str(checkpoint)]
-    command += ["--port", str(port), "--accelerator", "cpu", "--max_batch_size", "8", "--batch_timeout", "0.05"]
+    command = [sys.executable, "-m", "dapt_lightning.cli", *serve[1:-1], str(port)]
+    command += ["--max_batch_size", "8", "--batch_timeout", "0.05"]
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below, after the server
-    server = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -243,6 +272,9 @@ def test_the_server_answers_concurrent_requests_and_keeps_serving(demo_coop: Pat
 
         status, body = post(f"{base}/predict", images[1].read_bytes(), "image/jpeg")  # still serving
         assert status == 200 and body["label"] == true_class(images[1])
+        if shutil.which("curl"):  # the README's curl command
+            answer = subprocess.run([arg.replace(":8000", f":{port}") for arg in curl], cwd=work, capture_output=True)
+            assert json.loads(answer.stdout)["label"] == "red circle"
     finally:
         server.terminate()
         try:
