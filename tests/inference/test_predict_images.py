@@ -87,3 +87,19 @@ def test_a_glob_that_finds_nothing_is_one_line_before_any_folder(tiny_checkpoint
     assert status == 2 and not out.exists()
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"dapt: error: --data.images: no image file found in {pattern} (a folder is searched")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "--ckpt_path", "nowhere/last.ckpt"], "--ckpt_path: checkpoint nowhere/last.ckpt does not exist"),
+        (["export", "--ckpt_path", "x.ckpt", "--format", "tflite"], 'Parser key "format"'),
+        (["serve", "--ckpt_path", "nowhere/last.ckpt"], "--ckpt_path: checkpoint nowhere/last.ckpt does not exist"),
+        (["serve", "--ckpt_path", "x.ckpt", "--port", "70000"], "--port must be between 1 and 65535, got 70000"),
+        (["serve", "--ckpt_path", "x.ckpt", "--top_k", "0"], "--top_k must be >= 1, got 0"),
+    ],
+)
+def test_export_and_serve_refuse_bad_settings_in_one_line(args: list[str], message: str, capsys) -> None:
+    assert dapt(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("dapt: error: ") and message in line

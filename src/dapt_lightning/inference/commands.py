@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from dapt_lightning.arguments import UsageError, command_parser, parse
 from dapt_lightning.inference.export import FORMATS
@@ -25,7 +26,7 @@ def export_main(argv: list[str]) -> int:
         "once and stored in it; its metadata records the preprocessing and the class names.",
     )
     parser.add_argument("--ckpt_path", type=str, required=True, help="the trained checkpoint (.ckpt)")
-    parser.add_argument("--format", type=str, default="onnx", choices=FORMATS, help="the graph format")
+    parser.add_argument("--format", type=Literal[FORMATS], default="onnx", help="the graph format")
     parser.add_argument("--output", type=str | None, default=None, help="default: the checkpoint's path, .onnx")
     parser.add_argument("--classnames", type=str | None, default=None, help=CLASSNAMES_HELP)
     parser.add_argument("--pretrained", type=str | None, default=None, help=PRETRAINED_HELP)
@@ -58,7 +59,7 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--top_k", type=int, default=5, help="classes per answer")
     parser.add_argument("--classnames", type=str | None, default=None, help=CLASSNAMES_HELP)
     parser.add_argument("--pretrained", type=str | None, default=None, help=PRETRAINED_HELP)
-    parser.add_argument("--accelerator", type=str, default="auto", choices=["auto", "cpu", "cuda"], help="device")
+    parser.add_argument("--accelerator", type=Literal["auto", "cpu", "cuda"], default="auto", help="device")
     parser.add_argument("--workers", type=int, default=1, help="model workers (each holds the model)")
     parser.add_argument("--max_batch_size", type=int, default=16, help="requests classified in one forward pass")
     parser.add_argument("--batch_timeout", type=float, default=0.01, help="seconds to wait to fill a batch")
