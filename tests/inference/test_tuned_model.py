@@ -4,12 +4,14 @@ test time, an ONNX export run by onnxruntime, and a real LitServe server answeri
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -226,7 +228,7 @@ def test_the_server_answers_concurrent_requests_and_keeps_serving(demo_coop: Pat
     command += ["--max_batch_size", "8", "--batch_timeout", "0.05"]
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below, after the server
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -276,9 +278,23 @@ def test_the_server_answers_concurrent_requests_and_keeps_serving(demo_coop: Pat
             answer = subprocess.run([arg.replace(":8000", f":{port}") for arg in curl], cwd=work, capture_output=True)
             assert json.loads(answer.stdout)["label"] == "red circle"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.terminate()  # SIGTERM stops it as Ctrl-C does, with its API and model worker processes
+        left = process_group_left(server, timeout=60)
         log.close()
+    assert not left, "the server's processes outlived it"
+    assert "Server stopped." in (tmp_path / "server.log").read_text()
+
+
+def process_group_left(process: subprocess.Popen, timeout: float) -> bool:
+    """Wait for every process of ``process``'s group (its session) to end; kill what is left after ``timeout``."""
+    deadline = time.time() + timeout
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    while time.time() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    return True

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dapt_lightning.arguments import UsageError, command_parser, parse
 from dapt_lightning.inference.export import FORMATS
@@ -78,5 +82,27 @@ def serve_main(argv: list[str]) -> int:
     )
     server = build_server(api, args.accelerator, args.workers, args.timeout)
     print(f"Serving {checkpoint} on http://{args.host}:{args.port}{api.api_path} (GET /health; Ctrl-C stops)")
-    server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
+    with stopped_by_sigterm():
+        server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
+    print("Server stopped.")
     return 0
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill``, a container stop) shuts the server down as Ctrl-C does: LitServe then stops its API and
+    model worker processes instead of leaving them running without a parent."""
+    main = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != main:  # a worker process that inherited the handler: the default, ending it
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

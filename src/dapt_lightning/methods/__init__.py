@@ -5,13 +5,14 @@ from dapt_lightning.methods.base import CLIPMethod
 from dapt_lightning.methods.coop import CoOp
 from dapt_lightning.methods.coop_vpt import CoOpVPT
 from dapt_lightning.methods.dapt import DAPT
+from dapt_lightning.methods.kgcoop import KgCoOp
 from dapt_lightning.methods.registry import list_methods, method_class, register_method, registered_methods
 from dapt_lightning.methods.tuning import PromptTuning
 from dapt_lightning.methods.vpt import VPT
 from dapt_lightning.methods.zeroshot import ZeroShotCLIP
 
 # The order of result tables and listings; a user's method registers itself with @register_method.
-for _method in (ZeroShotCLIP, CoOp, VPT, CoOpVPT, DAPT):
+for _method in (ZeroShotCLIP, CoOp, KgCoOp, VPT, CoOpVPT, DAPT):
     register_method(_method)
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "CLIPMethod",
     "CoOp",
     "CoOpVPT",
+    "KgCoOp",
     "PromptTuning",
     "ZeroShotCLIP",
     "list_methods",
