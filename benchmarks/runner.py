@@ -84,9 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: min(8, CPUs - 1))")
     parser.add_argument(
         "--onnx",
-        choices=["on", "off"],
+        choices=["on", "off", "only"],
         default="on",
-        help="time a tuned model's exported image -> logits graph, eager PyTorch vs onnxruntime (CPU only)",
+        help="time a tuned model's exported image -> logits graph, eager PyTorch vs onnxruntime (CPU only), in a "
+        "section of its own; only: nothing else",
     )
     parser.add_argument(
         "--peak-tflops",
@@ -291,6 +292,29 @@ def _command(argv: list[str] | None) -> str:
     return shlex.join(["python", "-m", "benchmarks", *shown])
 
 
+def _inference_section(
+    clip: torch.nn.Module, args: argparse.Namespace, argv: list[str] | None, load_before: float
+) -> tuple[InferenceResult, str]:
+    """Measure eager PyTorch against onnxruntime on the exported graph; print and write its own section."""
+    inference = measure_inference(clip, max(args.class_counts), args.test_batch, args.repeats)
+    body = "\n".join(
+        [
+            f"## CPU inference of a tuned model: ViT-B/16 widths, {args.depth} layers per tower",
+            "",
+            f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+            f"- Machine: {machine_description(torch.device('cpu'))}",
+            f"- Load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}",
+            f"- Command: `{_command(argv)}`",
+            *([f"- Note: {args.note}"] if args.note else []),
+            *inference_table(inference),
+        ]
+    )
+    print(body)
+    if args.output is not None:
+        write_section(args.output, "cpu-inference", body)
+    return inference, body
+
+
 def main(argv: list[str] | None = None) -> BenchmarkReport | None:
     """Run the benchmark, print the Markdown report, write it with ``--output`` and return what was measured."""
     args = parse_args(argv)
@@ -301,6 +325,9 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
         return None
     load_before = os.getloadavg()[0]
     clip = build_clip(args.model, args.depth, device)
+    if args.onnx == "only":
+        inference = _inference_section(clip, args, argv, load_before)
+        return BenchmarkReport([], [], {}, {}, {}, [], inference[1], inference[0])
     autocast = autocast_context(device, args.precision)
     rows: list[Row] = []
     extra: dict[int, tuple[str, dict[str, float]]] = {}
@@ -345,8 +372,7 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
 
     inference = None
     if args.onnx == "on" and device.type == "cpu":
-        inference = measure_inference(clip, max(args.class_counts), args.test_batch, args.repeats)
-        print(f"[bench] inference: {inference}", file=sys.stderr, flush=True)
+        inference = _inference_section(clip, args, argv, os.getloadavg()[0])[0]
 
     load_after = os.getloadavg()[0]
     compiled_header = f" fast, compile {args.compile} | compiled / naive |" if args.compile != "off" else ""
@@ -401,8 +427,6 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
             f"| {classes} | " + " | ".join(fmt(timed.get(name)) for name in TEXT_LAYOUTS) + " |"
             for classes, timed in layouts.items()
         ]
-    if inference is not None:
-        lines += inference_table(inference)
     if profiles:
         lines += [
             "",

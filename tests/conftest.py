@@ -30,6 +30,18 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+@pytest.fixture(autouse=True)
+def method_registry():  # noqa: ANN201 - a generator fixture
+    """A method a test registers (the README's own method, loaded from its checkpoint) is forgotten after it, so
+    that every later test sees the built-in methods only."""
+    from dapt_lightning.methods import registry
+
+    saved = dict(registry._METHODS)
+    yield
+    registry._METHODS.clear()
+    registry._METHODS.update(saved)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding a small synthetic dataset (``--data.root`` / ``FewShotDataModule(root=...)``)."""

@@ -15,7 +15,8 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"])
     assert exit_info.value.code == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "predict", "data", "sweep", "tune", "demo"] == list(SUBCOMMANDS)
+    expected = ["fit", "validate", "test", "predict", "data", "sweep", "tune", "export", "serve", "demo"]
+    assert listed == expected == list(SUBCOMMANDS)
 
 
 def test_unknown_subcommand_is_named_with_the_list(capsys: pytest.CaptureFixture[str]) -> None:

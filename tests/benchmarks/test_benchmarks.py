@@ -52,11 +52,23 @@ def test_tiny_benchmark_measures_every_path(tmp_path) -> None:
     assert eager.wall_ms > 0 and compiled.wall_ms > 0
     assert eager.operators > 100 and compiled.operators is None  # operators are counted for the eager step only
     assert any(note.startswith("3 classes: training step") for note in report.compile_notes)
+    # The exported graph, eager and in onnxruntime: both run, and give the same logits.
+    inference = report.inference
+    assert inference.classes == 5 and inference.eager > 0 and inference.onnxruntime > 0
+    assert inference.max_abs_difference < 1e-4
 
     written = output.read_text()
     assert "kept text" in written and written.count(bench.section_marker("cpu")) == 1
+    assert written.count(bench.section_marker("cpu-inference")) == 1  # the inference table: its own section
+    assert "| onnxruntime (CPUExecutionProvider) |" in written
     bench.main(argv)  # a second run replaces its section instead of appending another
     assert output.read_text().count(bench.section_marker("cpu")) == 1
+
+    # --onnx only: the inference section alone, the CPU section left as it was.
+    before = output.read_text().split(bench.section_marker("cpu-inference"))[0]
+    only = bench.main(TINY.split() + ["--onnx", "only", "--output", str(output)])
+    assert only.rows == [] and only.inference.onnxruntime > 0
+    assert output.read_text().split(bench.section_marker("cpu-inference"))[0] == before
 
 
 def test_a_failed_compile_is_reported_and_the_other_measurements_go_on(

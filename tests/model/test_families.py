@@ -175,7 +175,7 @@ def test_visual_prompt_methods_are_refused_from_the_config_in_one_line(key: str)
         message = method_refusal(method_class(name), arch.name)
         assert message is not None and "\n" not in message
         assert message.startswith(f"--model {name} needs visual prompts")
-        assert message.endswith(f"With {arch.name} use: ZeroShotCLIP, CoOp.")
+        assert message.endswith(f"With {arch.name} use: ZeroShotCLIP, CoOp, KgCoOp.")
         assert method_refusal(method_class(name), arch.name, reduced_clip(key)) is not None
     assert method_refusal(method_class("CoOp"), arch.name) is None
 
