@@ -121,3 +121,13 @@ def test_the_demo_claims_hold_on_seed_1_and_do_not_depend_on_the_thread_count(tm
     zero_shot, dapt = runs[2]["zeroshot"]["1"], runs[2]["dapt"]["1"]
     assert dapt >= zero_shot + 0.10, f"DAPT {dapt:.3f} vs zero-shot {zero_shot:.3f}"
     assert abs(runs[1]["dapt"]["1"] - dapt) <= 0.015, f"1 thread {runs[1]['dapt']['1']:.3f}, 2 threads {dapt:.3f}"
+
+
+def test_every_registered_method_has_a_demo_step_and_a_table_title() -> None:
+    from dapt_lightning.experiments.demo.command import STEPS
+    from dapt_lightning.experiments.demo.report import method_title
+    from dapt_lightning.methods import list_methods
+
+    assert set(STEPS) == set(list_methods())  # `dapt demo --methods` offers every one of them
+    titles = [method_title(name) for name in list_methods()]
+    assert titles == ["zero-shot CLIP", "CoOp", "KgCoOp", "VPT", "CoOp+VPT", "DAPT"]

@@ -27,6 +27,7 @@ SUMMARY_FILE = "summary.json"
 STEPS = {
     "zeroshot": "zero-shot CLIP (hand-crafted prompt 'a photo of a {}.') on the test set",
     "coop": "CoOp: learned text context, cross-entropy",
+    "kgcoop": "KgCoOp: learned text context, cross-entropy + closeness to the hand-crafted prompt's features",
     "vpt": "VPT: learned visual tokens, cross-entropy",
     "coop_vpt": "CoOp+VPT: both prompts, cross-entropy",
     "dapt": "DAPT: both prompts, cross-entropy + dispersion losses (prototypes first); t-SNE figures after",
@@ -124,7 +125,8 @@ def run_demo(args: DemoOptions) -> int:
     dapt_record = None
     for step, (method, seed) in enumerate(runs, start=1):
         seed_part = "" if method == "zeroshot" or len(args.seeds) == 1 else f"  (seed {seed})"
-        print(f"== {step}/{len(runs)}  {STEPS[method]}{seed_part}", flush=True)
+        what = STEPS.get(method) or method_class(method).title or method  # a method of one's own: its title
+        print(f"== {step}/{len(runs)}  {what}{seed_part}", flush=True)
         run_dir = out / method if method == "zeroshot" else out / f"seed{seed}" / method
         record = run_method(method, seed, args, run_dir)
         test = record.record["test"]

@@ -7,9 +7,12 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from dapt_lightning.experiments.demo.dispersion import Dispersion
+from dapt_lightning.methods import method_class
 
-METHOD_NAMES = {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "vpt": "VPT", "coop_vpt": "CoOp+VPT", "dapt": "DAPT"}
-"""How the tables name each ``--model.method``."""
+
+def method_title(name: str) -> str:
+    """How the tables name a method: its class's ``title`` (``zero-shot CLIP``, ``CoOp+VPT``), else its name."""
+    return method_class(name).title or name
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -35,7 +38,7 @@ def gap_rows(accuracy: Mapping[str, Mapping[int, float]], seeds: Sequence[int]) 
     for method in accuracy:
         if method != "dapt":
             gaps = [100 * (accuracy["dapt"][seed] - accuracy[method][seed]) for seed in seeds]
-            rows.append((f"DAPT - {METHOD_NAMES.get(method, method)}", gaps))
+            rows.append((f"DAPT - {method_title(method)}", gaps))
     return rows
 
 
@@ -47,7 +50,7 @@ def accuracy_table(
     ``accuracy[method][seed]`` is a fraction; the table prints percentages and gaps in points. With several seeds
     every row ends with the mean ± sample standard deviation over them.
     """
-    names = {method: METHOD_NAMES.get(method, method) for method in accuracy}
+    names = {method: method_title(method) for method in accuracy}
     if len(seeds) == 1:
         (seed,) = seeds
         zero = accuracy.get("zeroshot", {}).get(seed)
