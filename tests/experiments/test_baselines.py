@@ -33,3 +33,21 @@ def test_kgcoop_trains_from_the_pets_config_and_its_official_settings(tmp_path: 
     assert 0 <= record.record["test"]["test/acc"] <= 1
     stored = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert set(stored) == {"model.text_prompt.txt_ctx"} and stored["model.text_prompt.txt_ctx"].shape == (4, 64)
+
+
+def test_cocoop_trains_from_the_pets_config_and_its_official_settings(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_fake_dataset("oxford_pets", root)
+    configs = ["--config", str(REPO / "configs/oxfordpets.yaml"), "--config", str(REPO / "configs/methods/cocoop.yaml")]
+    run = tmp_path / "run"
+    record = run_cli(["fit", *configs, *TINY, "--data.root", str(root), "--run.dir", str(run)])
+
+    model = record.model
+    assert type(model).__name__ == "CoCoOp" and record.record["method"] == "cocoop"
+    assert (model.hparams.lr, model.hparams.text_init, record.datamodule.batch_size) == (0.002, "a photo of a", 1)
+    assert 0 <= record.record["test"]["test/acc"] <= 1
+    stored = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    meta = {f"meta_net.{name}" for name in model.meta_net.state_dict()}
+    assert set(stored) == {"model.text_prompt.txt_ctx"} | meta  # the context and the meta-net, no CLIP weights
+    initial = model.model.text_tower.embed_tokens(model.model.text_tower.tokenize(["a photo of a"]))[0, 1:5]
+    assert not torch.allclose(stored["model.text_prompt.txt_ctx"], initial)  # it trained

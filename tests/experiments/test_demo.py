@@ -64,7 +64,7 @@ def test_options_are_checked_and_name_the_flag() -> None:
     assert options.run_args == ("--data.num_shots", "4")  # every other flag goes to each run
     for bad, message in (
         (["--seeds", "one"], "--seeds takes comma-separated values"),
-        (["--methods", "dapt,cocoop"], "--methods takes distinct comma-separated values; choose from zeroshot"),
+        (["--methods", "dapt,maple"], "--methods takes distinct comma-separated values; choose from zeroshot"),
         (["--max-epochs", "3"], "did you mean --max_epochs?"),
     ):
         with pytest.raises(UsageError, match=message):
@@ -130,4 +130,4 @@ def test_every_registered_method_has_a_demo_step_and_a_table_title() -> None:
 
     assert set(STEPS) == set(list_methods())  # `dapt demo --methods` offers every one of them
     titles = [method_title(name) for name in list_methods()]
-    assert titles == ["zero-shot CLIP", "CoOp", "KgCoOp", "VPT", "CoOp+VPT", "DAPT"]
+    assert titles == ["zero-shot CLIP", "CoOp", "CoCoOp", "KgCoOp", "VPT", "CoOp+VPT", "DAPT"]

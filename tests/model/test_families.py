@@ -98,7 +98,7 @@ def test_families_take_visual_prompts_as_stated(key: str) -> None:
     methods = [method.name for method in usable_methods(reduced_clip(key))]
     text_only = [name for name in list_methods() if not method_class(name).uses_visual_prompts]
     expected = list_methods() if key in TAKES_VISUAL_PROMPTS else text_only
-    assert {"zeroshot", "coop", "kgcoop"} <= set(text_only)
+    assert {"zeroshot", "coop", "cocoop", "kgcoop"} <= set(text_only)
     assert methods == expected
 
 
@@ -175,7 +175,7 @@ def test_visual_prompt_methods_are_refused_from_the_config_in_one_line(key: str)
         message = method_refusal(method_class(name), arch.name)
         assert message is not None and "\n" not in message
         assert message.startswith(f"--model {name} needs visual prompts")
-        assert message.endswith(f"With {arch.name} use: ZeroShotCLIP, CoOp, KgCoOp.")
+        assert message.endswith(f"With {arch.name} use: ZeroShotCLIP, CoOp, CoCoOp, KgCoOp.")
         assert method_refusal(method_class(name), arch.name, reduced_clip(key)) is not None
     assert method_refusal(method_class("CoOp"), arch.name) is None
 

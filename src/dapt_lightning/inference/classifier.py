@@ -108,7 +108,7 @@ class Classifier:
         self.classnames = read_classnames(classnames, "classnames") if classnames is not None else method.classnames
         self.preprocessing = ImagePreprocessing(**(method.image_preprocessing or {"size": method.image_size}))
         self.transform = build_transform("test", self.preprocessing)
-        self._text_features: dict[tuple[str, ...], torch.Tensor] = {}
+        self._targets: dict[tuple[str, ...], tuple[PromptedCLIP, torch.Tensor]] = {}
 
     def __repr__(self) -> str:
         return f"Classifier({type(self.method).__name__}, {len(self.classnames)} classes, device={self.device})"
@@ -116,10 +116,16 @@ class Classifier:
     @torch.no_grad()
     def encode_texts(self, classnames: Sequence[str] | str | None = None) -> torch.Tensor:
         """L2-normalised text features ``[C, D]`` of the classes with the learned prompts (on the model's device)."""
+        return self._target(classnames)[1]
+
+    def _target(self, classnames: Sequence[str] | str | None) -> tuple[PromptedCLIP, torch.Tensor]:
+        """The model for these classes (the method's own, or one for other class names) and its text features."""
         names = tuple(self.classnames_for(classnames))
-        if names not in self._text_features:
-            self._text_features[names] = self.method.text_features_for(list(names)).float()
-        return self._text_features[names]
+        if names not in self._targets:
+            own = list(names) == self.method.classnames
+            model = self.method.model if own else self.method.retargeted(list(names))
+            self._targets[names] = (model, model.encode_text().float())
+        return self._targets[names]
 
     @torch.no_grad()
     def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None) -> torch.Tensor:
@@ -129,8 +135,8 @@ class Classifier:
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor, classnames: Sequence[str] | str | None = None) -> torch.Tensor:
         """Class logits ``[B, C]`` of preprocessed images ``[B, 3, H, W]`` (:attr:`transform`'s output)."""
-        text = self.encode_texts(classnames)
-        return self.method.model.logit_scale * self._image_features(pixels.to(self.device)) @ text.t()
+        model, text = self._target(classnames)
+        return self.method.forward_features(pixels.to(self.device), text, model)[0]
 
     @torch.no_grad()
     def predict(
@@ -154,8 +160,18 @@ class Classifier:
         return Predictions(list(names), torch.cat(probabilities))
 
     def graph(self, classnames: Sequence[str] | str | None = None) -> ImageToLogits:
-        """The images -> logits module for these classes (text features computed once, stored in it)."""
-        return ImageToLogits(self.method.model, self.encode_texts(classnames)).eval()
+        """The images -> logits module for these classes (text features computed once, stored in it).
+
+        Raises:
+            ValueError: the method's class texts depend on each image (CoCoOp): no fixed text features exist.
+        """
+        if self.method.conditions_text_on_image:
+            raise ValueError(
+                f"{type(self.method).__name__} encodes the class texts anew for every image, so no graph with fixed "
+                "text features gives its logits; use it from Python or `dapt serve`, which run its text tower"
+            )
+        model, text = self._target(classnames)
+        return ImageToLogits(model, text).eval()
 
     def classnames_for(self, classnames: Sequence[str] | str | None) -> list[str]:
         """``classnames`` read as :func:`read_classnames` reads them; None: the classifier's."""

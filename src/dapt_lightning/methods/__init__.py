@@ -2,6 +2,7 @@
 ``model: {class_path: ..., init_args: ...}``, or subclass one (``README.md``, "Add a method")."""
 
 from dapt_lightning.methods.base import CLIPMethod
+from dapt_lightning.methods.cocoop import CoCoOp
 from dapt_lightning.methods.coop import CoOp
 from dapt_lightning.methods.coop_vpt import CoOpVPT
 from dapt_lightning.methods.dapt import DAPT
@@ -12,13 +13,14 @@ from dapt_lightning.methods.vpt import VPT
 from dapt_lightning.methods.zeroshot import ZeroShotCLIP
 
 # The order of result tables and listings; a user's method registers itself with @register_method.
-for _method in (ZeroShotCLIP, CoOp, KgCoOp, VPT, CoOpVPT, DAPT):
+for _method in (ZeroShotCLIP, CoOp, CoCoOp, KgCoOp, VPT, CoOpVPT, DAPT):
     register_method(_method)
 
 __all__ = [
     "DAPT",
     "VPT",
     "CLIPMethod",
+    "CoCoOp",
     "CoOp",
     "CoOpVPT",
     "KgCoOp",

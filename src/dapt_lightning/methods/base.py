@@ -64,6 +64,8 @@ class CLIPMethod(L.LightningModule):
     """How tables and reports print the method (``DAPT``)."""
     uses_text_prompts: ClassVar[bool] = False
     """Whether the class texts carry a learned context (the ablation table's "text prompts")."""
+    conditions_text_on_image: ClassVar[bool] = False
+    """Whether the class texts are encoded anew for each image (CoCoOp): no fixed class text features exist."""
     uses_visual_prompts: ClassVar[bool] = False
     """Whether :meth:`visual_prompt` gives tokens: the image tower must take them (``methods/compatibility.py``
     refuses towers that cannot, before anything is built)."""
@@ -231,7 +233,20 @@ class CLIPMethod(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of images."""
-        return self.model(images)[0]
+        return self.forward_features(images)[0]
+
+    def forward_features(
+        self, images: torch.Tensor, text_features: torch.Tensor | None = None, model: PromptedCLIP | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, image_features, text_features)`` of a batch; cached class ``text_features`` skip the text
+        tower. A method whose class texts depend on each image (CoCoOp) overrides this.
+
+        Args:
+            images: the batch.
+            text_features: the class text features, when they are fixed and already encoded.
+            model: the model to run (another class list's, :meth:`retargeted`); None: this method's.
+        """
+        return (model or self.model)(images, text_features=text_features)
 
     @torch.no_grad()
     def text_features_for(self, classnames: list[str]) -> torch.Tensor:
@@ -269,7 +284,7 @@ class CLIPMethod(L.LightningModule):
 
     def _evaluate(self, batch: Batch, metrics: MetricCollection) -> dict[str, torch.Tensor]:
         images, labels, _ = batch
-        logits, image_features, _ = self.model(images, text_features=self._eval_text_features)
+        logits, image_features, _ = self.forward_features(images, self._eval_text_features)
         metrics.update(logits, labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=labels.shape[0])
         # Returned for callbacks (per-class accuracy, dispersion measures), so they need no second forward pass.
@@ -306,7 +321,7 @@ class CLIPMethod(L.LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
-        logits, _, _ = self.model(images, text_features=self._eval_text_features)
+        logits, _, _ = self.forward_features(images, self._eval_text_features)
         return {"index": indices, "label": labels, "prediction": logits.argmax(-1), "probabilities": logits.softmax(-1)}
 
     # ------------------------------------------------------------------------------------------------------------

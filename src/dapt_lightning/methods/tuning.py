@@ -51,7 +51,7 @@ class PromptTuning(CLIPMethod):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, labels, _ = batch
-        logits, image_features, text_features = self.model(images)
+        logits, image_features, text_features = self.forward_features(images)
         terms = self.loss(logits, labels, image_features, text_features)
         if self._non_finite is None:
             names = [name for name in terms if name != "total"] + ["total"]  # a term is named before the sum

@@ -27,6 +27,7 @@ SUMMARY_FILE = "summary.json"
 STEPS = {
     "zeroshot": "zero-shot CLIP (hand-crafted prompt 'a photo of a {}.') on the test set",
     "coop": "CoOp: learned text context, cross-entropy",
+    "cocoop": "CoCoOp: learned text context shifted per image by a meta-net, cross-entropy",
     "kgcoop": "KgCoOp: learned text context, cross-entropy + closeness to the hand-crafted prompt's features",
     "vpt": "VPT: learned visual tokens, cross-entropy",
     "coop_vpt": "CoOp+VPT: both prompts, cross-entropy",
