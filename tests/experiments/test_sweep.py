@@ -180,7 +180,7 @@ def test_printed_commands_one_line_per_run_and_index(tmp_path: Path, capsys: pyt
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"methods": ["cocoop"]}, "method 'cocoop' is neither"),
+        ({"methods": ["maple"]}, "method 'maple' is neither"),
         ({"shots": [0]}, "'shots' must be a list of integers >= 1"),
         ({"seeds": [1, 1]}, "'seeds' lists a value twice"),
         ({"protocol": "b2n"}, "protocol must be 'fewshot' or 'base2new'"),
