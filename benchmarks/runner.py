@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.memory import ProbeConfig, probe_train_memory, run_probe
+from benchmarks.methods import MethodTiming, cocoop_batched_speedup, methods_table, time_methods
 from benchmarks.onnx_inference import InferenceResult, inference_table, measure_inference
 from benchmarks.profiling import StepProfile, profile_train_step
 from benchmarks.report import fmt, machine_description, ratio, write_section
@@ -83,6 +84,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: min(8, CPUs - 1))")
     parser.add_argument(
+        "--methods",
+        choices=["on", "off", "only"],
+        default="off",
+        help="time every registered method's training step and evaluation pass at the smallest class count (CPU), "
+        "in a section of its own; only: nothing else",
+    )
+    parser.add_argument(
         "--onnx",
         choices=["on", "off", "only"],
         default="on",
@@ -127,6 +135,7 @@ class BenchmarkReport:
     compile_notes: list[str]  # first-call times, or why compiling failed
     markdown: str
     inference: InferenceResult | None = None  # eager PyTorch vs onnxruntime on the exported graph
+    methods: list[MethodTiming] | None = None  # every method's training step and evaluation pass
 
     def row(self, classes: int, measurement: str) -> Row:
         """The table row of ``measurement`` at ``classes``."""
@@ -292,6 +301,32 @@ def _command(argv: list[str] | None) -> str:
     return shlex.join(["python", "-m", "benchmarks", *shown])
 
 
+def _methods_section(
+    clip: torch.nn.Module, args: argparse.Namespace, argv: list[str] | None, load_before: float
+) -> tuple[list[MethodTiming], str]:
+    """Time every registered method (and CoCoOp image by image vs batched); print and write its own section."""
+    classes = min(args.class_counts)
+    timings = time_methods(clip, classes, args.batch, args.eval_images, args.test_batch, args.repeats)
+    cocoop = cocoop_batched_speedup(clip, classes, args.batch, args.repeats)
+    body = "\n".join(
+        [
+            f"## CPU, every method: ViT-B/16 widths, {args.depth} layers per tower, precision 32",
+            "",
+            f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+            f"- Machine: {machine_description(torch.device('cpu'))}",
+            f"- Load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}",
+            f"- Command: `{_command(argv)}`",
+            f"- Medians of {args.repeats} repeats after one warm-up, the methods built on the same random CLIP.",
+            *([f"- Note: {args.note}"] if args.note else []),
+            *methods_table(timings, cocoop, classes, args.batch),
+        ]
+    )
+    print(body)
+    if args.output is not None:
+        write_section(args.output, "cpu-methods", body)
+    return timings, body
+
+
 def _inference_section(
     clip: torch.nn.Module, args: argparse.Namespace, argv: list[str] | None, load_before: float
 ) -> tuple[InferenceResult, str]:
@@ -325,6 +360,9 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
         return None
     load_before = os.getloadavg()[0]
     clip = build_clip(args.model, args.depth, device)
+    if args.methods == "only":
+        timed = _methods_section(clip, args, argv, load_before)
+        return BenchmarkReport([], [], {}, {}, {}, [], timed[1], None, timed[0])
     if args.onnx == "only":
         inference = _inference_section(clip, args, argv, load_before)
         return BenchmarkReport([], [], {}, {}, {}, [], inference[1], inference[0])
@@ -370,6 +408,10 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
             checkpoint_rows.append((label, timed["fast"] * 1e3 if mode == "auto" else None, peak))
         del model
 
+    if args.methods == "on" and device.type == "cpu":
+        methods = _methods_section(clip, args, argv, os.getloadavg()[0])[0]
+    else:
+        methods = None
     inference = None
     if args.onnx == "on" and device.type == "cpu":
         inference = _inference_section(clip, args, argv, os.getloadavg()[0])[0]
@@ -484,4 +526,4 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
     print(body)
     if args.output is not None:
         write_section(args.output, args.device, body)
-    return BenchmarkReport(rows, checkpoint_rows, extra, layouts, profiles, compile_notes, body, inference)
+    return BenchmarkReport(rows, checkpoint_rows, extra, layouts, profiles, compile_notes, body, inference, methods)

@@ -125,3 +125,18 @@ def test_memory_probe_runs_in_a_subprocess() -> None:
         model="dapt-tiny", depth=1, classes=3, batch=2, mode="auto", checkpointing=False, precision="32"
     )
     assert bench.probe_train_memory(config, device="cpu") > 0
+
+
+def test_every_method_is_timed_and_cocoops_batching_is_measured(tmp_path) -> None:
+    from dapt_lightning.methods import list_methods
+
+    output = tmp_path / "BENCHMARKS.md"
+    report = bench.main(TINY.split() + ["--methods", "only", "--output", str(output)])
+    timed = {timing.method: timing for timing in report.methods}
+    assert list(timed) == list_methods()
+    assert timed["zeroshot"].train_ms is None  # nothing to train
+    assert all(t.train_ms > 0 for name, t in timed.items() if name != "zeroshot")
+    assert all(t.eval_s > 0 for t in timed.values())
+    written = output.read_text()
+    assert written.count(bench.section_marker("cpu-methods")) == 1 and "| cocoop |" in written
+    assert "image by image (the official loop at batch 1)" in written
