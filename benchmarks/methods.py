@@ -112,6 +112,6 @@ def methods_table(timings: list[MethodTiming], cocoop: tuple[float, float], clas
     lines += [
         "",
         f"CoCoOp's training forward + backward for {batch} images: image by image (the official loop at batch 1) "
-        f"{one:.2f} s, all at once {batched:.2f} s ({one / batched:.1f}x faster).",
+        f"{one:.2f} s, all at once {batched:.2f} s (speed-up {one / batched:.2f}x).",
     ]
     return lines
