@@ -308,23 +308,10 @@ def _methods_section(
     classes = min(args.class_counts)
     timings = time_methods(clip, classes, args.batch, args.eval_images, args.test_batch, args.repeats)
     cocoop = cocoop_batched_speedup(clip, classes, args.batch, args.repeats)
-    body = "\n".join(
-        [
-            f"## CPU, every method: ViT-B/16 widths, {args.depth} layers per tower, precision 32",
-            "",
-            f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-            f"- Machine: {machine_description(torch.device('cpu'))}",
-            f"- Load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}",
-            f"- Command: `{_command(argv)}`",
-            f"- Medians of {args.repeats} repeats after one warm-up, the methods built on the same random CLIP.",
-            *([f"- Note: {args.note}"] if args.note else []),
-            *methods_table(timings, cocoop, classes, args.batch),
-        ]
-    )
-    print(body)
-    if args.output is not None:
-        write_section(args.output, "cpu-methods", body)
-    return timings, body
+    title = f"CPU, every method: ViT-B/16 widths, {args.depth} layers per tower, precision 32"
+    how = f"- Medians of {args.repeats} repeats after one warm-up, the methods built on the same random CLIP."
+    lines = [how, *methods_table(timings, cocoop, classes, args.batch)]
+    return timings, _own_section("cpu-methods", title, lines, args, argv, load_before)
 
 
 def _inference_section(
@@ -332,22 +319,31 @@ def _inference_section(
 ) -> tuple[InferenceResult, str]:
     """Measure eager PyTorch against onnxruntime on the exported graph; print and write its own section."""
     inference = measure_inference(clip, max(args.class_counts), args.test_batch, args.repeats)
+    title = f"CPU inference of a tuned model: ViT-B/16 widths, {args.depth} layers per tower"
+    return inference, _own_section("cpu-inference", title, inference_table(inference), args, argv, load_before)
+
+
+def _own_section(
+    marker: str, title: str, lines: list[str], args: argparse.Namespace, argv: list[str] | None, load_before: float
+) -> str:
+    """A CPU section with its date, machine, load and command, then ``lines``: printed, and written to
+    ``--output`` between its own markers."""
     body = "\n".join(
         [
-            f"## CPU inference of a tuned model: ViT-B/16 widths, {args.depth} layers per tower",
+            f"## {title}",
             "",
             f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
             f"- Machine: {machine_description(torch.device('cpu'))}",
             f"- Load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}",
             f"- Command: `{_command(argv)}`",
             *([f"- Note: {args.note}"] if args.note else []),
-            *inference_table(inference),
+            *lines,
         ]
     )
     print(body)
     if args.output is not None:
-        write_section(args.output, "cpu-inference", body)
-    return inference, body
+        write_section(args.output, marker, body)
+    return body
 
 
 def main(argv: list[str] | None = None) -> BenchmarkReport | None:

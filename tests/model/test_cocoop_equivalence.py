@@ -9,14 +9,11 @@ image's class texts in one call, with truncated prompts; it is built as a user b
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from prompt_steps import perturbed_tiny_clip
-from safetensors.torch import save_file
 from torch import nn
 
 from dapt_lightning.inference import Classifier
@@ -44,14 +41,6 @@ def reference(clip: nn.Module, ctx: torch.Tensor, meta: nn.Module, images: torch
         logits.append(clip.logit_scale.exp() * imf_i @ text.t())
     logits = torch.stack(logits)
     return logits, F.cross_entropy(logits, labels)
-
-
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
-    clip = perturbed_tiny_clip()
-    path = tmp_path_factory.mktemp("weights") / "perturbed-tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
-    return clip, path
 
 
 def test_cocoop_forward_loss_and_gradients_equal_the_official_computation(clip_file) -> None:

@@ -15,8 +15,6 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from prompt_steps import perturbed_tiny_clip
-from safetensors.torch import save_file
 from torch import nn
 
 from dapt_lightning.methods import KgCoOp
@@ -45,14 +43,6 @@ def reference(clip: nn.Module, ctx: torch.Tensor, images: torch.Tensor, labels: 
     score = 1.0 - torch.mean(torch.nn.CosineSimilarity(dim=1, eps=1e-07)(text, old))
     ce = F.cross_entropy(logits, labels)
     return {"text": text, "logits": logits, "ce": ce, "kg": score, "total": ce + W * score}
-
-
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
-    clip = perturbed_tiny_clip()
-    path = tmp_path_factory.mktemp("weights") / "perturbed-tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
-    return clip, path
 
 
 @pytest.mark.parametrize("text_encoding", ["full", "auto"])
