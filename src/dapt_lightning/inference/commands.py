@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from dapt_lightning.arguments import UsageError, command_parser, parse
+from dapt_lightning.arguments import ArgumentParser, UsageError, command_parser, parse
 from dapt_lightning.inference.export import FORMATS
 
 CLASSNAMES_HELP = "classes to choose from: a,b,c or a text file with one per line (default: the checkpoint's)"
@@ -22,18 +22,25 @@ def _checkpoint(path: str) -> str:
     return path
 
 
+def _checkpoint_parser(prog: str, description: str) -> ArgumentParser:
+    """A parser with the options every command on a trained checkpoint takes: the checkpoint, its classes and
+    where its CLIP weights are now."""
+    parser = command_parser(prog, description)
+    parser.add_argument("--ckpt_path", type=str, required=True, help="the trained checkpoint (.ckpt)")
+    parser.add_argument("--classnames", type=str | None, default=None, help=CLASSNAMES_HELP)
+    parser.add_argument("--pretrained", type=str | None, default=None, help=PRETRAINED_HELP)
+    return parser
+
+
 def export_main(argv: list[str]) -> int:
     """``dapt export --ckpt_path CKPT --format onnx [--output FILE]``: write the image -> logits graph."""
-    parser = command_parser(
+    parser = _checkpoint_parser(
         "dapt export",
         "Write a checkpoint as an ONNX graph: preprocessed images -> class logits, the class text features computed "
         "once and stored in it; its metadata records the preprocessing and the class names.",
     )
-    parser.add_argument("--ckpt_path", type=str, required=True, help="the trained checkpoint (.ckpt)")
     parser.add_argument("--format", type=Literal[FORMATS], default="onnx", help="the graph format")
     parser.add_argument("--output", type=str | None, default=None, help="default: the checkpoint's path, .onnx")
-    parser.add_argument("--classnames", type=str | None, default=None, help=CLASSNAMES_HELP)
-    parser.add_argument("--pretrained", type=str | None, default=None, help=PRETRAINED_HELP)
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     args = parse(parser, argv)
     from dapt_lightning.inference.classifier import load
@@ -52,17 +59,14 @@ def export_main(argv: list[str]) -> int:
 
 def serve_main(argv: list[str]) -> int:
     """``dapt serve --ckpt_path CKPT [--port 8000]``: classify images POSTed to ``/predict`` until stopped."""
-    parser = command_parser(
+    parser = _checkpoint_parser(
         "dapt serve",
         "Serve a checkpoint over HTTP with LitServe: POST an image to /predict (raw bytes, a multipart file or JSON "
         '{"image": base64}) and get JSON with its top classes; GET /health answers once the model is loaded.',
     )
-    parser.add_argument("--ckpt_path", type=str, required=True, help="the trained checkpoint (.ckpt)")
     parser.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on (0.0.0.0: every one)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--top_k", type=int, default=5, help="classes per answer")
-    parser.add_argument("--classnames", type=str | None, default=None, help=CLASSNAMES_HELP)
-    parser.add_argument("--pretrained", type=str | None, default=None, help=PRETRAINED_HELP)
     parser.add_argument("--accelerator", type=Literal["auto", "cpu", "cuda"], default="auto", help="device")
     parser.add_argument("--workers", type=int, default=1, help="model workers (each holds the model)")
     parser.add_argument("--max_batch_size", type=int, default=16, help="requests classified in one forward pass")

@@ -248,17 +248,6 @@ class CLIPMethod(L.LightningModule):
         """
         return (model or self.model)(images, text_features=text_features)
 
-    @torch.no_grad()
-    def text_features_for(self, classnames: list[str]) -> torch.Tensor:
-        """L2-normalised text features ``[C, D]`` of other class names with this method's learned prompts.
-
-        A learned context that is shared by every class (CoOp's, DAPT's) works with any class name; a class-specific
-        one (``class_specific_context``) is refused with a clear error.
-        """
-        if list(classnames) == self.model.classnames:
-            return self.model.encode_text()
-        return self.retargeted(classnames).encode_text()
-
     def retargeted(self, classnames: list[str]) -> PromptedCLIP:
         """This method's model for other class names: the same frozen CLIP and learned class-agnostic prompts (text
         context, visual tokens), with the class texts of ``classnames``."""
