@@ -41,6 +41,17 @@ def run_cli(argv: list[str]) -> RunRecord:
     return execute(RunSpec(argv[0], args=tuple(argv[1:])))
 
 
+def exit_status(argv: list[str]) -> int:
+    """The ``dapt`` console command in this process (``dapt_lightning.cli.main``); its exit status."""
+    from dapt_lightning.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
 def build(argv: list[str]) -> DAPTCLI:
     """Parse ``argv`` (no subcommand) and instantiate the method, DataModule and Trainer; nothing runs."""
     with quiet_console():

@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny import exit_status
 
-from dapt_lightning.cli import SOME_SKIPPED, main
+from dapt_lightning.cli import SOME_SKIPPED
 from dapt_lightning.inference import load
 
-
-def dapt(args: list[str]) -> int:
-    """The console command in this process; its exit status."""
-    try:
-        main(args)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
+dapt = exit_status
 
 
 def rows(path: Path) -> list[dict[str, str]]:

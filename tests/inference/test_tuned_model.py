@@ -25,10 +25,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import REPO
+from tiny import REPO, exit_status
 from tuned import demo_test_images, true_class
 
-from dapt_lightning.cli import main
 from dapt_lightning.inference import Classifier, load
 from dapt_lightning.inference.export import read_metadata
 from dapt_lightning.inference.serving import ClassifierAPI, Rejected
@@ -160,18 +159,10 @@ def test_the_onnx_export_gives_pytorchs_logits(demo_coop: Path, tmp_path: Path) 
 
     # Another class list is stored in the graph instead.
     other = tmp_path / "three.onnx"
-    code = main_status(["export", "--ckpt_path", str(checkpoint), "--output", str(other), "--classnames", "a,b,c"])
+    code = exit_status(["export", "--ckpt_path", str(checkpoint), "--output", str(other), "--classnames", "a,b,c"])
     assert code == 0 and read_metadata(other)["classnames"] == ["a", "b", "c"]
     session = onnxruntime.InferenceSession(str(other), providers=["CPUExecutionProvider"])
     assert session.run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})[0].shape == (1, 3)
-
-
-def main_status(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def test_a_batch_with_a_corrupt_image_answers_each_request(demo_coop: Path) -> None:
