@@ -9,6 +9,8 @@ import torch
 from fake_datasets import make_fake_dataset
 from tiny import REPO, run_cli
 
+from dapt_lightning.methods.tip_adapter import search_grid
+
 # ViT-B/16 on the real dataset becomes the tiny CLIP on a fake one; two epochs of the method's own settings.
 TINY = ["--model.clip_name", "dapt-tiny", "--model.pretrained", "null", "--trainer.max_epochs", "2"]
 TINY += ["--data.num_workers", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
@@ -51,3 +53,50 @@ def test_cocoop_trains_from_the_pets_config_and_its_official_settings(tmp_path: 
     assert set(stored) == {"model.text_prompt.txt_ctx"} | meta  # the context and the meta-net, no CLIP weights
     initial = model.model.text_tower.embed_tokens(model.model.text_tower.tokenize(["a photo of a"]))[0, 1:5]
     assert not torch.allclose(stored["model.text_prompt.txt_ctx"], initial)  # it trained
+
+
+def test_tip_adapter_trains_from_the_pets_config_and_searches_alpha_beta_on_validation(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_fake_dataset("oxford_pets", root)
+    method_config = REPO / "configs/methods/tip_adapter.yaml"
+    configs = ["--config", str(REPO / "configs/oxfordpets.yaml"), "--config", str(method_config)]
+    run = tmp_path / "run"
+    record = run_cli(["fit", *configs, *TINY, "--data.root", str(root), "--run.dir", str(run)])
+
+    model = record.model
+    assert type(model).__name__ == "TipAdapterF" and record.record["method"] == "tip_adapter"
+    assert (model.hparams.lr, model.hparams.eps, record.datamodule.batch_size) == (0.001, 1e-4, 256)
+    assert record.datamodule.train_crop_scale == (0.5, 1.0)
+    train_images = len(record.datamodule.splits.train)
+    assert model.cache_keys.shape == (train_images, 64) and model.cache_values.shape[0] == train_images
+    # alpha and beta are the searched values (on the official pets grid), not the training values 1.17 and 1
+    betas, alphas = search_grid(7.0, 200), search_grid(3.0, 20)
+    assert float(model.beta) in [pytest.approx(b) for b in betas] and float(model.alpha) in [
+        pytest.approx(a) for a in alphas
+    ]
+    assert 0 <= record.record["test"]["test/acc"] <= 1
+    stored = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert set(stored) == {"cache_keys", "cache_values", "alpha", "beta"}  # the cache, no CLIP weights
+    torch.testing.assert_close(stored["alpha"], model.alpha)  # the checkpoint holds the searched values
+
+    tested = run_cli(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--data.num_workers", "0"])
+    assert tested.record["test"]["test/acc"] == record.record["test"]["test/acc"]
+
+
+def test_linear_probe_fits_in_one_epoch_from_cached_features(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "data"
+    make_fake_dataset("oxford_pets", root)
+    monkeypatch.setenv("DAPT_CACHE_DIR", str(tmp_path / "cache"))
+    method_config = REPO / "configs/methods/linear_probe.yaml"
+    configs = ["--config", str(REPO / "configs/oxfordpets.yaml"), "--config", str(method_config)]
+    run = tmp_path / "run"
+    record = run_cli(["fit", *configs, *TINY, "--data.root", str(root), "--run.dir", str(run)])
+
+    model = record.model
+    assert type(model).__name__ == "LinearProbe" and record.trainer.current_epoch == 1  # one epoch, not two
+    assert model.fitted and float(model.inverse_regularisation) > 0
+    cached = sorted(p.name.split("-")[1] for p in (tmp_path / "cache" / "features").iterdir())
+    assert cached == ["train", "val"]  # what the search read; the test encodes its images through the model
+    stored = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert set(stored) == {"head.weight", "head.bias", "inverse_regularisation"}
+    assert stored["head.weight"].abs().sum() > 0

@@ -13,7 +13,7 @@ from dapt_lightning.arguments import UsageError
 from dapt_lightning.checkpoint import load_checkpoint_file
 from dapt_lightning.data.datamodule import IMAGES_ARE_FOR_PREDICT, NO_DATASET
 from dapt_lightning.data.image_files import expand_images
-from dapt_lightning.methods import CLIPMethod, PromptTuning, method_class
+from dapt_lightning.methods import CLIPMethod, TrainedMethod, method_class
 from dapt_lightning.methods.compatibility import method_refusal
 from dapt_lightning.schedule import official_max_epochs
 
@@ -73,7 +73,7 @@ def check_checkpoint_request(config: Any, subcommand: str | None) -> None:
     if ckpt_path and ckpt_path not in SPECIAL_CKPT_PATHS and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path: checkpoint {ckpt_path} does not exist; check the path")
     method = configured_method(config)
-    if subcommand in EVALUATION_SUBCOMMANDS and not ckpt_path and issubclass(method, PromptTuning):
+    if subcommand in EVALUATION_SUBCOMMANDS and not ckpt_path and issubclass(method, TrainedMethod):
         raise ValueError(
             f"`dapt {subcommand}` of --model {method.__name__} needs --ckpt_path (a trained checkpoint): untrained "
             "prompts are random. Use --model ZeroShotCLIP for zero-shot CLIP."

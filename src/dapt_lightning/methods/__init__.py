@@ -7,13 +7,15 @@ from dapt_lightning.methods.coop import CoOp
 from dapt_lightning.methods.coop_vpt import CoOpVPT
 from dapt_lightning.methods.dapt import DAPT
 from dapt_lightning.methods.kgcoop import KgCoOp
+from dapt_lightning.methods.linear_probe import LinearProbe
 from dapt_lightning.methods.registry import list_methods, method_class, register_method, registered_methods
-from dapt_lightning.methods.tuning import PromptTuning
+from dapt_lightning.methods.tip_adapter import TipAdapterF
+from dapt_lightning.methods.tuning import PromptTuning, TrainedMethod
 from dapt_lightning.methods.vpt import VPT
 from dapt_lightning.methods.zeroshot import ZeroShotCLIP
 
 # The order of result tables and listings; a user's method registers itself with @register_method.
-for _method in (ZeroShotCLIP, CoOp, CoCoOp, KgCoOp, VPT, CoOpVPT, DAPT):
+for _method in (ZeroShotCLIP, LinearProbe, CoOp, CoCoOp, KgCoOp, TipAdapterF, VPT, CoOpVPT, DAPT):
     register_method(_method)
 
 __all__ = [
@@ -24,7 +26,10 @@ __all__ = [
     "CoOp",
     "CoOpVPT",
     "KgCoOp",
+    "LinearProbe",
     "PromptTuning",
+    "TipAdapterF",
+    "TrainedMethod",
     "ZeroShotCLIP",
     "list_methods",
     "method_class",

@@ -67,6 +67,9 @@ class CLIPMethod(L.LightningModule):
     conditions_text_on_image: ClassVar[bool] = False
     """Whether the class texts are encoded anew for each image (CoCoOp): no fixed class text features exist."""
     uses_visual_prompts: ClassVar[bool] = False
+    names_new_classes: ClassVar[bool] = True
+    """Whether what it learned applies to classes it was not trained on (base-to-new, cross-dataset); False for a
+    classifier of the training classes (linear probe, Tip-Adapter's cache)."""
     """Whether :meth:`visual_prompt` gives tokens: the image tower must take them (``methods/compatibility.py``
     refuses towers that cannot, before anything is built)."""
 
@@ -251,6 +254,8 @@ class CLIPMethod(L.LightningModule):
     def retargeted(self, classnames: list[str]) -> PromptedCLIP:
         """This method's model for other class names: the same frozen CLIP and learned class-agnostic prompts (text
         context, visual tokens), with the class texts of ``classnames``."""
+        if list(classnames) != self.model.classnames:
+            self.refuse_other_classes(len(self.model.classnames))
         model = self.model
         other = self.build_model(model.clip, list(classnames), model.text_tower.tokenizer)
         state = {f"model.{k}": v for k, v in model.state_dict().items() if not k.startswith("clip.")}
@@ -260,6 +265,15 @@ class CLIPMethod(L.LightningModule):
         if unexpected:
             raise RuntimeError(f"{type(self).__name__}.retargeted: unexpected state {unexpected[:3]}")
         return other.to(self.device).eval()
+
+    def refuse_other_classes(self, trained: int) -> None:
+        """Raise, in one line, when this method cannot classify other classes than the ``trained`` ones."""
+        if not self.names_new_classes:
+            raise ValueError(
+                f"{type(self).__name__} classifies only the {trained} classes it was trained on (it learned a "
+                f"classifier of them, not prompts), so it cannot name these {len(self.model.classnames)}: evaluate it "
+                "on its training classes (no base-to-new or cross-dataset test, no renamed classes)"
+            )
 
     # ------------------------------------------------------------------------------------------------------------
     # Evaluation: prompts are fixed, so the class text features are encoded once per evaluation, not per batch.
@@ -334,6 +348,7 @@ class CLIPMethod(L.LightningModule):
         state = {k: v for k, v in checkpoint["state_dict"].items() if k in own or not k.startswith("prototypes")}
         saved_classes = checkpoint.get("classnames")
         if saved_classes is not None and list(saved_classes) != list(self.model.classnames):
+            self.refuse_other_classes(len(saved_classes))
             source = (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset", "another dataset")
             state, message = transferable_state(
                 state,

@@ -1,5 +1,6 @@
-"""What every trained method shares: the official optimiser and schedule, a training step that computes and logs
-the method's loss terms, and a stop with a clear message when a loss term becomes non-finite."""
+"""What every trained method shares (:class:`TrainedMethod`): a training step that computes and logs the method's
+loss terms, and a stop with a clear message when a loss term becomes non-finite; and the prompt methods' official
+optimiser and schedule (:class:`PromptTuning`)."""
 
 from __future__ import annotations
 
@@ -13,32 +14,12 @@ from dapt_lightning.methods.base import Batch, CLIPMethod
 from dapt_lightning.schedule import warmup_cosine
 
 
-class PromptTuning(CLIPMethod):
-    """A method that trains prompts with SGD (momentum, weight decay), a constant warm-up, then cosine annealing
-    stepped once per epoch (the official DAPT/CoOp schedule), on cross-entropy (methods add their own terms).
+class TrainedMethod(CLIPMethod):
+    """A method that learns something: a training step that computes and logs the method's loss terms (cross-entropy
+    unless it adds its own) and a stop with a clear message when a loss term becomes non-finite. Subclasses give the
+    optimiser (``configure_optimizers``) and an ``lr`` setting."""
 
-    Args:
-        lr: SGD learning rate after warm-up.
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
-        warmup_epochs: epochs at the constant ``warmup_lr`` before the cosine schedule.
-        warmup_lr: the warm-up learning rate.
-    """
-
-    def __init__(
-        self,
-        lr: float = 0.002,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        warmup_epochs: int = 1,
-        warmup_lr: float = 1e-5,
-        **kwargs: Any,
-    ) -> None:
-        for name, value in (("lr", lr), ("warmup_lr", warmup_lr)):
-            if not value > 0:
-                raise ValueError(f"--model.{name} must be > 0, got {value}")
-        if warmup_epochs < 0:
-            raise ValueError(f"--model.warmup_epochs must be >= 0, got {warmup_epochs}")
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._non_finite: NonFiniteWatch | None = None
 
@@ -88,6 +69,35 @@ class PromptTuning(CLIPMethod):
             "precision (use bf16-mixed or 32), or corrupt inputs. The last good checkpoint (last.ckpt) is kept: "
             "change the settings and resume from it with --ckpt_path."
         )
+
+
+class PromptTuning(TrainedMethod):
+    """A method that trains prompts with SGD (momentum, weight decay), a constant warm-up, then cosine annealing
+    stepped once per epoch (the official DAPT/CoOp schedule).
+
+    Args:
+        lr: SGD learning rate after warm-up.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        warmup_epochs: epochs at the constant ``warmup_lr`` before the cosine schedule.
+        warmup_lr: the warm-up learning rate.
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.002,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+        **kwargs: Any,
+    ) -> None:
+        for name, value in (("lr", lr), ("warmup_lr", warmup_lr)):
+            if not value > 0:
+                raise ValueError(f"--model.{name} must be > 0, got {value}")
+        if warmup_epochs < 0:
+            raise ValueError(f"--model.warmup_epochs must be >= 0, got {warmup_epochs}")
+        super().__init__(**kwargs)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
