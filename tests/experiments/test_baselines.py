@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from fake_datasets import make_fake_dataset
-from tiny import REPO, run_cli
+from tiny import REPO, exit_status, run_cli
 
 from dapt_lightning.methods.tip_adapter import search_grid
 
@@ -55,7 +55,9 @@ def test_cocoop_trains_from_the_pets_config_and_its_official_settings(tmp_path: 
     assert not torch.allclose(stored["model.text_prompt.txt_ctx"], initial)  # it trained
 
 
-def test_tip_adapter_trains_from_the_pets_config_and_searches_alpha_beta_on_validation(tmp_path: Path) -> None:
+def test_tip_adapter_trains_from_the_pets_config_and_searches_alpha_beta_on_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     root = tmp_path / "data"
     make_fake_dataset("oxford_pets", root)
     method_config = REPO / "configs/methods/tip_adapter.yaml"
@@ -79,8 +81,16 @@ def test_tip_adapter_trains_from_the_pets_config_and_searches_alpha_beta_on_vali
     assert set(stored) == {"cache_keys", "cache_values", "alpha", "beta"}  # the cache, no CLIP weights
     torch.testing.assert_close(stored["alpha"], model.alpha)  # the checkpoint holds the searched values
 
-    tested = run_cli(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--data.num_workers", "0"])
+    checkpoint = str(run / "checkpoints" / "last.ckpt")
+    tested = run_cli(["test", "--ckpt_path", checkpoint, "--data.num_workers", "0"])
     assert tested.record["test"]["test/acc"] == record.record["test"]["test/acc"]
+
+    # Another dataset's classes: refused in one line, before any test runs
+    make_fake_dataset("dtd", root)
+    other = ["test", "--ckpt_path", checkpoint, "--data.dataset", "dtd", "--data.root", str(root)]
+    other += ["--run.dir", str(tmp_path / "dtd"), "--data.num_workers", "0"]
+    assert exit_status(other) == 1
+    assert "TipAdapterF classifies only the" in capsys.readouterr().err
 
 
 def test_linear_probe_fits_in_one_epoch_from_cached_features(tmp_path: Path, monkeypatch) -> None:

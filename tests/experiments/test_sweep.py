@@ -190,6 +190,14 @@ def test_printed_commands_one_line_per_run_and_index(tmp_path: Path, capsys: pyt
         ({"variants": {"coop": {"method": "dapt"}}}, "shadows the method 'coop'"),
         ({"targets": {"b": {"path": "b.yaml"}}}, "targets.b must be a config path"),
         ({"epochs": 3}, "unknown key"),
+        (
+            {"protocol": "base2new", "methods": ["coop", "tip_adapter"]},
+            r"method 'tip_adapter' \(TipAdapterF\) classifies only the classes it was trained on, so protocol base2new",
+        ),
+        (
+            {"targets": {"b": "b.yaml"}, "variants": {"probe": {"method": "LinearProbe"}}, "methods": ["probe"]},
+            r"method 'probe' \(LinearProbe\) classifies only .* so 'targets' \(cross-dataset\) cannot test it",
+        ),
     ],
 )
 def test_sweep_file_errors_name_the_key(tmp_path: Path, change: dict, message: str) -> None:

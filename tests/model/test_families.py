@@ -14,7 +14,7 @@ from prompt_steps import build_prompted
 
 from dapt_lightning.data.transforms import ImagePreprocessing, build_transform
 from dapt_lightning.losses import dapt_loss
-from dapt_lightning.methods import list_methods, method_class
+from dapt_lightning.methods import PromptTuning, list_methods, method_class
 from dapt_lightning.methods.compatibility import method_refusal, usable_methods
 from dapt_lightning.model.clip import clip_preprocessing
 from dapt_lightning.model.prompted_clip import PromptedCLIP
@@ -115,9 +115,24 @@ def test_prompt_insertion_path_with_no_prompts_is_the_towers_own_forward(key: st
         assert not torch.allclose(tower(images, torch.randn(3, tower.width)), inserted, atol=1e-4)
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_every_tower_gives_the_linear_probe_and_tip_adapter_its_plain_features(key: str) -> None:
+    """Without prompts the tower is open_clip's own image encoder: what the feature cache of the linear probe and
+    Tip-Adapter stores, so both run on every family."""
+    model = reduced_clip(key)
+    tower = prompted(key, "zeroshot").image_tower
+    images = open_clip_inputs(key)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(images, None), model.visual(images), rtol=1e-5, atol=1e-6)
+    assert method_refusal(method_class("linear_probe"), ARCHITECTURES[key].name) is None
+    assert method_refusal(method_class("tip_adapter"), ARCHITECTURES[key].name) is None
+
+
 @pytest.mark.parametrize(
     ("key", "method"),
-    [(key, method) for key in KEYS for method in list_methods() if method != "zeroshot"],
+    # The methods that learn prompts; the linear probe and Tip-Adapter learn on the tower's plain output, which the
+    # tower tests above compare with open_clip's own for every family.
+    [(key, method) for key in KEYS for method in list_methods() if issubclass(method_class(method), PromptTuning)],
 )
 def test_one_training_step_of_each_method(key: str, method: str) -> None:
     supported = method_class(method) in usable_methods(reduced_clip(key))
@@ -175,7 +190,7 @@ def test_visual_prompt_methods_are_refused_from_the_config_in_one_line(key: str)
         message = method_refusal(method_class(name), arch.name)
         assert message is not None and "\n" not in message
         assert message.startswith(f"--model {name} needs visual prompts")
-        assert message.endswith(f"With {arch.name} use: ZeroShotCLIP, CoOp, CoCoOp, KgCoOp.")
+        assert message.endswith(f"With {arch.name} use: ZeroShotCLIP, LinearProbe, CoOp, CoCoOp, KgCoOp, TipAdapterF.")
         assert method_refusal(method_class(name), arch.name, reduced_clip(key)) is not None
     assert method_refusal(method_class("CoOp"), arch.name) is None
 

@@ -183,7 +183,22 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
             )
     if len(set(sweep["methods"])) != len(sweep["methods"]):
         raise ValueError(f"sweep {path}: 'methods' lists a method twice: {sweep['methods']!r}")
+    _check_new_classes(path, sweep)
     return sweep
+
+
+def _check_new_classes(path: str | Path, sweep: dict[str, Any]) -> None:
+    """Refuse a method that cannot name unseen classes in a sweep that tests it on them."""
+    tests_new_classes = "protocol base2new" if sweep["protocol"] == "base2new" else "'targets' (cross-dataset)"
+    if sweep["protocol"] != "base2new" and not sweep["targets"]:
+        return
+    for name in sweep["methods"]:
+        method = method_class(str(sweep["variants"].get(name, {}).get("method", name)))
+        if not method.names_new_classes:
+            raise ValueError(
+                f"sweep {path}: method {name!r} ({method.__name__}) classifies only the classes it was trained on, "
+                f"so {tests_new_classes} cannot test it on others; run it in a fewshot sweep without targets"
+            )
 
 
 def _is_method(name: Any) -> bool:
