@@ -144,9 +144,10 @@ class TipAdapterF(TrainedMethod):
             self.cache_values = F.one_hot(labels, len(self.classnames)).to(keys.dtype)
             self.alpha.fill_(init_alpha)
             self.beta.fill_(self.hparams.init_beta)
+        official = "" if datamodule.dataset_name in OFFICIAL_SETTINGS else " (ImageNet's: no official values here)"
         rank_zero_info(
             f"Tip-Adapter-F: a cache of {keys.shape[0]} keys ({self.hparams.augment_views} augmented views each), "
-            f"alpha {init_alpha}, beta {self.hparams.init_beta} while training"
+            f"alpha {init_alpha}, beta {self.hparams.init_beta} while training{official}"
         )
 
     def build_cache(self, datamodule: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,8 @@ A sweep file (``configs/sweeps/*.yaml``)::
     variants:                            # extra "methods": a method plus overrides (ablations); every one runs
       dapt_inter_only: {method: dapt, overrides: {model.beta_v: 0.0}}
       dapt_big_lr: {method: dapt, overrides: {model.lr: 20}, skip: "diverges (NaN) at 16 shots"}   # not run
+    method_configs:                      # a method's official settings, composed after each dataset's config
+      kgcoop: configs/methods/kgcoop.yaml   # (a variant takes its method's unless it is named here itself)
     targets:                             # fewshot only: test-only evaluations of every run's prompts
       imagenetv2: configs/imagenetv2.yaml
     overrides:                           # settings for every run, as dotted CLI keys
@@ -46,6 +48,7 @@ from dapt_lightning.methods import ZeroShotCLIP, list_methods, method_class
 from dapt_lightning.methods.registry import setting_name
 
 SWEEP_KEYS = {"runs_dir", "protocol", "datasets", "shots", "seeds", "methods", "variants", "targets", "overrides"}
+SWEEP_KEYS |= {"method_configs"}
 VARIANT_KEYS = {"method", "overrides", "skip"}
 PROTOCOLS = ("fewshot", "base2new")
 
@@ -148,6 +151,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     sweep["variants"] = sweep.get("variants") or {}
     sweep["targets"] = sweep.get("targets") or {}
     sweep["overrides"] = sweep.get("overrides") or {}
+    sweep["method_configs"] = sweep.get("method_configs") or {}
     if sweep["protocol"] not in PROTOCOLS:
         raise ValueError(f"sweep {path}: protocol must be 'fewshot' or 'base2new', got {sweep['protocol']!r}")
     if sweep["protocol"] == "base2new" and sweep["targets"]:
@@ -157,12 +161,15 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         )
     _check_list(path, sweep, "shots", 1)
     _check_list(path, sweep, "seeds", 0)
-    for key in ("datasets", "targets", "variants", "overrides"):
+    for key in ("datasets", "targets", "variants", "overrides", "method_configs"):
         if not isinstance(sweep[key], dict):
             raise ValueError(f"sweep {path}: '{key}' must be a mapping, got {sweep[key]!r}")
     for where in ("datasets", "targets"):
         for name, entry in sweep[where].items():
             _config_entry(path, f"{where}.{name}", entry)
+    for name, entry in sweep["method_configs"].items():
+        if not isinstance(entry, str):
+            raise ValueError(f"sweep {path}: method_configs.{name} must be a config path, got {entry!r}")
     variants = sweep["variants"]
     methods = ", ".join(list_methods())
     for name, variant in variants.items():
@@ -223,9 +230,12 @@ def labels(sweep: dict[str, Any]) -> list[str]:
 
 def _make_run(sweep: dict[str, Any], dataset: str, label: str, shots: int, seed: int) -> Run:
     """One run: its fit (zero-shot: its test), then the tests of its prompts (new classes, each target)."""
-    config, dataset_overrides = _config_entry("", dataset, sweep["datasets"][dataset])
+    dataset_config, dataset_overrides = _config_entry("", dataset, sweep["datasets"][dataset])
     variant = sweep["variants"].get(label, {})
     method = method_class(variant.get("method", label))
+    method_config = sweep["method_configs"].get(label) or sweep["method_configs"].get(variant.get("method"))
+    method_configs = (method_config,) if method_config else ()
+    configs = (dataset_config, *method_configs)
     base2new = sweep["protocol"] == "base2new"
     subsample = "base" if base2new else "all"
     zero_shot = issubclass(method, ZeroShotCLIP)
@@ -238,16 +248,16 @@ def _make_run(sweep: dict[str, Any], dataset: str, label: str, shots: int, seed:
     own = {**everywhere, **dataset_overrides, **variant_settings}
     run = Run(dataset, label, method.name, shots, seed, subsample)
     if zero_shot:
-        spec = RunSpec("test", configs=(config,), settings={**common, **data, "run.dir": str(folder), **own})
+        spec = RunSpec("test", configs=configs, settings={**common, **data, "run.dir": str(folder), **own})
         run.steps.append(Step(spec, folder, "test"))
     else:
         fit = {**common, **data, "run.dir": str(folder), "run.test_after_fit": True, **own, "ckpt_path": "last"}
-        run.steps.append(Step(RunSpec("fit", configs=(config,), settings=fit), folder, "fit"))
+        run.steps.append(Step(RunSpec("fit", configs=configs, settings=fit), folder, "fit"))
     prompts = {} if zero_shot else {"ckpt_path": str(last_checkpoint(folder))}
     if base2new:
         new_dir = evaluation_folder(folder, "test", dataset, "new")
         new = {**common, "data.subsample": "new", "run.dir": str(new_dir), **own, **prompts}
-        run.steps.append(Step(RunSpec("test", configs=(config,), settings=new), new_dir, "new"))
+        run.steps.append(Step(RunSpec("test", configs=configs, settings=new), new_dir, "new"))
     for target, entry in sweep["targets"].items():
         if target == dataset:
             continue  # the run's own test
@@ -257,7 +267,7 @@ def _make_run(sweep: dict[str, Any], dataset: str, label: str, shots: int, seed:
         # is named explicitly: a test of trained prompts keeps the checkpoint's own dataset unless told otherwise.
         settings = {**common, "data.dataset": _dataset_of(target_config, target), "run.dir": str(target_dir)}
         settings |= {**everywhere, **target_overrides, **variant_settings}
-        spec = RunSpec("test", configs=(target_config,), settings={**settings, **prompts})
+        spec = RunSpec("test", configs=(target_config, *method_configs), settings={**settings, **prompts})
         run.steps.append(Step(spec, target_dir, "transfer"))
     return run
 
