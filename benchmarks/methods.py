@@ -50,6 +50,7 @@ def time_methods(
 ) -> list[MethodTiming]:
     """Median training-step and evaluation-pass times of every registered method, on the CPU."""
     from dapt_lightning.methods import list_methods
+    from dapt_lightning.model.lora import detach_lora
 
     generator = torch.Generator().manual_seed(0)
     size = clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size
@@ -78,6 +79,9 @@ def time_methods(
 
         fns = {"eval": evaluate} | ({"train": step} if optimizer is not None else {})
         timed = interleaved_medians(fns, repeats, torch.device("cpu"))
+        if hasattr(method, "lora"):  # CLIP-LoRA's adapters sit on the shared CLIP's blocks: off for the next method
+            detach_lora(clip.transformer.resblocks)
+            detach_lora(clip.visual.transformer.resblocks)
         train = timed.get("train")
         timings.append(MethodTiming(name, None if train is None else train * 1e3, timed["eval"]))
     return timings

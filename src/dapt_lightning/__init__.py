@@ -20,6 +20,7 @@ from dapt_lightning.inference import Classifier, Predictions, load
 from dapt_lightning.methods import (
     DAPT,
     VPT,
+    CLIPLoRA,
     CLIPMethod,
     CoCoOp,
     CoOp,
@@ -40,6 +41,7 @@ __version__ = "0.2.0"
 __all__ = [
     "DAPT",
     "VPT",
+    "CLIPLoRA",
     "CLIPMethod",
     "Classifier",
     "CoCoOp",

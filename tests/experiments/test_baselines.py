@@ -110,3 +110,28 @@ def test_linear_probe_fits_in_one_epoch_from_cached_features(tmp_path: Path, mon
     stored = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert set(stored) == {"head.weight", "head.bias", "inverse_regularisation"}
     assert stored["head.weight"].abs().sum() > 0
+
+
+def test_clip_lora_trains_for_its_step_count_and_keeps_only_the_adapters(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_fake_dataset("oxford_pets", root)
+    configs = [
+        "--config",
+        str(REPO / "configs/oxfordpets.yaml"),
+        "--config",
+        str(REPO / "configs/methods/clip_lora.yaml"),
+    ]
+    run = tmp_path / "run"
+    quick = ["--model.iterations_per_shot", "1", "--data.num_shots", "2", "--data.batch_size", "8"]
+    record = run_cli(
+        ["fit", *configs, *TINY, "--trainer.max_epochs", "-1", *quick, "--data.root", str(root), "--run.dir", str(run)]
+    )
+
+    model = record.model
+    assert type(model).__name__ == "CLIPLoRA" and record.record["method"] == "clip_lora"
+    assert (model.hparams.rank, model.hparams.alpha, model.hparams.dropout, model.hparams.lr) == (2, 1.0, 0.25, 2e-4)
+    assert record.trainer.global_step == 2  # iterations_per_shot x shots, then it stops (no epoch limit)
+    assert 0 <= record.record["test"]["test/acc"] <= 1
+    stored = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert stored and all(key.startswith("lora.") for key in stored)  # the adapters, no CLIP weights
+    assert any(value.abs().sum() > 0 for key, value in stored.items() if key.endswith(".B"))  # B left zero: it trained

@@ -2,6 +2,7 @@
 ``model: {class_path: ..., init_args: ...}``, or subclass one (``README.md``, "Add a method")."""
 
 from dapt_lightning.methods.base import CLIPMethod
+from dapt_lightning.methods.clip_lora import CLIPLoRA
 from dapt_lightning.methods.cocoop import CoCoOp
 from dapt_lightning.methods.coop import CoOp
 from dapt_lightning.methods.coop_vpt import CoOpVPT
@@ -15,12 +16,13 @@ from dapt_lightning.methods.vpt import VPT
 from dapt_lightning.methods.zeroshot import ZeroShotCLIP
 
 # The order of result tables and listings; a user's method registers itself with @register_method.
-for _method in (ZeroShotCLIP, LinearProbe, CoOp, CoCoOp, KgCoOp, TipAdapterF, VPT, CoOpVPT, DAPT):
+for _method in (ZeroShotCLIP, LinearProbe, CoOp, CoCoOp, KgCoOp, TipAdapterF, CLIPLoRA, VPT, CoOpVPT, DAPT):
     register_method(_method)
 
 __all__ = [
     "DAPT",
     "VPT",
+    "CLIPLoRA",
     "CLIPMethod",
     "CoCoOp",
     "CoOp",

@@ -67,6 +67,9 @@ class CLIPMethod(L.LightningModule):
     conditions_text_on_image: ClassVar[bool] = False
     """Whether the class texts are encoded anew for each image (CoCoOp): no fixed class text features exist."""
     uses_visual_prompts: ClassVar[bool] = False
+    adapts_attention: ClassVar[bool] = False
+    """Whether it adapts the attention blocks' q/k/v projections (CLIP-LoRA): both towers must be open_clip's plain
+    attention blocks (``methods/compatibility.py``)."""
     names_new_classes: ClassVar[bool] = True
     """Whether what it learned applies to classes it was not trained on (base-to-new, cross-dataset); False for a
     classifier of the training classes (linear probe, Tip-Adapter's cache)."""

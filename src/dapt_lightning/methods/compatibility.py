@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from dapt_lightning.methods.registry import Method, registered_methods
+from dapt_lightning.model.blocks import unsupported_block_reason
 from dapt_lightning.model.families import (
     hugging_face_text_refusal,
     meta_model,
@@ -19,7 +20,24 @@ def usable_methods(clip: nn.Module) -> list[Method]:
     if text_tower_refusal(clip) is not None:
         return []
     visual_ok = visual_prompt_refusal(clip.visual) is None
-    return [method for method in registered_methods() if visual_ok or not method.uses_visual_prompts]
+    attention_ok = attention_adapter_refusal(clip) is None
+    return [
+        method
+        for method in registered_methods()
+        if (visual_ok or not method.uses_visual_prompts) and (attention_ok or not method.adapts_attention)
+    ]
+
+
+def attention_adapter_refusal(clip: nn.Module) -> str | None:
+    """Why LoRA on q/k/v (``model/lora.py``) cannot adapt both towers of ``clip``, or None: it needs open_clip's
+    plain attention blocks, which the lean block path computes."""
+    text = getattr(clip, "transformer", None)
+    if text is None:
+        return "the text tower is not open_clip's own transformer"
+    visual = getattr(clip.visual, "transformer", None)
+    if visual is None:
+        return f"the image tower is a {type(clip.visual).__name__}, without open_clip's attention blocks"
+    return unsupported_block_reason(text, "text") or unsupported_block_reason(visual, "image")
 
 
 def method_refusal(method: Method, clip_name: str, clip: nn.Module | None = None) -> str | None:
@@ -39,9 +57,13 @@ def method_refusal(method: Method, clip_name: str, clip: nn.Module | None = None
     text = text_tower_refusal(clip)
     if text is not None:
         return f"--model.clip_name {clip_name}: {text}; choose another CLIP."
+    usable = ", ".join(m.__name__ for m in usable_methods(clip))
     visual = visual_prompt_refusal(clip.visual)
     if method.uses_visual_prompts and visual is not None:
-        usable = ", ".join(m.__name__ for m in usable_methods(clip))
         needs = f"--model {method.__name__} needs visual prompts"
         return f"{needs}, but in {clip_name} {visual}. With {clip_name} use: {usable}."
+    attention = attention_adapter_refusal(clip) if method.adapts_attention else None
+    if attention is not None:
+        needs = f"--model {method.__name__} adapts q/k/v of every attention block"
+        return f"{needs}, but in {clip_name} {attention}. With {clip_name} use: {usable}."
     return None

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
+from dapt_lightning.model.lora import lora_of
+
 
 def unsupported_block_reason(transformer: nn.Module, tower: str = "text") -> str | None:
     """Why the blocks of ``transformer`` cannot be computed by the functions here, or None when they can."""
@@ -93,8 +95,12 @@ def linear(x: torch.Tensor, module: nn.Linear, casts: CastCache) -> torch.Tensor
 
 
 def in_projection(block: ResidualAttentionBlock, h: torch.Tensor, casts: CastCache) -> torch.Tensor:
-    """The packed q/k/v projection ``[..., 3 * width]`` of normalised tokens ``h``."""
+    """The packed q/k/v projection ``[..., 3 * width]`` of normalised tokens ``h`` (adapted, when the block has a
+    LoRA adapter: ``model/lora.py``)."""
     attn = block.attn
+    adapter = lora_of(block)
+    if adapter is not None:
+        return adapter.project(h, casts(attn.in_proj_weight), casts(attn.in_proj_bias))
     return F.linear(h, casts(attn.in_proj_weight), casts(attn.in_proj_bias))
 
 
@@ -142,6 +148,8 @@ def class_token_block_forward(
 ) -> torch.Tensor:
     """The output ``[batch, width]`` of ``block`` at each sequence's first (class) token only, for flat tokens ``x``
     ``[batch * length, width]``: one query per sequence, attending to every token."""
+    if lora_of(block) is not None:  # the adapted projections: the whole block, then its class tokens
+        return block_forward(block, x, batch, casts).reshape(batch, -1, x.shape[-1])[:, 0]
     attn = block.attn
     width, heads = x.shape[-1], attn.num_heads
     head_dim = width // heads
