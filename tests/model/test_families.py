@@ -128,6 +128,33 @@ def test_every_tower_gives_the_linear_probe_and_tip_adapter_its_plain_features(k
     assert method_refusal(method_class("tip_adapter"), ARCHITECTURES[key].name) is None
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_clip_lora_adapts_every_family_with_plain_blocks_and_refuses_the_others(key: str) -> None:
+    arch = ARCHITECTURES[key]
+    lora = method_class("CLIPLoRA")
+    refusal = method_refusal(lora, arch.name)
+    clip = reduced_clip(key)
+    if refusal is not None:
+        assert "\n" not in refusal and refusal.startswith("--model CLIPLoRA adapts q/k/v of every attention block")
+        assert lora not in usable_methods(clip)
+        return
+    method = lora(clip_name=arch.name, pretrained=None, dropout=0.0)
+    method.model = method.build_model(clip, CLASSNAMES, tokenizer_for(key, clip))
+    method.build_state(len(CLASSNAMES), method.model.text_tower.output_dim)
+    with torch.no_grad():
+        for adapter in method.lora.modules():
+            if hasattr(adapter, "B"):
+                adapter.B.normal_(0.0, 0.1)
+    images = open_clip_inputs(key)
+    logits, _, _ = method.forward_features(images)
+    F.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    grads = [p.grad for p in method.lora.parameters()]
+    assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():  # the adapters change the image features
+        plain = F.normalize(clip.visual(images), dim=-1)
+        assert not torch.allclose(method.model.encode_image(images), plain, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("key", "method"),
     # The methods that learn prompts; the linear probe and Tip-Adapter learn on the tower's plain output, which the

@@ -103,7 +103,12 @@ class CLIPLoRA(TrainedMethod):
             self.lora.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.999)
         )
         total = self.total_steps()
-        rank_zero_info(f"CLIP-LoRA: {total} training steps ({settings.iterations_per_shot} per shot)")
+        planned = self.trainer.estimated_stepping_batches  # inf without an epoch or step limit
+        if planned < total:  # an epoch or step limit ends training first: the cosine reaches its floor there
+            rank_zero_info(f"CLIP-LoRA: {int(planned)} training steps (the Trainer's limit; {total} officially)")
+            total = int(planned)
+        else:
+            rank_zero_info(f"CLIP-LoRA: {total} training steps ({settings.iterations_per_shot} per shot)")
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=settings.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

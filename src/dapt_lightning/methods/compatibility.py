@@ -13,6 +13,7 @@ from dapt_lightning.model.families import (
     text_tower_refusal,
     visual_prompt_refusal,
 )
+from dapt_lightning.model.towers import runs_lean
 
 
 def usable_methods(clip: nn.Module) -> list[Method]:
@@ -31,13 +32,20 @@ def usable_methods(clip: nn.Module) -> list[Method]:
 def attention_adapter_refusal(clip: nn.Module) -> str | None:
     """Why LoRA on q/k/v (``model/lora.py``) cannot adapt both towers of ``clip``, or None: it needs open_clip's
     plain attention blocks, which the lean block path computes."""
-    text = getattr(clip, "transformer", None)
+    tower = getattr(clip, "text", clip)  # a CustomTextCLIP's text tower, or the CLIP itself
+    text = getattr(tower, "transformer", None)
     if text is None:
         return "the text tower is not open_clip's own transformer"
-    visual = getattr(clip.visual, "transformer", None)
-    if visual is None:
+    if getattr(tower, "attn_mask", None) is None:
+        return "the text tower is bidirectional (its blocks run as open_clip's own)"
+    reason = unsupported_block_reason(text, "text")
+    if reason is not None:
+        return reason
+    if getattr(clip.visual, "transformer", None) is None:
         return f"the image tower is a {type(clip.visual).__name__}, without open_clip's attention blocks"
-    return unsupported_block_reason(text, "text") or unsupported_block_reason(visual, "image")
+    if not runs_lean(clip.visual):
+        return "the image tower's blocks run as open_clip's own (no class-token pooling, or other blocks)"
+    return None
 
 
 def method_refusal(method: Method, clip_name: str, clip: nn.Module | None = None) -> str | None:

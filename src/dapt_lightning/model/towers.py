@@ -195,17 +195,7 @@ class ImageTower(nn.Module):
     def cls_only_last_block(self) -> bool:
         """Whether the blocks can run lean (``model/blocks.py``) and the last one for the class token alone (exact
         savings, see ``forward``); otherwise open_clip's own transformer runs."""
-        visual = self.visual
-        return (
-            self.family == "vit"
-            and unsupported_block_reason(visual.transformer, "image") is None
-            and getattr(visual.transformer, "batch_first", False)
-            and not visual.transformer.grad_checkpointing
-            and getattr(visual, "attn_pool", None) is None
-            and getattr(visual, "pool_type", None) == "tok"
-            and not getattr(visual, "final_ln_after_pool", False)
-            and not getattr(visual, "output_tokens", False)
-        )
+        return self.family == "vit" and runs_lean(self.visual)
 
     def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised image features; ``prompts`` ``[P, width]`` go after the prefix tokens.
@@ -257,3 +247,19 @@ def _insert(tokens: torch.Tensor, prompts: torch.Tensor, position: int) -> torch
 def _remove(tokens: torch.Tensor, count: int, position: int) -> torch.Tensor:
     """``tokens`` without the ``count`` tokens at ``position`` (the prompts' outputs, which no pooling reads)."""
     return torch.cat([tokens[:, :position], tokens[:, position + count :]], dim=1)
+
+
+def runs_lean(visual: nn.Module) -> bool:
+    """Whether an open_clip ``VisionTransformer`` runs in the lean block path, its last block for the class token
+    alone: plain blocks, batch-first, class-token pooling with ``ln_post`` before it, no attention pool."""
+    transformer = getattr(visual, "transformer", None)
+    return (
+        transformer is not None
+        and unsupported_block_reason(transformer, "image") is None
+        and getattr(transformer, "batch_first", False)
+        and not transformer.grad_checkpointing
+        and getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", None) == "tok"
+        and not getattr(visual, "final_ln_after_pool", False)
+        and not getattr(visual, "output_tokens", False)
+    )
