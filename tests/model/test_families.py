@@ -23,7 +23,8 @@ CLASSNAMES = ["red fox", "golden retriever", "sunflower"]
 TEMPLATE = "a photo of a {}."
 KEYS = list(ARCHITECTURES)
 # Which families take visual prompts, stated here rather than read back from the code under test.
-TAKES_VISUAL_PROMPTS = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion", "vit-l-14-clipa", "siglip"}
+TAKES_VISUAL_PROMPTS = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion", "vit-l-14-clipa", "siglip", "eva02"}
+TAKES_LORA = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion"}  # open_clip's plain blocks, causal text
 CAUSAL_TEXT = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion", "eva02", "rn50", "convnext"}
 
 
@@ -98,6 +99,8 @@ def test_families_take_visual_prompts_as_stated(key: str) -> None:
     methods = [method.name for method in usable_methods(reduced_clip(key))]
     text_only = [name for name in list_methods() if not method_class(name).uses_visual_prompts]
     expected = list_methods() if key in TAKES_VISUAL_PROMPTS else text_only
+    if key not in TAKES_LORA:
+        expected = [name for name in expected if not method_class(name).adapts_attention]
     assert {"zeroshot", "coop", "cocoop", "kgcoop"} <= set(text_only)
     assert methods == expected
 
@@ -210,7 +213,7 @@ def test_context_goes_where_the_tokenizer_puts_the_first_word() -> None:
     assert clip_layout.pool_positions.tolist() == [1 + 4 + n + 1 for n in name_lengths]
 
 
-@pytest.mark.parametrize("key", ["rn50", "convnext", "eva02"])
+@pytest.mark.parametrize("key", ["rn50", "convnext"])
 def test_visual_prompt_methods_are_refused_from_the_config_in_one_line(key: str) -> None:
     arch = ARCHITECTURES[key]
     for name in ("VPT", "CoOpVPT", "DAPT"):
@@ -220,6 +223,35 @@ def test_visual_prompt_methods_are_refused_from_the_config_in_one_line(key: str)
         assert message.endswith(f"With {arch.name} use: ZeroShotCLIP, LinearProbe, CoOp, CoCoOp, KgCoOp, TipAdapterF.")
         assert method_refusal(method_class(name), arch.name, reduced_clip(key)) is not None
     assert method_refusal(method_class("CoOp"), arch.name) is None
+
+
+def test_rotary_towers_give_prompt_tokens_the_identity_rotation() -> None:
+    """EVA-02: our path (identity rows prepended to the rotary embedding) against timm's own blocks told that the
+    prompts are prefix tokens (``num_prefix_tokens`` 1 + P: timm leaves prefix tokens unrotated)."""
+    model = reduced_clip("eva02")
+    tower = prompted("eva02", "vpt").image_tower
+    assert tower.family == "timm-rope" and tower.prompt_refusal is None
+    trunk = model.visual.trunk
+    images = open_clip_inputs("eva02")
+    prompts = torch.randn(3, tower.width, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = tower(images, prompts)
+        x, rope = trunk._pos_embed(trunk.patch_embed(images))
+        x = trunk.norm_pre(x)
+        x = torch.cat([x[:, :1], prompts.expand(len(images), -1, -1), x[:, 1:]], dim=1)
+        for block in trunk.blocks:
+            block.attn.num_prefix_tokens = 1 + len(prompts)
+            try:
+                x = block(x, rope=rope)
+            finally:
+                block.attn.num_prefix_tokens = 1
+        x = torch.cat([x[:, :1], x[:, 1 + len(prompts) :]], dim=1)
+        reference = model.visual.head(trunk.forward_head(trunk.norm(x)))
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(ours, model.visual(images), atol=1e-4)  # the prompts act
+        torch.testing.assert_close(tower(images, prompts[:0]), model.visual(images), rtol=1e-5, atol=1e-6)
+    for name in ("VPT", "DAPT"):
+        assert method_refusal(method_class(name), ARCHITECTURES["eva02"].name) is None
 
 
 def test_hugging_face_text_towers_are_refused_from_the_config() -> None:

@@ -9,8 +9,10 @@ Image towers (:data:`ImageFamily`):
 * ``vit``: open_clip's ``VisionTransformer`` (OpenAI, LAION, DataComp, CLIPA...);
 * ``timm-vit``: timm's ``VisionTransformer`` inside open_clip's ``TimmModel`` (SigLIP, ...), with or without a
   class token;
-* ``other``: convolutional towers (RN50's ``ModifiedResNet``, ConvNeXt), ViTs with rotary position embeddings
-  (EVA-02, PE) and every other timm model. These take no visual prompts: text-prompt methods only.
+* ``timm-rope``: timm's ``Eva`` with rotary position embeddings (EVA-02, PE); prompt tokens get the identity
+  rotation (no position), the patches their own;
+* ``other``: convolutional towers (RN50's ``ModifiedResNet``, ConvNeXt) and every other timm model. These take no
+  visual prompts: text-prompt methods only.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 
 from dapt_lightning.model.clip import quiet_random_init
 
-ImageFamily = Literal["vit", "timm-vit", "other"]
+ImageFamily = Literal["vit", "timm-vit", "timm-rope", "other"]
 
 
 def image_tower_family(visual: nn.Module) -> ImageFamily:
@@ -36,7 +38,16 @@ def image_tower_family(visual: nn.Module) -> ImageFamily:
 
         if isinstance(trunk, TimmVisionTransformer):
             return "timm-vit"
+        if _is_rope_eva(trunk):
+            return "timm-rope"
     return "other"
+
+
+def _is_rope_eva(trunk: nn.Module) -> bool:
+    """timm's ``Eva`` with rotary embeddings applied after its prefix tokens, one rope for every block or per block."""
+    from timm.models.eva import Eva
+
+    return isinstance(trunk, Eva) and getattr(trunk, "rope", None) is not None and hasattr(trunk, "num_prefix_tokens")
 
 
 def visual_prompt_refusal(visual: nn.Module) -> str | None:
@@ -46,9 +57,7 @@ def visual_prompt_refusal(visual: nn.Module) -> str | None:
         return None
     tower = getattr(visual, "trunk", visual)
     kind = f"timm's {type(tower).__name__}" if tower is not visual else f"open_clip's {type(tower).__name__}"
-    if getattr(tower, "rope", None) is not None:
-        why = "its rotary position embeddings give every token after the class token a patch position"
-    elif not hasattr(tower, "blocks") and not hasattr(tower, "transformer"):
+    if not hasattr(tower, "blocks") and not hasattr(tower, "transformer"):
         why = "it is convolutional, with no token sequence to put prompts in"
     else:
         why = "visual prompts go only into open_clip's and timm's VisionTransformer"

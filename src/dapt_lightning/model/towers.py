@@ -171,13 +171,13 @@ class ImageTower(nn.Module):
 
     @property
     def width(self) -> int:
-        if self.family == "timm-vit":
+        if self.family in ("timm-vit", "timm-rope"):
             return self.visual.trunk.embed_dim
         return self.visual.conv1.weight.shape[0]
 
     @property
     def patch_size(self) -> tuple[int, int]:
-        if self.family == "timm-vit":
+        if self.family in ("timm-vit", "timm-rope"):
             return tuple(self.visual.trunk.patch_embed.patch_size)
         return tuple(self.visual.conv1.weight.shape[-2:])
 
@@ -208,6 +208,8 @@ class ImageTower(nn.Module):
             raise ValueError(f"in this CLIP {self.prompt_refusal}")
         if self.family == "timm-vit":
             return self._timm_forward(images, prompts)
+        if self.family == "timm-rope":
+            return self._rope_forward(images, prompts)
         if self.family == "other":
             return self.visual(images)  # open_clip's own forward: nothing is inserted
         visual = self.visual
@@ -236,6 +238,31 @@ class ImageTower(nn.Module):
         x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))
         x = trunk.norm(trunk.blocks(_insert(x, prompts, prefix)))
         return self.visual.head(trunk.forward_head(_remove(x, len(prompts), prefix)))
+
+    def _rope_forward(self, images: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+        """timm's ``Eva.forward_features`` and ``forward_head``, then open_clip's head, with prompts after the prefix
+        tokens. The rotary embedding covers the tokens after the prefix; the prompts' rows are the identity rotation
+        (sine 0, cosine 1), so they carry no position and the patches keep theirs."""
+        trunk = self.visual.trunk
+        if prompts is None:
+            return self.visual(images)
+        prefix = trunk.num_prefix_tokens
+        x, rope = trunk._pos_embed(trunk.patch_embed(images))
+        x = _insert(trunk.norm_pre(x), prompts, prefix)
+        rope = _identity_rows_first(rope, len(prompts))
+        mixed = getattr(trunk, "rope_mixed", False)
+        for index, block in enumerate(trunk.blocks):
+            x = block(x, rope=rope[index] if mixed else rope)
+        x = trunk.norm(x)
+        return self.visual.head(trunk.forward_head(_remove(x, len(prompts), prefix)))
+
+
+def _identity_rows_first(rope: torch.Tensor, count: int) -> torch.Tensor:
+    """A timm rotary embedding (``[..., tokens, 2 * dim]``: sines then cosines) with ``count`` identity rows (sine 0,
+    cosine 1) before its first token."""
+    half = rope.shape[-1] // 2
+    identity = torch.cat([rope.new_zeros(half), rope.new_ones(half)]).expand(*rope.shape[:-2], count, rope.shape[-1])
+    return torch.cat([identity, rope], dim=-2)
 
 
 def _insert(tokens: torch.Tensor, prompts: torch.Tensor, position: int) -> torch.Tensor:
