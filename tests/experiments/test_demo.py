@@ -130,4 +130,15 @@ def test_every_registered_method_has_a_demo_step_and_a_table_title() -> None:
 
     assert set(STEPS) == set(list_methods())  # `dapt demo --methods` offers every one of them
     titles = [method_title(name) for name in list_methods()]
-    assert titles == ["zero-shot CLIP", "CoOp", "CoCoOp", "KgCoOp", "VPT", "CoOp+VPT", "DAPT"]
+    assert titles == [
+        "zero-shot CLIP",
+        "linear probe",
+        "CoOp",
+        "CoCoOp",
+        "KgCoOp",
+        "Tip-Adapter-F",
+        "CLIP-LoRA",
+        "VPT",
+        "CoOp+VPT",
+        "DAPT",
+    ]

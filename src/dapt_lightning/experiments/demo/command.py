@@ -26,9 +26,12 @@ DEFAULT_METHODS = ("zeroshot", "coop", "vpt", "dapt")
 SUMMARY_FILE = "summary.json"
 STEPS = {
     "zeroshot": "zero-shot CLIP (hand-crafted prompt 'a photo of a {}.') on the test set",
+    "linear_probe": "linear probe: logistic regression on frozen image features, C searched on validation",
     "coop": "CoOp: learned text context, cross-entropy",
     "cocoop": "CoCoOp: learned text context shifted per image by a meta-net, cross-entropy",
     "kgcoop": "KgCoOp: learned text context, cross-entropy + closeness to the hand-crafted prompt's features",
+    "tip_adapter": "Tip-Adapter-F: zero-shot CLIP + a fine-tuned cache of few-shot features, alpha/beta on validation",
+    "clip_lora": "CLIP-LoRA: rank-2 updates of q/k/v in every block of both towers, cross-entropy",
     "vpt": "VPT: learned visual tokens, cross-entropy",
     "coop_vpt": "CoOp+VPT: both prompts, cross-entropy",
     "dapt": "DAPT: both prompts, cross-entropy + dispersion losses (prototypes first); t-SNE figures after",
