@@ -72,10 +72,12 @@ def time_methods(
             optimizer.zero_grad(set_to_none=True)
 
         def evaluate(method=method) -> None:
+            method.eval()  # as `dapt test` runs it (CLIP-LoRA merges its updates, dropout is off)
             with torch.no_grad():
                 text = method.model.encode_text()  # once per evaluation, as CLIPMethod does
                 for pixels in test:
                     method.forward_features(pixels, text)
+            method.train()
 
         fns = {"eval": evaluate} | ({"train": step} if optimizer is not None else {})
         timed = interleaved_medians(fns, repeats, torch.device("cpu"))

@@ -148,17 +148,23 @@ def class_token_block_forward(
 ) -> torch.Tensor:
     """The output ``[batch, width]`` of ``block`` at each sequence's first (class) token only, for flat tokens ``x``
     ``[batch * length, width]``: one query per sequence, attending to every token."""
-    if lora_of(block) is not None:  # the adapted projections: the whole block, then its class tokens
-        return block_forward(block, x, batch, casts).reshape(batch, -1, x.shape[-1])[:, 0]
     attn = block.attn
     width, heads = x.shape[-1], attn.num_heads
     head_dim = width // heads
     hidden = block.ln_1(x)
     weight, bias = casts(attn.in_proj_weight), casts(attn.in_proj_bias)
+    adapter = lora_of(block)
+    if adapter is not None and not adapter.training:
+        weight = weight + adapter.delta_weight().to(weight.dtype)  # merged, as in_projection evaluates
     q_weight, kv_weight = weight.split([width, 2 * width])
     q_bias, kv_bias = (None, None) if bias is None else bias.split([width, 2 * width])
     cls_hidden = hidden.reshape(batch, -1, width)[:, 0]
-    q = F.linear(cls_hidden, q_weight, q_bias).reshape(batch, heads, 1, head_dim)
-    k, v = F.linear(hidden, kv_weight, kv_bias).reshape(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q = F.linear(cls_hidden, q_weight, q_bias)
+    kv = F.linear(hidden, kv_weight, kv_bias)
+    if adapter is not None and adapter.training:  # the updates of q (class tokens) and of k, v (every token)
+        q = q + adapter(cls_hidden)[..., :width]
+        kv = kv + adapter(hidden)[..., width:]
+    q = q.reshape(batch, heads, 1, head_dim)
+    k, v = kv.reshape(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     attended = F.scaled_dot_product_attention(q, k, v).reshape(batch, width)
     return mlp_residual(block, attention_residual(block, x.reshape(batch, -1, width)[:, 0], attended, casts), casts)
