@@ -135,3 +135,18 @@ def test_clip_lora_trains_for_its_step_count_and_keeps_only_the_adapters(tmp_pat
     stored = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert stored and all(key.startswith("lora.") for key in stored)  # the adapters, no CLIP weights
     assert any(value.abs().sum() > 0 for key, value in stored.items() if key.endswith(".B"))  # B left zero: it trained
+
+
+def test_tip_adapter_trains_the_datasets_official_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    make_fake_dataset("eurosat", root)
+    monkeypatch.setattr("dapt_lightning.methods.tip_adapter.OFFICIAL_EPOCHS", {"eurosat": 3})  # 100, shortened
+    method_config = REPO / "configs/methods/tip_adapter.yaml"
+    configs = ["--config", str(REPO / "configs/eurosat.yaml"), "--config", str(method_config)]
+    quick = ["--data.num_shots", "2", "--model.augment_views", "1", "--trainer.check_val_every_n_epoch", "1"]
+    quick += ["--model.clip_name", "dapt-tiny", "--model.pretrained", "null", "--data.num_workers", "0"]
+    quick += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--run.test_after_fit", "false"]
+    record = run_cli(["fit", *configs, *quick, "--data.root", str(root), "--run.dir", str(tmp_path / "run")])
+    assert record.trainer.max_epochs == -1 and record.trainer.current_epoch == 3  # the method's epochs, then stop
+    scheduler = record.trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.T_max == 3 * len(record.datamodule.train_dataloader())  # the cosine ends with the last step

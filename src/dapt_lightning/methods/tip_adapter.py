@@ -16,9 +16,11 @@ from dapt_lightning.model.prompted_clip import PromptedCLIP
 CLIP_LOGIT_SCALE = 100.0
 """The official code's constant logit scale (``100. * features @ clip_weights``), not the CLIP's learned one."""
 
+OFFICIAL_EPOCHS = {"eurosat": 100}
+"""Training epochs where the official config differs from its 20 (``train_epoch``)."""
 OFFICIAL_SETTINGS: dict[str, tuple[float, tuple[float, float]]] = {
     # dataset: (init_alpha, search_scale (beta, alpha)), from gaopengcuhk/Tip-Adapter configs/*.yaml (init_beta is 1
-    # and search_step [200, 20] everywhere; EuroSAT trains 100 epochs, the others 20).
+    # and search_step [200, 20] everywhere).
     "caltech101": (3.0, (12.0, 5.0)),
     "dtd": (2.0, (13.0, 13.0)),
     "eurosat": (2.0, (12.0, 10.0)),
@@ -46,6 +48,8 @@ class TipAdapterF(TrainedMethod):
     (acknowledged upstream); here the test set is never looked at before the test.
 
     Args:
+        epochs: training epochs, after which training stops (the Trainer's ``max_epochs`` may stop it first); None:
+            the dataset's official count (20; EuroSAT 100).
         init_alpha: the residual ratio while training; None: the dataset's official value (1.17 for pets).
         init_beta: the sharpness while training (1 in every official config).
         search_scale: the largest ``(beta, alpha)`` of the search grid; None: the dataset's official values.
@@ -64,6 +68,7 @@ class TipAdapterF(TrainedMethod):
 
     def __init__(
         self,
+        epochs: int | None = None,
         init_alpha: float | None = None,
         init_beta: float = 1.0,
         search_scale: tuple[float, float] | None = None,
@@ -75,8 +80,8 @@ class TipAdapterF(TrainedMethod):
         template: str | list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if augment_views < 1:
-            raise ValueError(f"--model.augment_views must be >= 1, got {augment_views}")
+        if augment_views < 1 or (epochs is not None and epochs < 1):
+            raise ValueError(f"--model.augment_views and --model.epochs must be >= 1, got {augment_views}, {epochs}")
         if not lr > 0:
             raise ValueError(f"--model.lr must be > 0, got {lr}")
         if min(search_steps) < 1:
@@ -168,9 +173,26 @@ class TipAdapterF(TrainedMethod):
         optimizer = torch.optim.AdamW(
             [self.cache_keys], lr=settings.lr, eps=settings.eps, weight_decay=settings.weight_decay
         )
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def training_epochs(self) -> int:
+        """The epochs that train: ``epochs`` (or the dataset's official count), fewer if the Trainer stops first."""
+        epochs = self.hparams.epochs or OFFICIAL_EPOCHS.get(self.trainer.datamodule.dataset_name, 20)
+        limit = self.trainer.max_epochs
+        return epochs if limit is None or limit < 0 else min(epochs, limit)
+
+    def total_steps(self) -> int:
+        """The cosine schedule's length: every step of :meth:`training_epochs` (the official ``train_epoch *
+        len(train_loader_F)``)."""
+        return max(1, self.training_epochs() * self.steps_per_epoch())
+
+    def steps_per_epoch(self) -> int:
+        """Training batches per epoch (this process's; the DataModule shards the data itself)."""
+        return len(self.trainer.datamodule.train_dataloader())
+
+    def on_train_start(self) -> None:
+        rank_zero_info(f"Tip-Adapter-F: {self.training_epochs()} epochs of {self.steps_per_epoch()} steps")
 
     def on_validation_epoch_end(self) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
@@ -182,8 +204,9 @@ class TipAdapterF(TrainedMethod):
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        if self.current_epoch + 1 >= (self.trainer.max_epochs or 1):
+        if self.current_epoch + 1 >= self.training_epochs():
             self.finish_training()  # before the last checkpoint is written (checkpoint callbacks run after this)
+            self.trainer.should_stop = True
 
     def finish_training(self) -> None:
         """Keep the adapter of the best validated epoch, then search ``alpha`` and ``beta`` on the validation split."""
