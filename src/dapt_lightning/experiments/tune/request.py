@@ -8,7 +8,8 @@ from pathlib import Path
 
 from dapt_lightning.arguments import ArgumentParser, UsageError, comma_list, command_parser, parse, split_flags
 from dapt_lightning.data.datamodule import NO_DATASET
-from dapt_lightning.experiments.tune.space import DEFAULT_SPACE, SearchSpace, load_space
+from dapt_lightning.experiments.tune.method_space import method_space, tuned_method
+from dapt_lightning.experiments.tune.space import DEFAULT_SPACE, SearchSpace
 from dapt_lightning.experiments.tune.study import StudyFolder
 
 DESCRIPTION = """Search the learning rate and DAPT's dispersion weights (or any settings of a space file) on a
@@ -32,7 +33,12 @@ RESERVED = {
 def build_parser() -> ArgumentParser:
     """The parser of ``dapt tune``'s own options."""
     parser = command_parser("dapt tune", DESCRIPTION)
-    parser.add_argument("--space", default=str(DEFAULT_SPACE), help="search space YAML")
+    parser.add_argument(
+        "--space",
+        type=str | None,
+        default=None,
+        help=f"search space YAML (default: configs/tune/<method>.yaml, else {DEFAULT_SPACE.name}'s that apply)",
+    )
     parser.add_argument("--trials", type=int, default=30, help="finished trials the study needs")
     parser.add_argument("--seeds", default="1", help="fit each trial with these seeds, e.g. 1,2,3")
     parser.add_argument("--out", default="tuned", help="where OUT/NAME.yaml and the study folder go")
@@ -102,4 +108,7 @@ def parse_request(argv: list[str]) -> Request:
     name = args.name or _study_name(fit_args)
     folder = StudyFolder(Path(args.out), name)
     storage = args.storage or f"sqlite:///{folder.database.resolve()}"
-    return Request(fit_args, seeds, load_space(args.space), folder, args.trials, storage, args.heartbeat)
+    space, line = method_space(tuned_method(fit_args, _configs(fit_args)), args.space)
+    if line:
+        print(line, flush=True)
+    return Request(fit_args, seeds, space, folder, args.trials, storage, args.heartbeat)
