@@ -150,3 +150,29 @@ def test_tip_adapter_trains_the_datasets_official_epochs(tmp_path: Path, monkeyp
     assert record.trainer.max_epochs == -1 and record.trainer.current_epoch == 3  # the method's epochs, then stop
     scheduler = record.trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.T_max == 3 * len(record.datamodule.train_dataloader())  # the cosine ends with the last step
+
+
+def test_tip_adapters_official_selection_reads_the_test_split_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dapt_lightning.methods import tip_adapter
+
+    root = tmp_path / "data"
+    make_fake_dataset("oxford_pets", root)
+    read: list[str] = []
+    frozen = tip_adapter.frozen_features
+
+    def recorded(method, datamodule, split, **kwargs):  # noqa: ANN001, ANN202 - the wrapped function's own
+        read.append(split)
+        return frozen(method, datamodule, split, **kwargs)
+
+    monkeypatch.setattr(tip_adapter, "frozen_features", recorded)
+    method_config = REPO / "configs/methods/tip_adapter.yaml"
+    configs = ["--config", str(REPO / "configs/oxfordpets.yaml"), "--config", str(method_config)]
+    quick = [*TINY, "--model.augment_views", "1", "--run.test_after_fit", "false", "--data.root", str(root)]
+
+    run_cli(["fit", *configs, *quick, "--run.dir", str(tmp_path / "validation")])
+    assert "test" not in read and read.count("val") == 1  # the search; the epochs were scored by the validation loop
+    read.clear()
+    run_cli(["fit", *configs, *quick, "--model.selection", "official", "--run.dir", str(tmp_path / "official")])
+    assert read.count("test") == 2 and read.count("val") == 1  # each of the 2 epochs scored on test; the search on val

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,9 @@ class TipAdapterF(TrainedMethod):
         weight_decay: AdamW weight decay (PyTorch's default, as the official code).
         template: the zero-shot prompt (``{}``: the class name), or a list of prompts whose normalised features are
             averaged (the official ImageNet ensemble); None: the dataset's.
+        selection: ``validation`` (the best epoch and alpha/beta chosen on the validation split), or ``official``:
+            upstream's, which keeps the epoch of the best *test* accuracy (and on ImageNet searches alpha/beta on the
+            test set), to reproduce its published numbers; it reads the test split while training.
     """
 
     name = "tip_adapter"
@@ -78,8 +81,11 @@ class TipAdapterF(TrainedMethod):
         eps: float = 1e-4,
         weight_decay: float = 0.01,
         template: str | list[str] | None = None,
+        selection: Literal["validation", "official"] = "validation",
         **kwargs: Any,
     ) -> None:
+        if selection not in ("validation", "official"):
+            raise ValueError(f"--model.selection must be validation or official, got {selection!r}")
         if augment_views < 1 or (epochs is not None and epochs < 1):
             raise ValueError(f"--model.augment_views and --model.epochs must be >= 1, got {augment_views}, {epochs}")
         if not lr > 0:
@@ -195,32 +201,43 @@ class TipAdapterF(TrainedMethod):
         rank_zero_info(f"Tip-Adapter-F: {self.training_epochs()} epochs of {self.steps_per_epoch()} steps")
 
     def on_validation_epoch_end(self) -> None:
-        if self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            accuracy = float(self.val_metrics["acc"].compute())
-            # The first epoch of the highest validation accuracy, as the official code keeps its best test epoch.
-            if self._best is None or accuracy > self._best[0]:
-                self._best = (accuracy, self.cache_keys.detach().clone())
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        if fitting and self.hparams.selection == "validation":
+            self.keep_if_best(float(self.val_metrics["acc"].compute()))
         super().on_validation_epoch_end()
+
+    def keep_if_best(self, accuracy: float) -> None:
+        """Keep this epoch's adapter if its accuracy beats every earlier epoch's (the first of equals)."""
+        if self._best is None or accuracy > self._best[0]:
+            self._best = (accuracy, self.cache_keys.detach().clone())
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
+        if self.hparams.selection == "official":  # upstream scores every epoch on the test set
+            features, labels = frozen_features(self, self.trainer.datamodule, "test")
+            with torch.no_grad():
+                logits = self.tip_logits(F.normalize(features, dim=-1), self.alpha, self.beta)
+            self.keep_if_best(float((logits.argmax(dim=-1) == labels).float().mean()))
         if self.current_epoch + 1 >= self.training_epochs():
             self.finish_training()  # before the last checkpoint is written (checkpoint callbacks run after this)
             self.trainer.should_stop = True
 
     def finish_training(self) -> None:
-        """Keep the adapter of the best validated epoch, then search ``alpha`` and ``beta`` on the validation split."""
+        """Keep the adapter of the best epoch, then search ``alpha`` and ``beta`` on the validation split (with
+        ``selection official`` on ImageNet: on the test set, as upstream's ``main_imagenet.py``)."""
         if self._best is not None:
             with torch.no_grad():
                 self.cache_keys.copy_(self._best[1])
         datamodule = self.trainer.datamodule
-        features, labels = frozen_features(self, datamodule, "val")
+        official_imagenet = self.hparams.selection == "official" and datamodule.dataset_name == "imagenet"
+        features, labels = frozen_features(self, datamodule, "test" if official_imagenet else "val")
         _, scale = self.official_settings(datamodule.dataset_name)
         with torch.no_grad():
             beta, alpha, accuracy = self.search(F.normalize(features, dim=-1), labels, scale)
             self.alpha.fill_(alpha)
             self.beta.fill_(beta)
-        epoch = "" if self._best is None else f" (the adapter of validation accuracy {self._best[0]:.4f})"
+        scored = "validation" if self.hparams.selection == "validation" else "test"
+        epoch = "" if self._best is None else f" (the adapter of {scored} accuracy {self._best[0]:.4f})"
         rank_zero_info(f"Tip-Adapter-F: alpha {alpha:.4f}, beta {beta:.4f}, validation accuracy {accuracy:.4f}{epoch}")
 
     def search(
