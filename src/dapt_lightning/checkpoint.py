@@ -229,7 +229,8 @@ def transferable_state(
         )
     dropped = sorted(k for k in state if k in CLASS_SPECIFIC_STATE)
     kept = {k: v for k, v in state.items() if k not in CLASS_SPECIFIC_STATE}
-    loaded = [k.removeprefix("model.") for k in kept if k.startswith(("model.text_prompt.", "model.visual_prompt."))]
+    # What was learned, by module (a prompt tensor, CoCoOp's meta-net, CLIP-LoRA's adapters of a tower)
+    loaded = sorted({".".join(k.removeprefix("model.").split(".")[:2]) for k in kept})
     message = (
         f"Cross-dataset checkpoint: prompts trained on {len(saved_classes)} classes of {source!r}, evaluated on "
         f"{len(classes)} classes here. Loaded: {', '.join(loaded) or 'nothing'}; not loaded "

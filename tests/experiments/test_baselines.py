@@ -136,6 +136,10 @@ def test_clip_lora_trains_for_its_step_count_and_keeps_only_the_adapters(tmp_pat
     assert stored and all(key.startswith("lora.") for key in stored)  # the adapters, no CLIP weights
     assert any(value.abs().sum() > 0 for key, value in stored.items() if key.endswith(".B"))  # B left zero: it trained
 
+    # Base-to-new: the adapters are class-agnostic, so the checkpoint tests on the dataset's other classes
+    new = run_cli(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--data.subsample", "new"])
+    assert new.datamodule.hparams.subsample == "new" and 0 <= new.record["test"]["test/acc"] <= 1
+
 
 def test_tip_adapter_trains_the_datasets_official_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "data"
