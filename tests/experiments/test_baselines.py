@@ -180,3 +180,23 @@ def test_tip_adapters_official_selection_reads_the_test_split_only_when_asked(
     read.clear()
     run_cli(["fit", *configs, *quick, "--model.selection", "official", "--run.dir", str(tmp_path / "official")])
     assert read.count("test") == 2 and read.count("val") == 1  # each of the 2 epochs scored on test; the search on val
+
+
+@pytest.mark.slow
+def test_every_method_trains_from_the_pets_config_with_model_alone(tmp_path: Path) -> None:
+    """`dapt fit --config configs/oxfordpets.yaml --model M` for every trainable M (zero-shot CLIP trains nothing)."""
+    from dapt_lightning.methods import ZeroShotCLIP, list_methods, method_class
+
+    root = tmp_path / "data"
+    make_fake_dataset("oxford_pets", root)
+    quick = [*TINY, "--trainer.max_epochs", "1", "--data.num_shots", "1", "--data.batch_size", "8"]
+    quick += ["--run.test_after_fit", "false", "--embedding_plots.enabled", "false", "--data.root", str(root)]
+    trainable = [method_class(name) for name in list_methods() if not issubclass(method_class(name), ZeroShotCLIP)]
+    assert len(trainable) == len(list_methods()) - 1
+    for method in trainable:
+        name = method.__name__
+        run = tmp_path / name
+        record = run_cli(
+            ["fit", "--config", str(REPO / "configs/oxfordpets.yaml"), "--model", name, *quick, "--run.dir", str(run)]
+        )
+        assert type(record.model) is method and (run / "checkpoints" / "last.ckpt").is_file(), name
