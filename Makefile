@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo demo-seeds test test-fast lint format bench bench-gpu clean
+.PHONY: help install demo demo-seeds test test-fast services services-stop test-distributed lint format bench bench-gpu clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,16 @@ test: $(STAMP) ## Run the whole test suite (fast and slow tests)
 
 test-fast: $(STAMP) ## Run only the fast tests
 	$(BIN)/python -m pytest -q -m "not slow"
+
+services: ## Start the services the distributed tests use (PostgreSQL; needs root), scripts/services.sh
+	bash scripts/services.sh start
+
+services-stop: ## Stop them
+	bash scripts/services.sh stop
+
+test-distributed: $(STAMP) ## Start the services, run the tests that need them (none may skip), stop them
+	eval "$$(bash scripts/services.sh start)" && DAPT_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -m services; \
+	status=$$?; bash scripts/services.sh stop; exit $$status
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check .
