@@ -36,7 +36,7 @@ services-stop: ## Stop them
 	bash scripts/services.sh stop
 
 test-distributed: $(STAMP) ## Start the services, run the tests that need them (none may skip), stop them
-	eval "$$(bash scripts/services.sh start)" && DAPT_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -m services; \
+	env=$$(bash scripts/services.sh start) && eval "$$env" && DAPT_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -q -m services; \
 	status=$$?; bash scripts/services.sh stop; exit $$status
 
 lint: $(STAMP) ## ruff check + format check
