@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from dapt_lightning.callbacks.features import encode_images
 from dapt_lightning.data.image_dataset import seeded_views
 from dapt_lightning.storage import default_cache_dir, load_tensors, save_tensors, stable_hash
 
@@ -71,25 +71,16 @@ def frozen_features(
     if seed is not None:
         dataset = seeded_views(dataset, seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=datamodule.num_workers)
-    features, labels = _encode(module, loader, f"Features: {name}")
+    was_training = module.training
+    module.eval()
+    progress = f"Features: {name}"
+    features, labels = encode_images(module.model, loader, module.device, progress=progress, normalised=False)
+    module.train(was_training)
     trainer = module._trainer
     if use_cache and (trainer is None or trainer.is_global_zero):
         save_tensors(path, {"features": features, "labels": labels}, key)
         rank_zero_info(f"Features of {datamodule.dataset_name} {name} cached at {path}")
     return features, labels
-
-
-@torch.no_grad()
-def _encode(module: L.LightningModule, loader: DataLoader, progress: str) -> tuple[torch.Tensor, torch.Tensor]:
-    tower = module.model.image_tower
-    was_training = module.training
-    module.eval()
-    features, labels = [], []
-    for images, batch_labels, _ in tqdm(loader, desc=progress, leave=False):
-        features.append(tower(images.to(module.device), None).float())
-        labels.append(batch_labels.to(module.device))
-    module.train(was_training)
-    return torch.cat(features), torch.cat(labels)
 
 
 def _view_seed(seed: int, view: int) -> int:

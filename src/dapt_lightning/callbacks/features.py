@@ -15,16 +15,20 @@ def encode_images(
     device: torch.device,
     use_prompts: bool = False,
     progress: str | None = None,
+    normalised: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised image features ``[N, D]`` (float32, on ``device``) and labels ``[N]`` of every image of ``loader``.
 
     Runs under ``torch.inference_mode`` (the frozen tower keeps no autograd state). ``use_prompts`` False gives
-    zero-shot CLIP features; ``progress`` names a progress bar (None: no bar).
+    zero-shot CLIP features; ``progress`` names a progress bar (None: no bar); ``normalised`` False gives the image
+    tower's raw output (no prompts).
     """
     features, labels = [], []
     for images, batch_labels, _ in tqdm(loader, desc=progress, disable=progress is None, leave=False):
         with torch.inference_mode():
-            features.append(model.encode_image(images.to(device), use_prompts=use_prompts).float())
+            pixels = images.to(device)
+            encoded = model.encode_image(pixels, use_prompts) if normalised else model.image_tower(pixels, None)
+            features.append(encoded.float())
         labels.append(batch_labels.to(device))
     if not features:  # e.g. a rank with no share of a tiny training set
         return torch.zeros(0, 0, device=device), torch.zeros(0, dtype=torch.long, device=device)
