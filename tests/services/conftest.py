@@ -1,9 +1,12 @@
-"""The real services of `scripts/services.sh` (PostgreSQL): a fresh database per test. Without the service a test
-skips with the reason, except under CI (`DAPT_REQUIRE_SERVICES=1`, set by .ci/run), where a missing service fails."""
+"""The real services of `scripts/services.sh`: PostgreSQL (a fresh database per test) and the two-node Slurm test
+cluster. Without a service a test skips with the reason, except under CI (`DAPT_REQUIRE_SERVICES=1`, set by
+.ci/run), where a missing service fails."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -42,3 +45,17 @@ def postgres_url() -> Iterator[str]:
         with admin.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture()
+def slurm_nodes() -> list[str]:
+    """The names of the test cluster's nodes, all idle (``SLURM_CONF`` names its configuration)."""
+    if not os.environ.get("SLURM_CONF") or shutil.which("sinfo") is None:
+        _missing("the Slurm test cluster is not running (SLURM_CONF is unset, or no `sinfo`)")
+    answer = subprocess.run(
+        ["sinfo", "--noheader", "--Node", "--format=%N %t"], capture_output=True, text=True, timeout=30
+    )
+    nodes = dict(line.split() for line in answer.stdout.splitlines())
+    if answer.returncode != 0 or len(nodes) < 2 or set(nodes.values()) != {"idle"}:
+        _missing(f"the Slurm test cluster does not have two idle nodes (sinfo: {answer.stdout or answer.stderr!r})")
+    return sorted(nodes)

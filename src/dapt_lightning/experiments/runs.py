@@ -115,9 +115,14 @@ def default_run_folder(config: Any, subcommand: str) -> Path:
     return evaluation_folder(trained or own, subcommand, data.dataset, data.subsample)
 
 
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
+"""Where a process learns its place in a distributed run: Lightning's relaunched ranks (LOCAL_RANK, NODE_RANK), and
+the processes a cluster launcher starts all at once (torchrun's RANK and GROUP_RANK, srun's SLURM_PROCID)."""
+
+
 def is_first_process() -> bool:
-    """False in the processes Lightning relaunches for the other DDP ranks (they find LOCAL_RANK/NODE_RANK set)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """False in every process of a distributed run but the first (global rank 0 of node 0)."""
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
 def point_outputs_at(config: Any, run_dir: Path, subcommand: str) -> None:

@@ -16,6 +16,16 @@ from dapt_lightning.experiments.sweep.plan import Run, load_sweep, plan, skipped
 from dapt_lightning.experiments.sweep.status import STATES, run_status
 from dapt_lightning.experiments.sweep.summary import summarize_main
 
+SLURM_FLAGS: dict[str, tuple[str, type, int | None, str]] = {
+    "time_min": ("timeout_min", int, 1, "each job's time limit in minutes (sbatch --time)"),
+    "cpus_per_run": ("cpus_per_task", int, 1, "CPUs per job (sbatch --cpus-per-task); the run uses that many threads"),
+    "gpus_per_run": ("gpus_per_node", int, 0, "GPUs per job (sbatch --gpus-per-node)"),
+    "mem_gb": ("mem_gb", int, 1, "memory per job in GB (sbatch --mem)"),
+    "partition": ("slurm_partition", str, None, "the partition to submit to (sbatch --partition)"),
+    "array_parallelism": ("slurm_array_parallelism", int, 1, "at most N runs of the job array at once (--array=..%N)"),
+}
+"""``dapt sweep`` flag -> (submitit's executor parameter, type, smallest value, what it sets)."""
+
 
 def build_parser() -> ArgumentParser:
     """The ``dapt sweep FILE`` parser (``dapt sweep summarize`` has its own, ``tables.py``)."""
@@ -30,21 +40,29 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--launcher", type=Literal["local", "slurm"], default="local", help="slurm: submit a job array (submitit)"
     )
+    for flag, (_, kind, _, what) in SLURM_FLAGS.items():
+        parser.add_argument(f"--{flag}", type=kind | None, default=None, help=f"--launcher slurm: {what}")
     parser.add_argument(
         "--slurm",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="submitit parameter for --launcher slurm, repeatable: timeout_min=600, gpus_per_node=1, "
-        "slurm_partition=gpu, slurm_array_parallelism=16, ...",
+        help="any other submitit parameter for --launcher slurm, repeatable: slurm_account=ml, "
+        "slurm_constraint=a100, slurm_qos=high, ...",
     )
     parser.add_argument("--wait", action=ActionYesNo, default=False, help="--launcher slurm: wait and report")
     return parser
 
 
-def _slurm_parameters(items: list[str]) -> dict[str, Any]:
+def _slurm_parameters(args: Any) -> dict[str, Any]:
     parameters = {}
-    for item in items:
+    for flag, (key, _, smallest, _) in SLURM_FLAGS.items():
+        value = getattr(args, flag)
+        if smallest is not None and value is not None and value < smallest:
+            raise UsageError(f"--{flag} must be >= {smallest}, got {value}")
+        if value is not None:
+            parameters[key] = value
+    for item in args.slurm:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--slurm takes KEY=VALUE (e.g. timeout_min=600), got {item!r}")
@@ -86,10 +104,13 @@ def sweep_main(argv: list[str]) -> int:
         raise UsageError("--list, --print_commands and --index go one at a time")
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    if args.launcher != "slurm" and (args.slurm or args.wait):
-        raise UsageError("--slurm and --wait go with --launcher slurm")
+    slurm_only = [f"--{flag}" for flag in SLURM_FLAGS if getattr(args, flag) is not None]
+    slurm_only += ["--slurm"] * bool(args.slurm) + ["--wait"] * args.wait
+    if args.launcher != "slurm" and slurm_only:
+        raise UsageError(f"{', '.join(slurm_only)}: only with --launcher slurm")
     if args.launcher == "slurm" and (args.workers > 1 or args.index is not None):
         raise UsageError("--launcher slurm runs one job per run: drop --workers and --index")
+    slurm_parameters = _slurm_parameters(args)
     sweep = load_sweep(args.sweep)
     runs = plan(sweep)
     skipped = skipped_variants(sweep)
@@ -114,7 +135,7 @@ def sweep_main(argv: list[str]) -> int:
             print("[sweep] nothing to submit", flush=True)
             return 0
         folder = Path(sweep["runs_dir"]) / ".submitit"
-        outcomes = launch_slurm(pending, folder, _slurm_parameters(args.slurm), wait=args.wait)
+        outcomes = launch_slurm(pending, folder, slurm_parameters, wait=args.wait)
         if outcomes is None:
             print(f"[sweep] `dapt sweep {args.sweep} --list` shows their progress", flush=True)
             return 0

@@ -116,6 +116,16 @@ def run_local(runs: list[Run], workers: int = 1) -> dict[str, list[Run]]:
     return outcomes
 
 
+def run_as_slurm_job(run: Run) -> str:
+    """:func:`execute_run` inside a Slurm job, on as many threads as the job has CPUs (``--cpus_per_run``)."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus:  # without a CPU binding torch would start a thread per core of the node, shared with other jobs
+        import torch
+
+        torch.set_num_threads(int(cpus))
+    return execute_run(run)
+
+
 def launch_slurm(
     runs: list[Run],
     folder: Path,
@@ -146,7 +156,7 @@ def launch_slurm(
         )
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
     executor.update_parameters(**{"name": "dapt-sweep", **parameters})
-    jobs = executor.map_array(execute_run, runs)
+    jobs = executor.map_array(run_as_slurm_job, runs)
     print(f"[sweep] submitted {len(jobs)} jobs: {', '.join(job.job_id for job in jobs)} (logs in {folder})", flush=True)
     if not wait:
         return None
