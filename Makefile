@@ -29,7 +29,7 @@ test: $(STAMP) ## Run the whole test suite (fast and slow tests)
 test-fast: $(STAMP) ## Run only the fast tests
 	$(BIN)/python -m pytest -q -m "not slow"
 
-services: ## Start the services the distributed tests use (PostgreSQL; needs root), scripts/services.sh
+services: ## Start the services the distributed tests use (PostgreSQL, a two-node Slurm cluster; root), scripts/services.sh
 	bash scripts/services.sh start
 
 services-stop: ## Stop them

@@ -156,3 +156,28 @@ def test_a_cancelled_job_is_reported_and_the_next_sweep_resubmits_and_resumes_it
     assert run.finished and read_metrics(run.run_dir)["epochs"] == epochs
     job_log = "".join(path.read_text() for path in (tmp_path / "long" / ".submitit").rglob(f"{resubmitted}_*.out"))
     assert "--ckpt_path last" in job_log, job_log
+
+
+def test_the_readme_job_array_runs_one_run_per_task(
+    slurm_nodes: list[str], synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = write_sweep(tmp_path / "array.yaml", synthetic_root, methods=["zeroshot", "coop"], seeds=[1])
+    # The README's job array, without its GPU request (the test cluster has none).
+    script = f"""
+N=$(dapt sweep {sweep} --print_commands | wc -l)
+sbatch --array=0-$((N - 1))%2 --cpus-per-task=1 --time=10 --output={tmp_path}/slurm-%A_%a.out \\
+  --wrap 'dapt sweep {sweep} --index $SLURM_ARRAY_TASK_ID'
+"""
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=user_env())
+    assert result.returncode == 0 and result.stdout.startswith("Submitted batch job"), result.stdout + result.stderr
+    array = result.stdout.split()[-1]
+    deadline = time.time() + 300
+    while subprocess.run(["squeue", "--noheader", "--jobs", array], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, f"job array {array} still queued or running"
+        time.sleep(0.5)
+    runs = plan(load_sweep(sweep))
+    assert len(runs) == 2 and all(run.finished for run in runs)
+    logs = sorted(tmp_path.glob("slurm-*_*.out"))
+    assert len(logs) == 2
+    for index, (log, run) in enumerate(zip(logs, runs, strict=True)):
+        assert log.name.endswith(f"_{index}.out") and f"--run.dir {run.run_dir}" in log.read_text(), log.read_text()
