@@ -7,6 +7,8 @@ import csv
 import json
 import multiprocessing
 import os
+import re
+import shlex
 import signal
 import socket
 import statistics
@@ -20,13 +22,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import SIZES, TINY_CONFIG, write_subset_dataset
+from tiny import REPO, SIZES, TINY_CONFIG, write_subset_dataset
 
+from dapt_lightning.arguments import UsageError, parse
 from dapt_lightning.callbacks.run_files import read_metrics
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
 from dapt_lightning.experiments.claims import ERROR_FILE, RUNNING_FILE, claim_record, claimed
 from dapt_lightning.experiments.run import RunInterrupted
 from dapt_lightning.experiments.sweep import launch_slurm, load_sweep, plan, run_status, summarize, sweep_main
+from dapt_lightning.experiments.sweep.command import _slurm_parameters, build_parser
 from dapt_lightning.experiments.sweep.launch import DONE, execute_run
 
 REGISTERED = {"synthetic": "synthetic", "subset": "custom"}
@@ -180,10 +184,11 @@ def test_a_signal_mid_run_is_recorded_and_releases_the_claim(
     assert run_status(run).state == "failed" and not run.finished
 
 
-def test_slurm_launcher_names_what_is_missing(tmp_path: Path) -> None:
+def test_slurm_launcher_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep = write_sweep(
         tmp_path / "s.yaml", runs_dir=str(tmp_path / "runs"), datasets={"a": "a.yaml"}, methods=["coop"]
     )
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without Slurm's commands (CI's has a test cluster)
     try:
         import submitit  # noqa: F401
 
@@ -192,6 +197,39 @@ def test_slurm_launcher_names_what_is_missing(tmp_path: Path) -> None:
         expected = "pip install 'dapt_lightning\\[slurm\\]'"
     with pytest.raises(RuntimeError, match=expected):
         sweep_main([str(sweep), "--launcher", "slurm", "--slurm", "timeout_min=60"])
+
+
+def test_the_readme_slurm_flags_become_submitit_parameters() -> None:
+    readme = (REPO / "README.md").read_text().split("## Scale out", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    line = shlex.split(readme.replace("\\\n", " ").strip().splitlines()[0])
+    assert line[:3] == ["dapt", "sweep", "configs/sweeps/fewshot.yaml"]
+    args = parse(build_parser(), line[2:])
+    assert _slurm_parameters(args) == {
+        "timeout_min": 720,
+        "cpus_per_task": 8,
+        "gpus_per_node": 1,
+        "slurm_partition": "gpu",
+        "slurm_array_parallelism": 32,
+    }
+    more = parse(build_parser(), [*line[2:], "--mem_gb", "64", "--slurm", "slurm_account=ml"])
+    assert _slurm_parameters(more) == {**_slurm_parameters(args), "mem_gb": 64, "slurm_account": "ml"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--time_min", "60"], "--time_min: only with --launcher slurm"),
+        (["--launcher", "slurm", "--cpus_per_run", "0"], "--cpus_per_run must be >= 1, got 0"),
+        (["--launcher", "slurm", "--array_parallelism", "-2"], "--array_parallelism must be >= 1, got -2"),
+    ],
+)
+def test_bad_slurm_flags_are_refused_before_anything_is_submitted(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    sweep = write_sweep(tmp_path / "s.yaml", runs_dir=str(tmp_path / "runs"), datasets={"a": "a.yaml"})
+    with pytest.raises(UsageError, match=re.escape(message)):
+        sweep_main([str(sweep), *flags])
+    assert not (tmp_path / "runs").exists()
 
 
 # --- end to end -----------------------------------------------------------------------------------------------

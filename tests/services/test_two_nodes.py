@@ -5,6 +5,7 @@ meet over gloo on the first node, and the result equals one process with the sam
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -16,15 +17,21 @@ from tiny import REPO, prompts_of, read_metrics, read_test_metrics, run_dapt, ti
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-TWO_NODES = ["srun", "--nodes", "2", "--ntasks-per-node", "1"]
-"""The README's launch of one `dapt` process per node (one device each)."""
-NODE_FLAGS = ["--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp"]
+
+def readme_two_node_fit() -> tuple[list[str], list[str]]:
+    """The README's multi-node fit ("Scale out"): its launcher (``srun ...``) and the flags after its config."""
+    section = (REPO / "README.md").read_text().split("## Scale out", 1)[1]
+    block = next(block for block in section.split("```bash")[1:] if "\nsrun " in block).split("```", 1)[0]
+    words = shlex.split(block.replace("\\\n", " "))
+    launcher, command = words[: words.index("dapt")], words[words.index("dapt") :]
+    assert command[:4] == ["dapt", "fit", "--config", "configs/oxfordpets.yaml"], command
+    return launcher, command[4:]
 
 
-def srun_dapt(job_name: str, args: list[str]) -> subprocess.CompletedProcess[str]:
-    """``srun --nodes 2 --ntasks-per-node 1 dapt ARGS``, with this environment's `dapt` first on the PATH."""
+def srun_dapt(launcher: list[str], job_name: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``LAUNCHER --job-name NAME dapt ARGS``, with this environment's `dapt` first on the PATH."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
-    command = [*TWO_NODES, "--job-name", job_name, "dapt", *args]
+    command = [*launcher, "--job-name", job_name, "dapt", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -44,12 +51,15 @@ def nodes_of(job_name: str) -> str:
 def test_a_fit_across_two_nodes_trains_and_tests_as_one_process(
     slurm_nodes: list[str], synthetic_root: Path, tmp_path: Path
 ) -> None:
+    launcher, node_flags = readme_two_node_fit()
+    assert launcher == ["srun", "--nodes", "2", "--ntasks-per-node", "1"]
+    assert node_flags == ["--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp"]
     # 24 classes x 2 shots: 6 global batches of 8 per epoch, 4 images on each node.
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--trainer.max_epochs", "2", "--run.test_after_fit", "true"]
     run_dapt(["fit", *tiny_args(synthetic_root, one), *common])
     fit_job, test_job = f"fit-{uuid.uuid4().hex[:8]}", f"test-{uuid.uuid4().hex[:8]}"
-    srun_dapt(fit_job, ["fit", *tiny_args(synthetic_root, two), *common, *NODE_FLAGS])
+    srun_dapt(launcher, fit_job, ["fit", *tiny_args(synthetic_root, two), *common, *node_flags])
     assert nodes_of(fit_job) == "dapt-node[1-2]"
     assert read_metrics(two)["settings"]["trainer"]["num_nodes"] == 2
 
@@ -66,6 +76,6 @@ def test_a_fit_across_two_nodes_trains_and_tests_as_one_process(
     ckpt = ["--ckpt_path", str(one / "checkpoints/last.ckpt")]
     test_one, test_two = tmp_path / "test_one", tmp_path / "test_two"
     run_dapt(["test", *tiny_args(synthetic_root, test_one), *ckpt])
-    srun_dapt(test_job, ["test", *tiny_args(synthetic_root, test_two), *ckpt, *NODE_FLAGS])
+    srun_dapt(launcher, test_job, ["test", *tiny_args(synthetic_root, test_two), *ckpt, *node_flags])
     assert nodes_of(test_job) == "dapt-node[1-2]"
     assert read_test_metrics(test_two) == read_test_metrics(test_one)
