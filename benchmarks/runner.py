@@ -17,6 +17,7 @@ import torch
 from benchmarks.memory import ProbeConfig, probe_train_memory, run_probe
 from benchmarks.methods import MethodTiming, cocoop_batched_speedup, methods_table, time_methods
 from benchmarks.onnx_inference import InferenceResult, inference_table, measure_inference
+from benchmarks.precision import PrecisionRow, matmul_peaks, measure_precisions, precision_table
 from benchmarks.profiling import StepProfile, profile_train_step
 from benchmarks.report import fmt, machine_description, ratio, write_section
 from benchmarks.throughput import throughput
@@ -91,6 +92,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "in a section of its own; only: nothing else",
     )
     parser.add_argument(
+        "--precisions",
+        choices=["on", "off", "only"],
+        default="off",
+        help="time the fast path in fp32 and bf16-mixed side by side at every class count (CPU), with this machine's "
+        "matmul peak in each dtype, in a section of its own; only: nothing else",
+    )
+    parser.add_argument(
         "--onnx",
         choices=["on", "off", "only"],
         default="on",
@@ -136,6 +144,7 @@ class BenchmarkReport:
     markdown: str
     inference: InferenceResult | None = None  # eager PyTorch vs onnxruntime on the exported graph
     methods: list[MethodTiming] | None = None  # every method's training step and evaluation pass
+    precisions: list[PrecisionRow] | None = None  # fp32 and bf16-mixed side by side
 
     def row(self, classes: int, measurement: str) -> Row:
         """The table row of ``measurement`` at ``classes``."""
@@ -314,6 +323,39 @@ def _methods_section(
     return timings, _own_section("cpu-methods", title, lines, args, argv, load_before)
 
 
+def _precisions_section(
+    clip: torch.nn.Module, args: argparse.Namespace, argv: list[str] | None, load_before: float
+) -> tuple[list[PrecisionRow], str]:
+    """fp32 and bf16-mixed side by side at every class count, with the matmul peaks; print and write its section."""
+    rows: list[PrecisionRow] = []
+    for classes in args.class_counts:
+        rows += measure_precisions(
+            clip,
+            classes,
+            args.batch,
+            args.test_batch,
+            args.eval_images,
+            args.repeats,
+            args.memory == "on",
+            args.model,
+            args.depth,
+        )
+        print(f"[bench] {classes} classes, fp32 vs bf16-mixed: {rows[-1]}", file=sys.stderr, flush=True)
+    peaks = matmul_peaks(build_model(clip, min(args.class_counts)), args.batch)
+    title = f"CPU, fp32 against bf16-mixed: ViT-B/16 widths, {args.depth} layers per tower, fast path"
+    lines = [
+        f"- Batch {args.batch}, test batch {args.test_batch}; medians of {args.repeats} training steps and "
+        f"{max(1, (args.repeats + 1) // 2)} evaluation passes, after a warm-up of each, fp32 and bf16-mixed "
+        "alternating on the same model in the same process. Memory: peak RSS of one step in a fresh subprocess.",
+        "- Matmul peak of this machine, the image tower's MLP product in each dtype (fastest of 5): "
+        + ", ".join(f"{'fp32' if p == '32' else 'bf16'} {peak:.0f} GFLOP/s" for p, peak in peaks.items())
+        + f" (bf16 / fp32 {peaks['bf16-mixed'] / peaks['32']:.2f}x). A path's GFLOP/s counts its matrix products "
+        "(forward, and backward through the frozen towers to the prompts) over its time.",
+        *precision_table(rows, peaks),
+    ]
+    return rows, _own_section("cpu-bf16", title, lines, args, argv, load_before)
+
+
 def _inference_section(
     clip: torch.nn.Module, args: argparse.Namespace, argv: list[str] | None, load_before: float
 ) -> tuple[InferenceResult, str]:
@@ -359,6 +401,9 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
     if args.methods == "only":
         timed = _methods_section(clip, args, argv, load_before)
         return BenchmarkReport([], [], {}, {}, {}, [], timed[1], None, timed[0])
+    if args.precisions == "only":
+        precisions = _precisions_section(clip, args, argv, load_before)
+        return BenchmarkReport([], [], {}, {}, {}, [], precisions[1], precisions=precisions[0])
     if args.onnx == "only":
         inference = _inference_section(clip, args, argv, load_before)
         return BenchmarkReport([], [], {}, {}, {}, [], inference[1], inference[0])
@@ -411,6 +456,9 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
     inference = None
     if args.onnx == "on" and device.type == "cpu":
         inference = _inference_section(clip, args, argv, os.getloadavg()[0])[0]
+    precisions = None
+    if args.precisions == "on" and device.type == "cpu":
+        precisions = _precisions_section(clip, args, argv, os.getloadavg()[0])[0]
 
     load_after = os.getloadavg()[0]
     compiled_header = f" fast, compile {args.compile} | compiled / naive |" if args.compile != "off" else ""
@@ -522,4 +570,6 @@ def main(argv: list[str] | None = None) -> BenchmarkReport | None:
     print(body)
     if args.output is not None:
         write_section(args.output, args.device, body)
-    return BenchmarkReport(rows, checkpoint_rows, extra, layouts, profiles, compile_notes, body, inference, methods)
+    return BenchmarkReport(
+        rows, checkpoint_rows, extra, layouts, profiles, compile_notes, body, inference, methods, precisions
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 import torch
 
 import benchmarks as bench
+from benchmarks.report import fmt
 from benchmarks.throughput import time_steady_loader
 
 
@@ -140,3 +142,21 @@ def test_every_method_is_timed_and_cocoops_batching_is_measured(tmp_path) -> Non
     written = output.read_text()
     assert written.count(bench.section_marker("cpu-methods")) == 1 and "| cocoop |" in written
     assert "image by image (the official loop at batch 1)" in written
+
+
+def test_fp32_and_bf16_are_timed_side_by_side_with_their_matmul_peaks(tmp_path) -> None:
+    output = tmp_path / "BENCHMARKS.md"
+    report = bench.main(TINY.split() + ["--precisions", "only", "--memory", "off", "--output", str(output)])
+    measures = [(row.classes, row.measure) for row in report.precisions]
+    assert measures == [(c, m) for c in (3, 5) for m in ("train step (ms)", "eval pass, 4 images (s)")]
+    assert all(row.values["32"] > 0 and row.values["bf16-mixed"] > 0 and row.flops > 0 for row in report.precisions)
+    written = output.read_text()
+    assert written.count(bench.section_marker("cpu-bf16")) == 1
+    peaks = re.search(r"fp32 (\d+) GFLOP/s, bf16 (\d+) GFLOP/s", written)
+    assert peaks and int(peaks.group(1)) > 0 and int(peaks.group(2)) > 0
+    first = report.precisions[0]
+    ratio = first.values["bf16-mixed"] / first.values["32"]
+    assert (
+        f"| 3 | train step (ms) | {fmt(first.values['32'])} | {fmt(first.values['bf16-mixed'])} | "
+        f"{ratio:.2f} |" in written
+    )
