@@ -50,6 +50,38 @@ def test_fast_paths_equal_full(perturbed_clip: nn.Module, mode: str) -> None:
     assert_all_close(step_outputs(model, mode), full)
 
 
+BF16_FORWARD_TOL, BF16_GRAD_TOL = 1e-3, 2e-2
+"""Under bf16 autocast: how far a fast path's features, logits and loss terms (relative error) and its prompt
+gradients may be from the official 77-token path's under the same autocast. bf16 itself moves the official path's
+gradients 2-3e-2 from fp32's (measured on these tiny CLIPs), the features 5e-3."""
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("mode", ["truncated", "shared_prefix", "auto"])
+def test_fast_paths_equal_full_under_bf16_autocast(perturbed_clip: nn.Module, mode: str) -> None:
+    """`--trainer.precision bf16-mixed`: each fast path computes the official path's numbers to bf16's precision,
+    adds no error of its own beyond bf16's, and keeps the prompts and their gradients in fp32."""
+    model = _model(perturbed_clip)
+    fp32 = step_outputs(model, "full")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = step_outputs(model, "full")
+        fast = step_outputs(model, mode)
+    assert full["text_features"].dtype == torch.bfloat16  # autocast did run the towers in bf16
+    for key, reference in full.items():
+        error = _relative_error(fast[key], reference)
+        assert error <= (BF16_GRAD_TOL if key.startswith("grad:") else BF16_FORWARD_TOL), f"{key}: {error:.2e}"
+        # No further from fp32 than the official computation under the same autocast is.
+        assert _relative_error(fast[key], fp32[key]) <= 1.5 * _relative_error(reference, fp32[key]) + 1e-3, key
+    assert {name: p.dtype for name, p in model.named_parameters() if p.requires_grad} == {
+        "text_prompt.txt_ctx": torch.float32,
+        "visual_prompt.vis_ctx": torch.float32,
+    }
+    assert fast["grad:text_prompt.txt_ctx"].dtype == fast["grad:visual_prompt.vis_ctx"].dtype == torch.float32
+
+
 def test_auto_picks_shared_prefix_for_a_shared_context(perturbed_clip: nn.Module) -> None:
     model = _model(perturbed_clip)
     assert model.text_encoder.name == "shared_prefix"

@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import OperatorCounter
-from dapt_lightning.model.blocks import CastCache, block_forward, class_token_block_forward
+from dapt_lightning.model.blocks import CastCache, attention, block_forward, class_token_block_forward
 from dapt_lightning.model.towers import ImageTower
 
 
@@ -113,3 +114,19 @@ def test_weights_made_under_inference_mode_are_left_to_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert casts(weight) is weight
         assert casts(torch.randn(4, 4)).dtype == torch.bfloat16
+
+
+def test_cpu_bf16_attention_runs_in_fp32_under_grad_mode_and_in_bf16_without() -> None:
+    """The CPU's bf16 attention backward is several times slower than fp32's (BENCHMARKS.md): with a gradient to
+    compute, attention takes the bf16 q, k, v in fp32; evaluation keeps the faster bf16 kernel."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 8, generator=generator).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = attention(q, k, v, is_causal=True)
+        with torch.no_grad():
+            evaluated = attention(q, k, v, is_causal=True)
+    assert trained.dtype == torch.float32 and evaluated.dtype == torch.bfloat16
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    torch.testing.assert_close(trained, expected, rtol=0, atol=0)
+    torch.testing.assert_close(evaluated, F.scaled_dot_product_attention(q, k, v, is_causal=True), rtol=0, atol=0)
+    assert attention(q.float(), k.float(), v.float()).dtype == torch.float32  # fp32 inputs: as they are

@@ -133,13 +133,34 @@ def is_causal_mask(mask: torch.Tensor | None) -> bool:
     return bool(torch.isneginf(mask[upper]).all() and (mask[~upper] == 0).all())
 
 
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, computed in fp32 when its backward would run in bf16 on the CPU.
+
+    The CPU's bf16 attention backward is several times slower than its fp32 one at these sequence lengths (measured
+    on an AVX-512-bf16 EPYC: 5.3x for the text tower's buckets at 1000 classes, 1.9x for the image tower; see
+    BENCHMARKS.md), and attention is a few percent of a step's products, so fp32 costs less than it saves, and is
+    the more precise of the two. Under no_grad or inference_mode (evaluation) bf16 attention is the faster one and is
+    kept. Grad mode alone decides, so one computation never depends on which of its inputs happen to need a grad.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask, is_causal=is_causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal)
+
+
 def block_forward(
     block: ResidualAttentionBlock, x: torch.Tensor, batch: int, casts: CastCache, causal: bool = False
 ) -> torch.Tensor:
     """``block`` over ``batch`` sequences of tokens flattened to ``x`` ``[batch * length, width]``, with full or
     ``causal`` attention. Flat tokens make every projection one plain matrix product, without views around it."""
     q, k, v = split_heads(in_projection(block, block.ln_1(x), casts), batch, block.attn.num_heads)
-    attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(x.shape)
+    attended = attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(x.shape)
     return mlp_residual(block, attention_residual(block, x, attended, casts), casts)
 
 
@@ -166,5 +187,5 @@ def class_token_block_forward(
         kv = kv + adapter(hidden)[..., width:]
     q = q.reshape(batch, heads, 1, head_dim)
     k, v = kv.reshape(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    attended = F.scaled_dot_product_attention(q, k, v).reshape(batch, width)
+    attended = attention(q, k, v).reshape(batch, width)
     return mlp_residual(block, attention_residual(block, x.reshape(batch, -1, width)[:, 0], attended, casts), casts)

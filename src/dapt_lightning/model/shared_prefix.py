@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch.utils.checkpoint import checkpoint
 
 from dapt_lightning.model.blocks import (
+    attention,
     attention_residual,
     in_projection,
     mlp_residual,
@@ -269,19 +269,19 @@ class SharedPrefixTextEncoder:
         qkv = in_projection(block, h, self.tower.casts)
         if not buckets:  # one attention over every packed token, under the block mask
             q, k, v = split_heads(qkv, 1, heads)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=masks[0]).transpose(1, 2).reshape(-1, width)
+            return attention(q, k, v, attn_mask=masks[0]).transpose(1, 2).reshape(-1, width)
         P = prefix_length
         # One split into the prefix and the buckets (slicing per bucket would make the backward pass
         # allocate and fill a full-size gradient per slice).
         chunks = qkv.split([P, *(length * count for length, count in buckets)], dim=0)
         q_prefix, k_prefix, v_prefix = split_heads(chunks[0], 1, heads)
         # The prefix alone is an ordinary square causal attention.
-        outputs = [F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, is_causal=True)]
+        outputs = [attention(q_prefix, k_prefix, v_prefix, is_causal=True)]
         for chunk, (_, count), mask in zip(chunks[1:], buckets, masks, strict=True):
             q_b, k_b, v_b = split_heads(chunk, count, heads)
             k_b = torch.cat([k_prefix.expand(count, -1, -1, -1), k_b], dim=2)
             v_b = torch.cat([v_prefix.expand(count, -1, -1, -1), v_b], dim=2)
-            outputs.append(F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask))
+            outputs.append(attention(q_b, k_b, v_b, attn_mask=mask))
         return torch.cat([o.transpose(1, 2).reshape(-1, width) for o in outputs], dim=0)
 
     def _layer(
