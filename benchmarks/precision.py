@@ -25,35 +25,37 @@ PRECISIONS = ("32", "bf16-mixed")
 DTYPES = {"32": torch.float32, "bf16-mixed": torch.bfloat16}
 
 
-def matmul_peak(dtype: torch.dtype, rows: int, inner: int, cols: int, repeats: int = 5) -> float:
-    """GFLOP/s of this machine's fastest of ``repeats`` ``(rows x inner) @ (inner x cols)`` products in ``dtype``:
-    the bound a path made of such products can reach."""
+def matmul_peak(dtype: torch.dtype, rows: int, inner: int, cols: int, repeats: int = 10) -> float:
+    """GFLOP/s of this machine's fastest of ``repeats`` ``(rows x inner) @ (inner x cols)`` products in ``dtype``,
+    into a kept output (a fresh one would time the page faults of its first touch too)."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(rows, inner, generator=generator).to(dtype)
     b = torch.randn(inner, cols, generator=generator).to(dtype)
-    torch.mm(a, b)  # warm-up: the library picks and prepares its kernel
+    out = torch.empty(rows, cols, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up: the library picks and prepares its kernel
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(a, b)
+        torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
     return 2 * rows * inner * cols / best / 1e9
 
 
-def image_mlp_shape(model, batch: int) -> tuple[int, int, int]:
-    """The image tower's largest product in a training step: (batch x tokens, width) @ (width, MLP width)."""
+def image_block_products(model, batch: int) -> list[tuple[int, int, int]]:
+    """The image tower's matrix products in a training step, as (rows, inner, cols): q/k/v, output, MLP in, MLP out."""
     visual = model.image_tower.visual
     patch_h, patch_w = model.image_tower.patch_size
     patches = (model.image_tower.image_size // patch_h) * (model.image_tower.image_size // patch_w)
     prompts = model.visual_prompt.vis_ctx.shape[0] if model.visual_prompt is not None else 0
+    tokens, width = batch * (1 + patches + prompts), model.image_tower.width
     mlp = visual.transformer.resblocks[0].mlp.c_fc.out_features
-    return batch * (1 + patches + prompts), model.image_tower.width, mlp
+    return [(tokens, width, 3 * width), (tokens, width, width), (tokens, width, mlp), (tokens, mlp, width)]
 
 
 def matmul_peaks(model, batch: int) -> dict[str, float]:
-    """This machine's GFLOP/s on the image tower's MLP product, in each precision's matmul dtype."""
-    shape = image_mlp_shape(model, batch)
-    return {precision: matmul_peak(dtype, *shape) for precision, dtype in DTYPES.items()}
+    """This machine's matmul peak in each precision's dtype: the fastest of the image tower's products."""
+    shapes = image_block_products(model, batch)
+    return {precision: max(matmul_peak(dtype, *shape) for shape in shapes) for precision, dtype in DTYPES.items()}
 
 
 @dataclass(frozen=True)

@@ -347,7 +347,8 @@ def _precisions_section(
         f"- Batch {args.batch}, test batch {args.test_batch}; medians of {args.repeats} training steps and "
         f"{max(1, (args.repeats + 1) // 2)} evaluation passes, after a warm-up of each, fp32 and bf16-mixed "
         "alternating on the same model in the same process. Memory: peak RSS of one step in a fresh subprocess.",
-        "- Matmul peak of this machine, the image tower's MLP product in each dtype (fastest of 5): "
+        "- Matmul peak of this machine in each dtype (the fastest of the image tower's four products, each the "
+        "fastest of 10): "
         + ", ".join(f"{'fp32' if p == '32' else 'bf16'} {peak:.0f} GFLOP/s" for p, peak in peaks.items())
         + f" (bf16 / fp32 {peaks['bf16-mixed'] / peaks['32']:.2f}x). A path's GFLOP/s counts its matrix products "
         "(forward, and backward through the frozen towers to the prompts) over its time.",

@@ -98,8 +98,12 @@ def test_demo_runs_every_method_and_reports_them(tmp_path: Path, capsys: pytest.
     write_synthetic_dataset(tmp_path / "data" / FOLDER, sizes=SIZES)
     quick = ["--data.root", str(tmp_path / "data"), "--data.num_shots", "1", "--trainer.logger", "false"]
     args = ["--seeds", "1,2", "--methods", "dapt,zeroshot,vpt", "--max_epochs", "1", "--out", str(tmp_path / "out")]
-    assert demo_main([*args, *quick]) == 0
+    assert demo_main([*args, *quick, "--trainer.precision", "32"]) == 0
     out = capsys.readouterr().out
+    # Every other flag is a setting of each run, over what the demo's config says (it says bf16-mixed, 16 shots).
+    settings = json.loads((tmp_path / "out" / "seed1" / "dapt" / "metrics.json").read_text())["settings"]
+    assert str(settings["trainer"]["precision"]) == "32" and settings["data"]["num_shots"] == 1
+    assert settings["data"]["root"] == str(tmp_path / "data") and settings["trainer"]["logger"] is False
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert list(summary["accuracy"]) == ["zeroshot", "vpt", "dapt"]  # zero-shot first, DAPT last
     assert summary["accuracy"]["zeroshot"]["1"] == summary["accuracy"]["zeroshot"]["2"]  # one run for every seed

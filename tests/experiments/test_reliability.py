@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import REPO, TINY_CONFIG, kill_inside_second_epoch, prompts_of, read_test_metrics, run_dapt, tiny_args
+from tiny import (
+    REPO,
+    TINY_CONFIG,
+    kill_inside_second_epoch,
+    prompts_of,
+    read_metrics,
+    read_test_metrics,
+    run_dapt,
+    tiny_args,
+)
 
 from dapt_lightning.checkpoint import SafeCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
 from dapt_lightning.cli import main
@@ -61,6 +70,16 @@ def test_two_process_training_and_evaluation_equal_one_process(synthetic_root: P
     assert m2["test/macro_f1"] == pytest.approx(m1["test/macro_f1"], abs=1e-7)
     # And both equal the test that ended the fit, on the model in memory.
     assert m1["test/acc"] == pytest.approx(read_test_metrics(one)["test/acc"], abs=1e-7)
+
+    # The same under bf16-mixed: two processes count every image once and predict what one process predicts.
+    bf16 = ["--trainer.precision", "bf16-mixed"]
+    bf16_one, bf16_two = tmp_path / "bf16_one", tmp_path / "bf16_two"
+    run_dapt(["test", *tiny_args(synthetic_root, bf16_one), "--ckpt_path", ckpt, *bf16])
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    run_dapt(["test", *tiny_args(synthetic_root, bf16_two), "--ckpt_path", ckpt, *bf16, *ddp])
+    b1, b2 = read_test_metrics(bf16_one), read_test_metrics(bf16_two)
+    assert read_metrics(bf16_two)["settings"]["trainer"]["precision"] == "bf16-mixed"
+    assert b2["test/acc"] == b1["test/acc"] and b2["test/macro_f1"] == b1["test/macro_f1"]
 
 
 # 3. Resume after SIGKILL ------------------------------------------------------------------------------------------

@@ -98,12 +98,14 @@ def run_method(method: str, seed: int, options: DemoOptions, run_dir: Path) -> R
     settings: dict[str, Any] = {"run.overwrite": True, "model": setting_name(method_type), "run.dir": str(run_dir)}
     if options.max_epochs is not None:
         settings["trainer.max_epochs"] = options.max_epochs
+    # The config first, then the person's flags: a flag overrides what the config says (`--trainer.precision 32`).
+    args = ("--config", options.config, *options.run_args)
     if issubclass(method_type, ZeroShotCLIP):
-        return execute(RunSpec("test", options.run_args, (options.config,), settings))
+        return execute(RunSpec("test", args, (), settings))
     settings |= {"seed_everything": seed, "run.test_after_fit": True}
     # The t-SNE figures are DAPT's (the paper's Figures 1 and 6): the baselines skip their cost.
     settings["embedding_plots.enabled"] = issubclass(method_type, DAPT)
-    return execute(RunSpec("fit", options.run_args, (options.config,), settings))
+    return execute(RunSpec("fit", args, (), settings))
 
 
 def demo_main(argv: list[str]) -> int:
