@@ -27,7 +27,7 @@ from tiny import REPO, SIZES, TINY_CONFIG, write_subset_dataset
 from dapt_lightning.arguments import UsageError, parse
 from dapt_lightning.callbacks.run_files import read_metrics
 from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
-from dapt_lightning.experiments.claims import ERROR_FILE, RUNNING_FILE, claim_record, claimed
+from dapt_lightning.experiments.claims import ERROR_FILE, RUNNING_FILE, claim_record, claimed, describe, is_stale
 from dapt_lightning.experiments.run import RunInterrupted
 from dapt_lightning.experiments.sweep import launch_slurm, load_sweep, plan, run_status, summarize, sweep_main
 from dapt_lightning.experiments.sweep.command import _slurm_parameters, build_parser
@@ -182,6 +182,19 @@ def test_a_signal_mid_run_is_recorded_and_releases_the_claim(
     summary = (run.run_dir / ERROR_FILE).read_text().split("\n")[0]
     assert summary == f"interrupted by {sig.name} (a rerun resumes from the last checkpoint)"
     assert run_status(run).state == "failed" and not run.finished
+
+
+def test_a_claim_from_another_host_is_held_unless_slurm_says_its_job_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    claim = {**claim_record(), "host": "elsewhere", "slurm_job": "123"}
+    (run_dir / RUNNING_FILE).write_text(json.dumps(claim))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue here: Slurm cannot be asked, so the claim stands
+    assert not is_stale(claim) and "Slurm job 123" in describe(claim)
+    with claimed(run_dir) as ours:
+        assert not ours
 
 
 def test_slurm_launcher_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ cancelled with `scancel` is reported, then resubmitted by the next sweep and res
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from tiny import REPO, TINY_CONFIG, read_metrics
 
+from dapt_lightning.experiments.claims import RUNNING_FILE, claim_record, claimed, is_stale
 from dapt_lightning.experiments.sweep import load_sweep, plan, run_status, summarize, sweep_main
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -181,3 +183,36 @@ sbatch --array=0-$((N - 1))%2 --cpus-per-task=1 --time=10 --output={tmp_path}/sl
     assert len(logs) == 2
     for index, (log, run) in enumerate(zip(logs, runs, strict=True)):
         assert log.name.endswith(f"_{index}.out") and f"--run.dir {run.run_dir}" in log.read_text(), log.read_text()
+
+
+def test_a_claim_from_a_slurm_job_on_another_host_is_stale_once_the_job_has_left_the_queue(
+    slurm_nodes: list[str], tmp_path: Path
+) -> None:
+    # A process in a Slurm job records the job in its claim.
+    show = "import json; from dapt_lightning.experiments.claims import claim_record; print(json.dumps(claim_record()))"
+    answer = subprocess.run(
+        ["srun", "--nodes", "1", sys.executable, "-c", show], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(answer.stdout)["slurm_job"].isdigit()
+
+    # A run held by a job on another node (a host whose pids cannot be checked from here): held while the job is
+    # queued or running; stale once it has left the queue (killed outright: a node failure, the OOM killer).
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--wrap", "sleep 300"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    claim = {**claim_record(), "host": "another-node", "slurm_job": job}
+    (run_dir / RUNNING_FILE).write_text(json.dumps(claim))
+    try:
+        assert not is_stale(claim)
+        with claimed(run_dir) as ours:
+            assert not ours
+    finally:
+        subprocess.run(["scancel", job], check=True)
+    deadline = time.time() + 60
+    while not is_stale(claim):
+        assert time.time() < deadline, f"job {job} still in the queue"
+        time.sleep(0.5)
+    with claimed(run_dir) as ours:  # the next worker takes the run over
+        assert ours

@@ -3,8 +3,10 @@
 Every run (``dapt fit``, a sweep's run, a tuning trial) claims its folder by creating ``RUNNING`` (pid, host, start
 time) there with ``os.link``, which fails if the file exists, so two processes (or jobs on hosts sharing the file
 system) never run in one folder at once. A process may claim a folder it holds already (a sweep's worker, then the
-fit it runs). A claim whose process is gone (same host: the pid is dead or belongs to a newer process) is stale: the
-next claimant takes the folder over; on another host it cannot be checked, and counts as held.
+fit it runs). A claim whose process is gone is stale, and the next claimant takes the folder over: on the same host,
+the pid is dead or belongs to a newer process; on another host, the claim names the Slurm job it ran in and that job
+has left Slurm's queue (a node failure or an out-of-memory kill, which no signal handler sees). Any other claim from
+another host cannot be checked, and counts as held.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,9 +49,28 @@ def _alive(pid: int) -> bool:
 
 
 def claim_record(pid: int | None = None) -> dict[str, Any]:
-    """What a ``RUNNING`` marker says: pid (default: this process), host, time, and the process's start in ticks."""
+    """What a ``RUNNING`` marker says: pid (default: this process), host, time, the process's start in ticks, and
+    the Slurm job it runs in, if any."""
     pid = os.getpid() if pid is None else pid
-    return {"pid": pid, "host": socket.gethostname(), "started": time.time(), "process_start": _process_start(pid)}
+    record = {"pid": pid, "host": socket.gethostname(), "started": time.time(), "process_start": _process_start(pid)}
+    if os.environ.get("SLURM_JOB_ID"):
+        record["slurm_job"] = os.environ["SLURM_JOB_ID"]
+    return record
+
+
+def slurm_job_ended(job: str) -> bool | None:
+    """Whether Slurm job ``job`` has left the queue (True), is still in it (False), or Slurm cannot say (None)."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        answer = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job, "--format", "%T"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if answer.returncode == 0:
+        return not answer.stdout.strip()
+    return True if "Invalid job id" in answer.stderr else None  # a job long gone is no longer known at all
 
 
 def read_claim(run_dir: Path) -> dict[str, Any] | None:
@@ -76,8 +99,12 @@ def _is_mine(claim: dict[str, Any]) -> bool:
 
 
 def is_stale(claim: dict[str, Any]) -> bool:
-    """True when the claiming process ran on this host and is gone (dead pid, or the pid now names another)."""
-    if claim.get("host") != socket.gethostname() or not isinstance(claim.get("pid"), int):
+    """True when the claiming process is gone: on this host, its pid is dead or now names another process; on another
+    host, the Slurm job it ran in has left the queue."""
+    if claim.get("host") != socket.gethostname():
+        job = claim.get("slurm_job")
+        return bool(job) and slurm_job_ended(str(job)) is True
+    if not isinstance(claim.get("pid"), int):
         return False
     if not _alive(claim["pid"]):
         return True
@@ -91,7 +118,8 @@ def describe(claim: dict[str, Any]) -> str:
     if not claim:
         return f"unreadable {RUNNING_FILE} marker; delete it if no worker runs this"
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(claim.get("started", 0)))
-    return f"pid {claim.get('pid')} on {claim.get('host')} since {started}"
+    job = f", Slurm job {claim['slurm_job']}" if claim.get("slurm_job") else ""
+    return f"pid {claim.get('pid')} on {claim.get('host')}{job} since {started}"
 
 
 @contextmanager

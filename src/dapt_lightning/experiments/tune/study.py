@@ -185,16 +185,17 @@ def _describe(trial: FrozenTrial) -> str:
 
 
 def fail_trials_of_dead_workers(study: optuna.Study, folder: StudyFolder) -> list[int]:
-    """Mark failed the running trials whose worker ran on this host and is gone; set their folders apart.
+    """Mark failed the running trials whose worker is gone (on this host, or in a Slurm job that has left the queue);
+    set their folders apart.
 
-    Other hosts' trials are left to the heartbeat. Returns the numbers of the trials failed here.
+    Other hosts' trials are otherwise left to the heartbeat. Returns the numbers of the trials failed here.
     """
     storage = study._storage  # the study's storage: Optuna offers no public handle, and state changes go through it
     study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER_ATTR)
-        if not worker or not is_stale(worker):  # only a pid on this host can be checked
+        if not worker or not is_stale(worker):  # a pid on this host, or the Slurm job of a worker elsewhere
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
