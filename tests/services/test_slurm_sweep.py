@@ -198,7 +198,10 @@ def test_a_claim_from_a_slurm_job_on_another_host_is_stale_once_the_job_has_left
     # A run held by a job on another node (a host whose pids cannot be checked from here): held while the job is
     # queued or running; stale once it has left the queue (killed outright: a node failure, the OOM killer).
     job = subprocess.run(
-        ["sbatch", "--parsable", "--wrap", "sleep 300"], capture_output=True, text=True, check=True
+        ["sbatch", "--parsable", "--output", str(tmp_path / "sleep.out"), "--wrap", "sleep 300"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
