@@ -41,7 +41,7 @@ def test_a_plain_trainer_trains_dapt_to_dapt_fits_accuracy(tmp_path: Path, monke
     # The same run through the CLI, as `dapt fit --config configs/demo.yaml` (seed 1) plus a test after fitting.
     fit = run_cli(["fit", "--config", str(DEMO_CONFIG), "--run.dir", "cli", "--run.test_after_fit", "true"])
     assert fit.record["test"]["test/acc"] == plain
-    assert abs(plain - 0.967) < 0.01  # the README's number (the demo's DAPT, seed 1)
+    assert abs(plain - 0.969) < 0.01  # the README's number (the demo's DAPT, seed 1, bf16-mixed)
 
     exec(compile(load, "README: loading a checkpoint", "exec"), namespace)  # noqa: S102
     assert type(namespace["tuned"]) is DAPT and namespace["again"][0]["test/acc"] == plain
