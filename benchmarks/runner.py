@@ -84,27 +84,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="profile fast training steps at the largest class count: wall vs GPU kernel time, kernels per step",
     )
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: min(8, CPUs - 1))")
-    parser.add_argument(
-        "--methods",
-        choices=["on", "off", "only"],
-        default="off",
-        help="time every registered method's training step and evaluation pass at the smallest class count (CPU), "
-        "in a section of its own; only: nothing else",
-    )
-    parser.add_argument(
-        "--precisions",
-        choices=["on", "off", "only"],
-        default="off",
-        help="time the fast path in fp32 and bf16-mixed side by side at every class count (CPU), with this machine's "
-        "matmul peak in each dtype, in a section of its own; only: nothing else",
-    )
-    parser.add_argument(
-        "--onnx",
-        choices=["on", "off", "only"],
-        default="on",
-        help="time a tuned model's exported image -> logits graph, eager PyTorch vs onnxruntime (CPU only), in a "
-        "section of its own; only: nothing else",
-    )
+    own_sections = {
+        "methods": (
+            "off",
+            "time every registered method's training step and evaluation pass at the smallest class count (CPU)",
+        ),
+        "precisions": (
+            "off",
+            "time the fast path in fp32 and bf16-mixed side by side at every class count (CPU), "
+            "with this machine's matmul peak in each dtype",
+        ),
+        "onnx": ("on", "time a tuned model's exported image -> logits graph, eager PyTorch vs onnxruntime (CPU only)"),
+    }
+    for name, (default, what) in own_sections.items():
+        parser.add_argument(
+            f"--{name}",
+            choices=["on", "off", "only"],
+            default=default,
+            help=f"{what}, in a section of its own; only: nothing else",
+        )
     parser.add_argument(
         "--peak-tflops",
         type=float,
