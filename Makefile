@@ -47,8 +47,8 @@ format: $(STAMP) ## Format and auto-fix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) ## CPU benchmark of the naive vs fast (eager and compiled) paths (writes BENCHMARKS.md)
-	$(BIN)/python -m benchmarks --compile default
+bench: $(STAMP) ## CPU benchmark: naive vs fast (eager and compiled), and fp32 vs bf16-mixed (writes BENCHMARKS.md)
+	$(BIN)/python -m benchmarks --compile default --precisions on
 
 bench-gpu: $(STAMP) ## GPU benchmark: 12-layer ViT-B/16, bf16-mixed, eager and compiled (CUDA graphs)
 	$(BIN)/python -m benchmarks --device cuda --depth 12 --precision bf16-mixed --compile reduce-overhead
