@@ -48,10 +48,10 @@ format: $(STAMP) ## Format and auto-fix with ruff
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP) ## CPU benchmark: naive vs fast (eager and compiled), and fp32 vs bf16-mixed (writes BENCHMARKS.md)
-	$(BIN)/python -m benchmarks --compile default --precisions on
+	$(BIN)/python -m benchmarks --compile default --precisions on --output BENCHMARKS.md
 
 bench-gpu: $(STAMP) ## GPU benchmark: 12-layer ViT-B/16, bf16-mixed, eager and compiled (CUDA graphs)
-	$(BIN)/python -m benchmarks --device cuda --depth 12 --precision bf16-mixed --compile reduce-overhead
+	$(BIN)/python -m benchmarks --device cuda --depth 12 --precision bf16-mixed --compile reduce-overhead --output BENCHMARKS.md
 
 clean: ## Remove runs, caches and build artefacts (keeps .venv)
 	rm -rf runs lightning_logs wandb .pytest_cache .ruff_cache
