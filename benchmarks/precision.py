@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.memory import ProbeConfig, probe_train_memory
 from benchmarks.report import fmt
-from benchmarks.throughput import image_flops, text_flops, train_step_flops
+from benchmarks.throughput import image_flops, image_mlp_width, image_tokens, text_flops, train_step_flops
 from benchmarks.workload import (
     autocast_context,
     build_model,
@@ -43,12 +43,7 @@ def matmul_peak(dtype: torch.dtype, rows: int, inner: int, cols: int, repeats: i
 
 def image_block_products(model, batch: int) -> list[tuple[int, int, int]]:
     """The image tower's matrix products in a training step, as (rows, inner, cols): q/k/v, output, MLP in, MLP out."""
-    visual = model.image_tower.visual
-    patch_h, patch_w = model.image_tower.patch_size
-    patches = (model.image_tower.image_size // patch_h) * (model.image_tower.image_size // patch_w)
-    prompts = model.visual_prompt.vis_ctx.shape[0] if model.visual_prompt is not None else 0
-    tokens, width = batch * (1 + patches + prompts), model.image_tower.width
-    mlp = visual.transformer.resblocks[0].mlp.c_fc.out_features
+    tokens, width, mlp = batch * image_tokens(model)[1], model.image_tower.width, image_mlp_width(model)
     return [(tokens, width, 3 * width), (tokens, width, width), (tokens, width, mlp), (tokens, mlp, width)]
 
 

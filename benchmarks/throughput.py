@@ -39,16 +39,27 @@ def text_flops(model, mode: str) -> float:
     return layers * (tokens * per_token + attention) + projection
 
 
+def image_tokens(model) -> tuple[int, int]:
+    """The prompted ViT's sequence: (patches, tokens per image = class token + patches + visual prompts)."""
+    patch_h, patch_w = model.image_tower.patch_size
+    patches = (model.image_tower.image_size // patch_h) * (model.image_tower.image_size // patch_w)
+    prompts = model.visual_prompt.vis_ctx.shape[0] if model.visual_prompt is not None else 0
+    return patches, 1 + patches + prompts
+
+
+def image_mlp_width(model) -> int:
+    """The hidden width of the image tower's MLP."""
+    return model.image_tower.visual.transformer.resblocks[0].mlp.c_fc.out_features
+
+
 def image_flops(model) -> tuple[float, float]:
     """Per-image forward FLOPs of the prompted ViT: (transformer + projection, patch embedding)."""
     visual = model.image_tower.visual
     width = model.image_tower.width
     layers = len(visual.transformer.resblocks)
-    mlp = visual.transformer.resblocks[0].mlp.c_fc.out_features
+    mlp = image_mlp_width(model)
     patch_h, patch_w = model.image_tower.patch_size
-    patches = (model.image_tower.image_size // patch_h) * (model.image_tower.image_size // patch_w)
-    prompts = model.visual_prompt.vis_ctx.shape[0] if model.visual_prompt is not None else 0
-    n = 1 + patches + prompts
+    patches, n = image_tokens(model)
     blocks = layers * (2 * n * (4 * width * width + 2 * width * mlp) + 4 * n * n * width)
     projection = 2 * width * visual.proj.shape[1]
     patch_embed = 2 * patches * 3 * patch_h * patch_w * width

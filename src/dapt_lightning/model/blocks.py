@@ -143,7 +143,7 @@ def attention(
     """``F.scaled_dot_product_attention``, computed in fp32 when its backward would run in bf16 on the CPU.
 
     The CPU's bf16 attention backward is several times slower than its fp32 one at these sequence lengths (measured
-    on an AVX-512-bf16 EPYC: 5.3x for the text tower's buckets at 1000 classes, 1.9x for the image tower; see
+    on a 2-core Xeon with AMX: 5.3x for the text tower's buckets at 1000 classes, 1.9x for the image tower; see
     BENCHMARKS.md), and attention is a few percent of a step's products, so fp32 costs less than it saves, and is
     the more precise of the two. Under no_grad or inference_mode (evaluation) bf16 attention is the faster one and is
     kept. Grad mode alone decides, so one computation never depends on which of its inputs happen to need a grad.
