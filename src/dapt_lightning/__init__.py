@@ -13,12 +13,14 @@ and a trained checkpoint, to classify images::
     clf.predict(["cat.jpg", "dog.jpg"]).labels
 """
 
+from dapt_lightning.callbacks.gpa import GaussianPromptAggregation
 from dapt_lightning.callbacks.prototypes import PrototypeCallback
 from dapt_lightning.callbacks.run_files import ClosingSummary, MetricsFile, RunLog
 from dapt_lightning.data.datamodule import FewShotDataModule
 from dapt_lightning.inference import Classifier, Predictions, load
 from dapt_lightning.methods import (
     DAPT,
+    IVLP,
     VPT,
     CLIPLoRA,
     CLIPMethod,
@@ -27,6 +29,8 @@ from dapt_lightning.methods import (
     CoOpVPT,
     KgCoOp,
     LinearProbe,
+    MaPLe,
+    PromptSRC,
     PromptTuning,
     TipAdapterF,
     TrainedMethod,
@@ -40,6 +44,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "DAPT",
+    "IVLP",
     "VPT",
     "CLIPLoRA",
     "CLIPMethod",
@@ -49,9 +54,12 @@ __all__ = [
     "CoOp",
     "CoOpVPT",
     "FewShotDataModule",
+    "GaussianPromptAggregation",
     "KgCoOp",
     "LinearProbe",
+    "MaPLe",
     "MetricsFile",
+    "PromptSRC",
     "PromptTuning",
     "Predictions",
     "PrototypeCallback",

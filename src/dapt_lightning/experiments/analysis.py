@@ -174,11 +174,14 @@ def nearest_words(module: CLIPMethod, k: int = 5, metric: str = "cosine") -> lis
 
 
 def visual_prompt_norms(module: CLIPMethod) -> torch.Tensor:
-    """L2 norm of each learned visual prompt token ``[num_tokens]`` (empty without visual prompts)."""
+    """L2 norm of each learned visual prompt token ``[num_tokens]`` (empty without visual prompts; the input's
+    tokens of deep prompts)."""
     prompt = module.model.visual_prompt
     if prompt is None:
         return torch.zeros(0)
-    return prompt.vis_ctx.detach().float().norm(dim=-1).cpu()
+    with torch.no_grad():
+        tokens = prompt.vis_ctx if hasattr(prompt, "vis_ctx") else prompt()[0]
+    return tokens.detach().float().norm(dim=-1).cpu()
 
 
 def show_predictions(images: Sequence[str | Path], top: Sequence[Sequence[tuple[str, float]]], columns: int = 3) -> Any:

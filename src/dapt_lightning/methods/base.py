@@ -67,14 +67,17 @@ class CLIPMethod(L.LightningModule):
     conditions_text_on_image: ClassVar[bool] = False
     """Whether the class texts are encoded anew for each image (CoCoOp): no fixed class text features exist."""
     uses_visual_prompts: ClassVar[bool] = False
+    """Whether :meth:`visual_prompt` gives tokens: the image tower must take them (``methods/compatibility.py``
+    refuses towers that cannot, before anything is built)."""
+    deep_visual_prompts: ClassVar[bool] = False
+    """Whether its visual prompts replace tokens between the image tower's blocks (IVLP, MaPLe, PromptSRC): only
+    open_clip's own VisionTransformer takes them (``methods/compatibility.py``)."""
     adapts_attention: ClassVar[bool] = False
     """Whether it adapts the attention blocks' q/k/v projections (CLIP-LoRA): both towers must be open_clip's plain
     attention blocks (``methods/compatibility.py``)."""
     names_new_classes: ClassVar[bool] = True
     """Whether what it learned applies to classes it was not trained on (base-to-new, cross-dataset); False for a
     classifier of the training classes (linear probe, Tip-Adapter's cache)."""
-    """Whether :meth:`visual_prompt` gives tokens: the image tower must take them (``methods/compatibility.py``
-    refuses towers that cannot, before anything is built)."""
 
     def __init__(
         self,
@@ -183,6 +186,8 @@ class CLIPMethod(L.LightningModule):
         text_tower, image_tower = TextTower(clip, tokenizer), ImageTower(clip)
         if self.uses_visual_prompts and image_tower.prompt_refusal is not None:
             raise ValueError(f"visual prompts are not possible: in this CLIP {image_tower.prompt_refusal}")
+        if self.deep_visual_prompts and image_tower.deep_prompt_refusal is not None:
+            raise ValueError(f"deep visual prompts are not possible: in this CLIP {image_tower.deep_prompt_refusal}")
         text_prompt = self.text_prompt(text_tower, classnames)
         visual_prompt = self.visual_prompt(image_tower)
         template = self.template()

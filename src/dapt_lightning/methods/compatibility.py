@@ -8,6 +8,7 @@ from torch import nn
 from dapt_lightning.methods.registry import Method, registered_methods
 from dapt_lightning.model.blocks import unsupported_block_reason
 from dapt_lightning.model.families import (
+    deep_visual_prompt_refusal,
     hugging_face_text_refusal,
     meta_model,
     text_tower_refusal,
@@ -21,11 +22,14 @@ def usable_methods(clip: nn.Module) -> list[Method]:
     if text_tower_refusal(clip) is not None:
         return []
     visual_ok = visual_prompt_refusal(clip.visual) is None
+    deep_ok = deep_visual_prompt_refusal(clip.visual) is None
     attention_ok = attention_adapter_refusal(clip) is None
     return [
         method
         for method in registered_methods()
-        if (visual_ok or not method.uses_visual_prompts) and (attention_ok or not method.adapts_attention)
+        if (visual_ok or not method.uses_visual_prompts)
+        and (deep_ok or not getattr(method, "deep_visual_prompts", False))
+        and (attention_ok or not method.adapts_attention)
     ]
 
 
@@ -70,6 +74,10 @@ def method_refusal(method: Method, clip_name: str, clip: nn.Module | None = None
     if method.uses_visual_prompts and visual is not None:
         needs = f"--model {method.__name__} needs visual prompts"
         return f"{needs}, but in {clip_name} {visual}. With {clip_name} use: {usable}."
+    deep = deep_visual_prompt_refusal(clip.visual) if getattr(method, "deep_visual_prompts", False) else None
+    if deep is not None:
+        needs = f"--model {method.__name__} needs deep visual prompts"
+        return f"{needs}, but in {clip_name} {deep}. With {clip_name} use: {usable}."
     attention = attention_adapter_refusal(clip) if method.adapts_attention else None
     if attention is not None:
         needs = f"--model {method.__name__} adapts q/k/v of every attention block"

@@ -30,10 +30,15 @@ class TrainedMethod(CLIPMethod):
         ce = F.cross_entropy(logits, labels)
         return {"total": ce, "ce": ce}
 
+    def batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits and loss terms (:meth:`loss`) of one training batch; a method whose loss needs more of the
+        batch than its features (PromptSRC's frozen-CLIP teacher) overrides this."""
+        logits, image_features, text_features = self.forward_features(images)
+        return logits, self.loss(logits, labels, image_features, text_features)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, labels, _ = batch
-        logits, image_features, text_features = self.forward_features(images)
-        terms = self.loss(logits, labels, image_features, text_features)
+        logits, terms = self.batch_loss(images, labels)
         if self._non_finite is None:
             names = [name for name in terms if name != "total"] + ["total"]  # a term is named before the sum
             self._non_finite = NonFiniteWatch(names, terms["total"].device, self.global_step)

@@ -64,6 +64,20 @@ def visual_prompt_refusal(visual: nn.Module) -> str | None:
     return f"the image tower ({kind}) takes no visual prompts: {why}"
 
 
+def deep_visual_prompt_refusal(visual: nn.Module) -> str | None:
+    """Why this image tower takes no deep prompts (IVLP, MaPLe, PromptSRC: tokens replaced between blocks), or None
+    when it does: they go only into open_clip's own ``VisionTransformer``, as in the official code."""
+    family = image_tower_family(visual)
+    if family == "vit":
+        return None
+    tower = getattr(visual, "trunk", visual)
+    kind = f"timm's {type(tower).__name__}" if tower is not visual else f"open_clip's {type(tower).__name__}"
+    return (
+        f"the image tower ({kind}) takes no deep visual prompts: they replace tokens between the blocks of open_clip's "
+        "own VisionTransformer only"
+    )
+
+
 def text_tower_refusal(clip: nn.Module) -> str | None:
     """Why this CLIP's text tower cannot be used at all, or None when it can."""
     text = getattr(clip, "text", clip)

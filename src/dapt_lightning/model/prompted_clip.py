@@ -27,7 +27,8 @@ class PromptedCLIP(nn.Module):
         text_encoder: the strategy that turns the class prompts into text features (``model/text_encoding.py``).
         text_prompt: the learned text context, or None when the class prompts are the fixed ``fixed_prompts``.
         fixed_prompts: the hand-crafted class prompts of a method without a learned text context.
-        visual_prompt: the learned visual tokens, or None.
+        visual_prompt: the learned visual tokens (a module giving one tensor, or deep prompts giving one per
+            prompted block: ``model/deep_prompts.py``), or None.
         template: the hand-crafted prompt ``encode_template`` uses by default (``{}`` is the class name).
         clone_image_features: copy image features out of the tower's output (compiled towers that replay CUDA
             graphs reuse their output memory).
@@ -42,7 +43,7 @@ class PromptedCLIP(nn.Module):
         text_encoder: TextEncoder,
         text_prompt: TextPromptLearner | None = None,
         fixed_prompts: FixedTextPrompts | None = None,
-        visual_prompt: VisualPromptLearner | None = None,
+        visual_prompt: VisualPromptLearner | nn.Module | None = None,
         template: str = GENERIC_TEMPLATE,
         clone_image_features: bool = False,
     ) -> None:
@@ -77,10 +78,15 @@ class PromptedCLIP(nn.Module):
         Args:
             template: the prompt (``{}``: class name); None: this model's ``template``.
         """
-        prompts = FixedTextPrompts(self.text_tower, self.classnames, template or self.template)
+        return F.normalize(self.template_features(template or self.template), dim=-1)
+
+    @torch.no_grad()
+    def template_features(self, template: str) -> torch.Tensor:
+        """The frozen CLIP's unnormalised fp32 class text features ``[C, D]`` of a hand-crafted prompt (``{}``:
+        the class name), without any learned prompt."""
+        prompts = FixedTextPrompts(self.text_tower, self.classnames, template)
         prompts.to(self.text_tower.ln_final.weight.device)
-        features = build_text_encoder("auto", self.text_tower, prompts)()
-        return F.normalize(features.float(), dim=-1)
+        return build_text_encoder("auto", self.text_tower, prompts)().float()
 
     def encode_image(self, images: torch.Tensor, use_prompts: bool = True) -> torch.Tensor:
         """L2-normalised image features ``[B, D]``; ``use_prompts=False`` gives zero-shot CLIP features."""
@@ -91,7 +97,10 @@ class PromptedCLIP(nn.Module):
                 f"--data.image_size {size} (or leave it unset: the DataModule then takes the model's)"
             )
         prompts = self.visual_prompt() if (use_prompts and self.visual_prompt is not None) else None
-        features = self.image_tower(images, prompts)
+        if isinstance(prompts, list):  # deep prompts, one set per prompted block (model/deep_prompts.py)
+            features = self.image_tower(images, layer_prompts=prompts)
+        else:
+            features = self.image_tower(images, prompts)
         if self._clone_image_features:
             features = features.clone()
         return F.normalize(features, dim=-1)

@@ -47,6 +47,8 @@ class TextPromptLearner(nn.Module):
         init_phrase: initialise the context from the embeddings of this phrase (e.g. ``"a photo of a"``);
             the context length is then the phrase's token count.
         class_specific: one context per class instead of one shared by all classes (CoOp's CSC).
+        learned_tokens: learn only the first this many tokens of ``init_phrase``; its other words stay fixed words
+            of every prompt (MaPLe's 2 learned tokens of "a photo of a"). None: all of them.
     """
 
     def __init__(
@@ -56,15 +58,18 @@ class TextPromptLearner(nn.Module):
         num_tokens: int = 16,
         init_phrase: str | None = None,
         class_specific: bool = False,
+        learned_tokens: int | None = None,
     ) -> None:
         super().__init__()
         prefix = init_phrase or " ".join(["X"] * num_tokens)
         start, count = context_slot(text_tower.tokenize, prefix)
         if init_phrase:
-            num_tokens = count
+            if learned_tokens is not None and not 1 <= learned_tokens <= count:
+                raise ValueError(f"{learned_tokens} learned tokens of {init_phrase!r}, which has {count}")
+            num_tokens = learned_tokens or count
             with torch.no_grad():
                 phrase_tokens = text_tower.tokenize([init_phrase])
-                init = text_tower.embed_tokens(phrase_tokens)[0, start : start + count].clone().float()
+                init = text_tower.embed_tokens(phrase_tokens)[0, start : start + num_tokens].clone().float()
         else:
             if count != num_tokens:
                 raise ValueError(

@@ -96,7 +96,10 @@ class TokenTextEncoder:
         self._clone_outputs = may_use_cuda_graphs(compile_mode)
 
     def __call__(self) -> torch.Tensor:
-        features = self.tower(self.prompts(self.length), self.prompts.pool_positions, self.checkpointing)
+        prompts = self.prompts
+        layers = prompts.layer_prompts() if hasattr(prompts, "layer_prompts") else ()  # deep prompts
+        start = getattr(prompts, "context_start", 1)
+        features = self.tower(prompts(self.length), prompts.pool_positions, self.checkpointing, layers, start)
         return features.clone() if self._clone_outputs else features
 
 

@@ -6,7 +6,7 @@ Which towers they serve, and how, is in ``model/families.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import open_clip
 import torch
@@ -20,7 +20,13 @@ from dapt_lightning.model.blocks import (
     is_causal_mask,
     unsupported_block_reason,
 )
-from dapt_lightning.model.families import ImageFamily, image_tower_family, text_tower_refusal, visual_prompt_refusal
+from dapt_lightning.model.families import (
+    ImageFamily,
+    deep_visual_prompt_refusal,
+    image_tower_family,
+    text_tower_refusal,
+    visual_prompt_refusal,
+)
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 """Texts -> token ids ``[N, context_length]`` (open_clip's tokenizers)."""
@@ -123,16 +129,25 @@ class TextTower(nn.Module):
         )
 
     def forward(
-        self, embeddings: torch.Tensor, pool_positions: torch.Tensor, checkpointing: bool = False
+        self,
+        embeddings: torch.Tensor,
+        pool_positions: torch.Tensor,
+        checkpointing: bool = False,
+        layer_prompts: Sequence[torch.Tensor] = (),
+        prompt_start: int = 1,
     ) -> torch.Tensor:
         """Unnormalised text features from prompt embeddings ``[N, L, width]``, pooled at ``pool_positions``.
 
         ``L`` may be shorter than the context length only where :attr:`pools_at_end_of_text`: then positions
         after the end of text cannot change its row. ``checkpointing`` recomputes each block in the backward pass
-        instead of storing its activations.
+        instead of storing its activations. ``layer_prompts[k - 1]`` ``[P, width]`` replaces the ``P`` tokens from
+        ``prompt_start`` on before block ``k`` (deep prompts, ``model/deep_prompts.py``); the positions do not move,
+        so every token, the end of text included, keeps its place.
         """
         batch, length, width = embeddings.shape
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
+        if layer_prompts:
+            return self._deep_forward(x, pool_positions, checkpointing, layer_prompts, prompt_start)
         recompute = checkpointing and torch.is_grad_enabled()
         if self.lean_blocks:
             x = x.reshape(-1, width)  # flat tokens: see model/blocks.py
@@ -148,9 +163,43 @@ class TextTower(nn.Module):
                 x = checkpoint(self.transformer, x, attn_mask=mask, use_reentrant=False)
             else:
                 x = self.transformer(x, attn_mask=mask)
+        return self._pool(x, pool_positions)
+
+    def _pool(self, x: torch.Tensor, pool_positions: torch.Tensor) -> torch.Tensor:
         # LayerNorm is per token: normalising only the pooled rows is the same.
-        pooled = self.ln_final(x[torch.arange(batch, device=x.device), pool_positions])
+        pooled = self.ln_final(x[torch.arange(x.shape[0], device=x.device), pool_positions])
         return self.project(pooled)
+
+    def _deep_forward(
+        self,
+        x: torch.Tensor,
+        pool_positions: torch.Tensor,
+        checkpointing: bool,
+        layer_prompts: Sequence[torch.Tensor],
+        start: int,
+    ) -> torch.Tensor:
+        """The blocks one by one, with ``layer_prompts`` replacing the context tokens before blocks 1..J-1."""
+        batch, length, width = x.shape
+        if len(layer_prompts) >= len(self.transformer.resblocks):
+            raise ValueError(
+                f"{len(layer_prompts) + 1} prompt layers, but this text tower has {len(self.transformer.resblocks)}"
+            )
+        recompute = checkpointing and torch.is_grad_enabled()
+        lean = self.lean_blocks
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        for index, block in enumerate(self.transformer.resblocks):
+            if 0 < index <= len(layer_prompts):
+                x = replace_tokens(x, layer_prompts[index - 1], start)
+            if lean:
+                flat = x.reshape(-1, width)  # flat tokens: see model/blocks.py
+                if recompute:
+                    flat = checkpoint(block_forward, block, flat, batch, self.casts, True, use_reentrant=False)
+                else:
+                    flat = block_forward(block, flat, batch, self.casts, causal=True)
+                x = flat.reshape(batch, length, width)
+            else:
+                x = run_block(block, x, getattr(self.transformer, "batch_first", True), mask, recompute)
+        return self._pool(x, pool_positions)
 
 
 class ImageTower(nn.Module):
@@ -167,6 +216,7 @@ class ImageTower(nn.Module):
         self.family: ImageFamily = image_tower_family(self.visual)
         # Why this tower takes no visual prompts (None when it does): fixed by the tower, so judged once, not per step.
         self.prompt_refusal: str | None = visual_prompt_refusal(self.visual)
+        self.deep_prompt_refusal: str | None = deep_visual_prompt_refusal(self.visual)
         self.casts = CastCache()
 
     @property
@@ -197,13 +247,21 @@ class ImageTower(nn.Module):
         savings, see ``forward``); otherwise open_clip's own transformer runs."""
         return self.family == "vit" and runs_lean(self.visual)
 
-    def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised image features; ``prompts`` ``[P, width]`` go after the prefix tokens.
+    def forward(
+        self,
+        images: torch.Tensor,
+        prompts: torch.Tensor | None = None,
+        layer_prompts: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
+        """Unnormalised image features; ``prompts`` ``[P, width]`` go after the prefix tokens; ``layer_prompts``
+        are deep prompts instead (:meth:`deep_forward`).
 
         Where only the class token's output is pooled, the last block computes attention and MLP for that one query
         (attending to every token) instead of for all of them: the same features with ~1/depth less compute. The
         other blocks run lean, with fewer operators than open_clip's ``nn.MultiheadAttention`` path.
         """
+        if layer_prompts:
+            return self.deep_forward(images, layer_prompts)
         if prompts is not None and self.prompt_refusal is not None:
             raise ValueError(f"in this CLIP {self.prompt_refusal}")
         if self.family == "timm-vit":
@@ -215,7 +273,7 @@ class ImageTower(nn.Module):
         visual = self.visual
         x = visual._embeds(images)  # conv1, CLS, positional embedding, patch dropout, ln_pre
         if prompts is not None:
-            x = _insert(x, prompts, 1)
+            x = replace_tokens(x, prompts, 1, count=0)
         if not self.cls_only_last_block:
             x = visual.transformer(x)
             pooled, _ = visual._pool(x if prompts is None else _remove(x, len(prompts), 1))
@@ -228,6 +286,37 @@ class ImageTower(nn.Module):
             pooled = visual.ln_post(class_token_block_forward(blocks[-1], x, batch, self.casts))
         return pooled @ visual.proj if visual.proj is not None else pooled
 
+    def deep_forward(self, images: torch.Tensor, layer_prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Unnormalised image features with deep prompts (IVLP, MaPLe, PromptSRC): ``layer_prompts[0]`` ``[P, width]``
+        is appended after the patch tokens, before ``ln_pre``; ``layer_prompts[k]`` replaces the last ``P`` tokens
+        before block ``k``. The class token is pooled, as without prompts."""
+        if self.deep_prompt_refusal is not None:
+            raise ValueError(f"in this CLIP {self.deep_prompt_refusal}")
+        visual = self.visual
+        blocks = visual.transformer.resblocks
+        if len(layer_prompts) > len(blocks):
+            raise ValueError(f"{len(layer_prompts)} prompt layers, but this image tower has {len(blocks)} blocks")
+        x = visual.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [B, patches, width]
+        x = torch.cat([visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+        x = visual.patch_dropout(x + visual.positional_embedding.to(x.dtype))
+        count = layer_prompts[0].shape[0]
+        x = visual.ln_pre(replace_tokens(x, layer_prompts[0], x.shape[1], count=0))
+        batch, length, width = x.shape
+        lean = self.cls_only_last_block
+        for index, block in enumerate(blocks):
+            if 0 < index < len(layer_prompts):
+                x = replace_tokens(x, layer_prompts[index], length - count)
+            if not lean:
+                x = run_block(block, x, getattr(visual.transformer, "batch_first", True), None, False)
+            elif index < len(blocks) - 1:
+                x = block_forward(block, x.reshape(-1, width), batch, self.casts).reshape(batch, length, width)
+            else:
+                pooled = visual.ln_post(class_token_block_forward(block, x.reshape(-1, width), batch, self.casts))
+        if not lean:
+            pooled, _ = visual._pool(x[:, : length - count])
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
     def _timm_forward(self, images: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
         """timm's ``VisionTransformer.forward_features`` and ``forward_head``, then open_clip's head, with prompts
         between the prefix tokens and the patches."""
@@ -236,7 +325,7 @@ class ImageTower(nn.Module):
             return self.visual(images)
         prefix = trunk.num_prefix_tokens
         x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))
-        x = trunk.norm(trunk.blocks(_insert(x, prompts, prefix)))
+        x = trunk.norm(trunk.blocks(replace_tokens(x, prompts, prefix, count=0)))
         return self.visual.head(trunk.forward_head(_remove(x, len(prompts), prefix)))
 
     def _rope_forward(self, images: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
@@ -248,7 +337,7 @@ class ImageTower(nn.Module):
             return self.visual(images)
         prefix = trunk.num_prefix_tokens
         x, rope = trunk._pos_embed(trunk.patch_embed(images))
-        x = _insert(trunk.norm_pre(x), prompts, prefix)
+        x = replace_tokens(trunk.norm_pre(x), prompts, prefix, count=0)
         rope = _identity_rows_first(rope, len(prompts))
         mixed = getattr(trunk, "rope_mixed", False)
         for index, block in enumerate(trunk.blocks):
@@ -257,18 +346,30 @@ class ImageTower(nn.Module):
         return self.visual.head(trunk.forward_head(_remove(x, len(prompts), prefix)))
 
 
+def replace_tokens(tokens: torch.Tensor, prompts: torch.Tensor, start: int, count: int | None = None) -> torch.Tensor:
+    """``tokens`` ``[B, N, W]`` with the ``count`` tokens from ``start`` on (default: as many as ``prompts``)
+    replaced by ``prompts`` ``[P, W]`` in every sequence (``count=0`` inserts them)."""
+    count = prompts.shape[0] if count is None else count
+    prompts = prompts.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+    return torch.cat([tokens[:, :start], prompts, tokens[:, start + count :]], dim=1)
+
+
+def run_block(
+    block: nn.Module, x: torch.Tensor, batch_first: bool, mask: torch.Tensor | None, recompute: bool
+) -> torch.Tensor:
+    """open_clip's own ``block`` over batch-first tokens ``x`` ``[B, N, W]`` (recomputed in the backward pass when
+    ``recompute``)."""
+    x = x if batch_first else x.transpose(0, 1)
+    x = checkpoint(block, x, None, None, mask, use_reentrant=False) if recompute else block(x, attn_mask=mask)
+    return x if batch_first else x.transpose(0, 1)
+
+
 def _identity_rows_first(rope: torch.Tensor, count: int) -> torch.Tensor:
     """A timm rotary embedding (``[..., tokens, 2 * dim]``: sines then cosines) with ``count`` identity rows (sine 0,
     cosine 1) before its first token."""
     half = rope.shape[-1] // 2
     identity = torch.cat([rope.new_zeros(half), rope.new_ones(half)]).expand(*rope.shape[:-2], count, rope.shape[-1])
     return torch.cat([identity, rope], dim=-2)
-
-
-def _insert(tokens: torch.Tensor, prompts: torch.Tensor, position: int) -> torch.Tensor:
-    """``tokens`` ``[B, N, W]`` with ``prompts`` ``[P, W]`` inserted at ``position`` in every sequence."""
-    prompts = prompts.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-    return torch.cat([tokens[:, :position], prompts, tokens[:, position:]], dim=1)
 
 
 def _remove(tokens: torch.Tensor, count: int, position: int) -> torch.Tensor:
