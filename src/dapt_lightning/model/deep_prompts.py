@@ -11,12 +11,15 @@ blocks 1..J-1; learned on their own (IVLP) or projected from the text prompts (M
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import nn
 
 from dapt_lightning.model.prompts import TextPromptLearner
 from dapt_lightning.model.towers import ImageTower, TextTower
+
+log = logging.getLogger(__name__)
 
 PROMPT_INIT_STD = 0.02
 """The deep prompts' initialisation, ``N(0, 0.02^2)``, as upstream's ``nn.init.normal_(std=0.02)``."""
@@ -28,13 +31,16 @@ def _normal_prompts(depth: int, tokens: int, width: int) -> nn.ParameterList:
     )
 
 
-def check_depth(depth: int, blocks: int, tower: str) -> None:
-    """Refuse a prompt depth the tower cannot take: at least the input, at most every block."""
-    if not 1 <= depth <= blocks:
-        raise ValueError(
-            f"a prompt depth of {depth} for this CLIP's {tower} tower of {blocks} blocks: set the method's depth "
-            f"(--model.*depth) to 1..{blocks}"
+def prompted_blocks(depth: int, blocks: int, tower: str) -> int:
+    """How many blocks of a tower of ``blocks`` get prompts for a setting of ``depth``: all of them when it asks for
+    more, as upstream does (its blocks take prompts while ``depth > index``), and says so in the log."""
+    if depth < 1:
+        raise ValueError(f"a prompt depth must be >= 1, got {depth}")
+    if depth > blocks:
+        log.info(
+            "prompt depth %d > the %d blocks of this CLIP's %s tower: prompting all %d", depth, blocks, tower, blocks
         )
+    return min(depth, blocks)
 
 
 class DeepTextPromptLearner(TextPromptLearner):
@@ -56,7 +62,7 @@ class DeepTextPromptLearner(TextPromptLearner):
         learned_tokens: int | None = None,
     ) -> None:
         super().__init__(text_tower, classnames, num_tokens, init_phrase, learned_tokens=learned_tokens)
-        check_depth(depth, len(text_tower.transformer.resblocks), "text")
+        depth = prompted_blocks(depth, len(text_tower.transformer.resblocks), "text")
         self.deep_ctx = _normal_prompts(depth - 1, self.num_tokens, text_tower.width)
 
     def layer_prompts(self) -> list[torch.Tensor]:
@@ -75,7 +81,7 @@ class DeepVisualPrompts(nn.Module):
 
     def __init__(self, image_tower: ImageTower, num_tokens: int, depth: int) -> None:
         super().__init__()
-        check_depth(depth, len(image_tower.visual.transformer.resblocks), "image")
+        depth = prompted_blocks(depth, len(image_tower.visual.transformer.resblocks), "image")
         self.layers = _normal_prompts(depth, num_tokens, image_tower.width)
 
     def forward(self) -> list[torch.Tensor]:
@@ -95,16 +101,16 @@ class CoupledVisualPrompts(nn.Module):
 
     def __init__(self, text_prompt: DeepTextPromptLearner, image_tower: ImageTower) -> None:
         super().__init__()
-        check_depth(len(text_prompt.deep_ctx) + 1, len(image_tower.visual.transformer.resblocks), "image")
+        depth = prompted_blocks(len(text_prompt.deep_ctx) + 1, len(image_tower.visual.transformer.resblocks), "image")
         text_width, image_width = text_prompt.txt_ctx.shape[-1], image_tower.width
         self._text = (text_prompt,)  # a tuple: not a registered sub-module, so not saved twice
         self.proj = nn.Linear(text_width, image_width)
         layer = nn.Linear(text_width, image_width)
-        self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in text_prompt.deep_ctx])
+        self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(depth - 1)])
 
     def forward(self) -> list[torch.Tensor]:
         """The input's and each deeper block's visual prompts ``[tokens, image width]``."""
         text = self._text[0]
         return [self.proj(text.txt_ctx)] + [
-            projection(context) for projection, context in zip(self.layers, text.deep_ctx, strict=True)
+            projection(context) for projection, context in zip(self.layers, text.deep_ctx, strict=False)
         ]
