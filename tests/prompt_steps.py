@@ -66,13 +66,17 @@ def build_prompted(
     text_prompts: bool = True,
     visual_prompts: bool = True,
     tokenizer: object = None,
+    method: type | None = None,
     **settings: object,
 ) -> PromptedCLIP:
-    """The PromptedCLIP over ``clip`` that the method with these prompts builds (CoOp+VPT by default), with those of
-    ``settings`` the method takes."""
-    method = {(True, True): CoOpVPT, (True, False): CoOp, (False, True): VPT, (False, False): ZeroShotCLIP}[
-        (text_prompts, visual_prompts)
-    ]
+    """The PromptedCLIP over ``clip`` that ``method`` builds, or the method with these prompts (CoOp+VPT by
+    default), with those of ``settings`` the method takes."""
+    method = (
+        method
+        or {(True, True): CoOpVPT, (True, False): CoOp, (False, True): VPT, (False, False): ZeroShotCLIP}[
+            (text_prompts, visual_prompts)
+        ]
+    )
     taken = {key: value for key, value in settings.items() if key in init_arguments(method)}
     return method(**taken).build_model(clip, list(classnames), tokenizer)
 

@@ -90,11 +90,16 @@ def batch(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("text_tokens", "visual_tokens", "text_depth", "visual_depth", "text_encoding"),
-    [(4, 4, 3, 3, "auto"), (2, 3, 2, 3, "full"), (6, 2, 3, 1, "auto")],
+    ("text_tokens", "visual_tokens", "text_depth", "visual_depth", "text_encoding", "blocks"),
+    [
+        (4, 4, 3, 3, "auto", "lean"),
+        (2, 3, 2, 3, "full", "lean"),
+        (6, 2, 3, 1, "auto", "lean"),
+        (4, 4, 3, 2, "auto", "open_clip"),
+    ],
 )
 def test_ivlp_forward_and_gradients_equal_the_official_computation(
-    clip_file, text_tokens: int, visual_tokens: int, text_depth: int, visual_depth: int, text_encoding: str
+    clip_file, text_tokens: int, visual_tokens: int, text_depth: int, visual_depth: int, text_encoding: str, blocks: str
 ) -> None:
     clip, path = clip_file
     method = IVLP(
@@ -107,6 +112,11 @@ def test_ivlp_forward_and_gradients_equal_the_official_computation(
         visual_depth=visual_depth,
         text_encoding=text_encoding,
     )
+    if blocks == "open_clip":  # towers whose blocks run as open_clip's own (gradient checkpointing turns lean off)
+        method.model.clip.transformer.grad_checkpointing = True
+        method.model.clip.visual.transformer.grad_checkpointing = True
+    assert method.model.text_tower.lean_blocks == (blocks == "lean")
+    assert method.model.image_tower.computation == blocks
     text, visual = method.model.text_prompt, method.model.visual_prompt
     assert method.model.text_encoder.name == ("truncated" if text_encoding == "auto" else "full")
     if text_tokens <= 4:  # the phrase's first tokens, the rest of it fixed words ("of a" for 2 tokens)

@@ -24,6 +24,8 @@ TEMPLATE = "a photo of a {}."
 KEYS = list(ARCHITECTURES)
 # Which families take visual prompts, stated here rather than read back from the code under test.
 TAKES_VISUAL_PROMPTS = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion", "vit-l-14-clipa", "siglip", "eva02"}
+# Deep prompts (IVLP, MaPLe, PromptSRC) replace tokens between open_clip's own VisionTransformer blocks only.
+TAKES_DEEP_PROMPTS = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion", "vit-l-14-clipa"}
 TAKES_LORA = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion"}  # open_clip's plain blocks, causal text
 CAUSAL_TEXT = {"vit-b-32-openai", "vit-l-14-openai", "vit-b-32-laion", "eva02", "rn50", "convnext"}
 
@@ -56,6 +58,7 @@ def prompted(key: str, method: str, **kwargs) -> PromptedCLIP:
         CLASSNAMES,
         text_prompts=method_type.uses_text_prompts,
         visual_prompts=method_type.uses_visual_prompts,
+        method=method_type if method_type.deep_visual_prompts else None,  # deep prompts: the method itself
         text_tokens=4,
         visual_tokens=3,
         template=TEMPLATE,
@@ -101,6 +104,8 @@ def test_families_take_visual_prompts_as_stated(key: str) -> None:
     expected = list_methods() if key in TAKES_VISUAL_PROMPTS else text_only
     if key not in TAKES_LORA:
         expected = [name for name in expected if not method_class(name).adapts_attention]
+    if key not in TAKES_DEEP_PROMPTS:
+        expected = [name for name in expected if not method_class(name).deep_visual_prompts]
     assert {"zeroshot", "coop", "cocoop", "kgcoop"} <= set(text_only)
     assert methods == expected
 
@@ -167,7 +172,7 @@ def test_clip_lora_adapts_every_family_with_plain_blocks_and_refuses_the_others(
 def test_one_training_step_of_each_method(key: str, method: str) -> None:
     supported = method_class(method) in usable_methods(reduced_clip(key))
     if not supported:
-        with pytest.raises(ValueError, match="takes no visual prompts"):
+        with pytest.raises(ValueError, match="takes no (deep )?visual prompts"):
             prompted(key, method)
         return
     torch.manual_seed(1)
