@@ -64,7 +64,7 @@ def test_options_are_checked_and_name_the_flag() -> None:
     assert options.run_args == ("--data.num_shots", "4")  # every other flag goes to each run
     for bad, message in (
         (["--seeds", "one"], "--seeds takes comma-separated values"),
-        (["--methods", "dapt,maple"], "--methods takes distinct comma-separated values; choose from zeroshot"),
+        (["--methods", "dapt,prograd"], "--methods takes distinct comma-separated values; choose from zeroshot"),
         (["--max-epochs", "3"], "did you mean --max_epochs?"),
     ):
         with pytest.raises(UsageError, match=message):
@@ -151,5 +151,8 @@ def test_every_registered_method_has_a_demo_step_and_a_table_title() -> None:
         "CLIP-LoRA",
         "VPT",
         "CoOp+VPT",
+        "IVLP",
+        "MaPLe",
+        "PromptSRC",
         "DAPT",
     ]

@@ -34,6 +34,9 @@ STEPS = {
     "clip_lora": "CLIP-LoRA: rank-2 updates of q/k/v in every block of both towers, cross-entropy",
     "vpt": "VPT: learned visual tokens, cross-entropy",
     "coop_vpt": "CoOp+VPT: both prompts, cross-entropy",
+    "ivlp": "IVLP: text and visual prompts in the first blocks of both towers, cross-entropy",
+    "maple": "MaPLe: deep text prompts, visual prompts projected from them, cross-entropy",
+    "promptsrc": "PromptSRC: IVLP's prompts kept near the frozen CLIP, averaged over epochs (GPA)",
     "dapt": "DAPT: both prompts, cross-entropy + dispersion losses (prototypes first); t-SNE figures after",
 }
 

@@ -15,6 +15,7 @@ A sweep file (``configs/sweeps/*.yaml``)::
       dapt_big_lr: {method: dapt, overrides: {model.lr: 20}, skip: "diverges (NaN) at 16 shots"}   # not run
     method_configs:                      # a method's official settings, composed after each dataset's config
       kgcoop: configs/methods/kgcoop.yaml   # (a variant takes its method's unless it is named here itself)
+      promptsrc: {default: configs/methods/promptsrc_fewshot.yaml, dtd: configs/methods/promptsrc_fewshot_late.yaml}
     targets:                             # fewshot only: test-only evaluations of every run's prompts
       imagenetv2: configs/imagenetv2.yaml
     overrides:                           # settings for every run, as dotted CLI keys
@@ -168,8 +169,12 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         for name, entry in sweep[where].items():
             _config_entry(path, f"{where}.{name}", entry)
     for name, entry in sweep["method_configs"].items():
-        if not isinstance(entry, str):
-            raise ValueError(f"sweep {path}: method_configs.{name} must be a config path, got {entry!r}")
+        per_dataset = isinstance(entry, dict) and "default" in entry and all(isinstance(v, str) for v in entry.values())
+        if not isinstance(entry, str) and not per_dataset:
+            raise ValueError(
+                f"sweep {path}: method_configs.{name} must be a config path, or a mapping of dataset names (and "
+                f"'default') to config paths, got {entry!r}"
+            )
     variants = sweep["variants"]
     methods = ", ".join(list_methods())
     for name, variant in variants.items():
@@ -234,6 +239,8 @@ def _make_run(sweep: dict[str, Any], dataset: str, label: str, shots: int, seed:
     variant = sweep["variants"].get(label, {})
     method = method_class(variant.get("method", label))
     method_config = sweep["method_configs"].get(label) or sweep["method_configs"].get(variant.get("method"))
+    if isinstance(method_config, dict):  # the method's official settings differ between datasets
+        method_config = method_config.get(dataset, method_config["default"])
     method_configs = (method_config,) if method_config else ()
     configs = (dataset_config, *method_configs)
     base2new = sweep["protocol"] == "base2new"
