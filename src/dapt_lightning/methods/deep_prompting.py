@@ -117,7 +117,9 @@ class MaPLe(PromptTuning):
     ) -> None:
         at_least_one(text_tokens=text_tokens, depth=depth)
         super().__init__(lr=lr, **kwargs)
-        self._coupled_text: DeepTextPromptLearner | None = None
+        # The text prompts the visual ones follow, in a tuple: an nn.Module attribute would be registered (and
+        # saved) a second time under this method.
+        self._coupled_text: tuple[DeepTextPromptLearner, ...] = ()
 
     def text_encoding_options(self) -> dict[str, Any]:
         return {"checkpointing": self.hparams.text_checkpointing}
@@ -125,10 +127,9 @@ class MaPLe(PromptTuning):
     def text_prompt(self, text_tower: TextTower, classnames: list[str]) -> DeepTextPromptLearner:
         settings = self.hparams
         # build_model asks for the text prompts first; the visual ones are projected from these.
-        self._coupled_text = deep_text_prompt(
-            text_tower, classnames, settings.text_tokens, settings.text_init, settings.depth
-        )
-        return self._coupled_text
+        text = deep_text_prompt(text_tower, classnames, settings.text_tokens, settings.text_init, settings.depth)
+        self._coupled_text = (text,)
+        return text
 
     def visual_prompt(self, image_tower: ImageTower) -> CoupledVisualPrompts:
-        return CoupledVisualPrompts(self._coupled_text, image_tower)
+        return CoupledVisualPrompts(self._coupled_text[0], image_tower)
