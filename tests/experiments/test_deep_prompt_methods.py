@@ -3,6 +3,7 @@ official settings, `dapt test` of the checkpoint, GPA's flags, resuming, tuning 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -11,11 +12,15 @@ import torch
 import yaml
 from fake_datasets import make_fake_dataset
 from lightning.pytorch.callbacks import ModelCheckpoint
-from tiny import REPO, exit_status, run_cli
+from tiny import REPO, SIZES, TINY_CONFIG, exit_status, run_cli
 
 from dapt_lightning.callbacks.gpa import GaussianPromptAggregation
+from dapt_lightning.cli import main
+from dapt_lightning.data.datasets.synthetic import FOLDER, write_synthetic_dataset
+from dapt_lightning.experiments.sweep import summarize, sweep_main
 from dapt_lightning.experiments.sweep.plan import load_sweep, plan
 from dapt_lightning.experiments.tune.request import parse_request
+from dapt_lightning.experiments.tune.study import StudyFolder
 from dapt_lightning.methods import PromptSRC
 
 # ViT-B/16 on the real dataset becomes the tiny CLIP on a fake one; three epochs of the method's own settings.
@@ -161,3 +166,44 @@ def test_the_shipped_sweeps_run_each_with_its_official_config() -> None:
     assert set(configs_of("domain_generalisation", "promptsrc").values()) == {
         "configs/methods/promptsrc_cross_dataset.yaml"
     }
+
+
+@pytest.mark.slow
+def test_a_base_to_new_sweep_runs_the_three_and_its_table_names_them(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_synthetic_dataset(root / FOLDER, seed=0, image_size=64, sizes=SIZES)
+    shipped = yaml.safe_load((REPO / "configs/sweeps/base2new.yaml").read_text())
+    methods = ["ivlp", "maple", "promptsrc"]
+    sweep = {
+        "runs_dir": str(tmp_path / "runs"),
+        "protocol": "base2new",
+        "datasets": {"synthetic": str(TINY_CONFIG)},
+        "shots": [1],
+        "seeds": [1],
+        "methods": methods,
+        "method_configs": {m: str(REPO / shipped["method_configs"][m]) for m in methods},  # the official settings
+        "overrides": {"data.root": str(root), "trainer.max_epochs": 2, "data.num_workers": 0},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert sweep_main([str(path), "--workers", "1"]) == 0
+    written = summarize(tmp_path / "runs", tmp_path / "results")
+    table = written["base2new"].read_text()
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row for row in rows if row != "method"] == methods * 2  # the average and the dataset's own section
+    for method in methods:  # each tested on the base classes and, with the same prompts, on the new ones
+        run = tmp_path / "runs" / "synthetic" / method / "1shots-base" / "seed1"
+        new = json.loads((run / "test" / "synthetic-new" / "metrics.json").read_text())
+        assert new["num_classes"] == 12 and new["method"] == method and new["trained_on"]["subsample"] == "base"
+
+
+@pytest.mark.slow
+def test_promptsrc_tunes_end_to_end(pets_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--model.clip_name", "dapt-tiny", "--model.pretrained", "null", "--trainer.max_epochs", "2"]
+    tiny += ["--data.batch_size", "10", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]
+    tiny += ["--embedding_plots.enabled", "false", "--data.root", str(pets_root)]
+    assert main(["tune", "--config", PETS, "--model", "PromptSRC", "--trials", "2", *tiny]) in (0, None)
+    assert "PromptSRC's search space" in capsys.readouterr().out
+    summary = json.loads(StudyFolder(Path("tuned"), "oxfordpets").summary.read_text())
+    assert set(summary["settings"]) == {"model.lr", "model.text_loss_weight", "model.image_loss_weight"}
