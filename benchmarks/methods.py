@@ -24,12 +24,13 @@ class MethodTiming:
     eval_s: float
 
 
-def build_method(name: str, clip: torch.nn.Module, classes: int):  # noqa: ANN201 - a CLIPMethod
-    """The method ``name`` around the shared frozen ``clip``, built as ``CLIPMethod._build`` builds it."""
+def build_method(name: str, clip: torch.nn.Module, classes: int, **settings: object):  # noqa: ANN201 - a CLIPMethod
+    """The method ``name`` (with ``settings``) around the shared frozen ``clip``, built as ``CLIPMethod._build``
+    builds it."""
     from dapt_lightning.methods import method_class
 
     torch.manual_seed(0)
-    method = method_class(name)(clip_name="ViT-B-16", pretrained=None)
+    method = method_class(name)(clip_name="ViT-B-16", pretrained=None, **settings)
     names = load_classnames(classes)
     method.model = method.build_model(clip, names)
     method.build_state(classes, method.model.text_tower.output_dim)
@@ -66,8 +67,7 @@ def time_methods(
         optimizer = torch.optim.SGD(trainable, lr=1e-3, momentum=0.9) if stepped else None
 
         def step(method=method, optimizer=optimizer) -> None:
-            logits, image_features, text_features = method.forward_features(images)
-            method.loss(logits, labels, image_features, text_features)["total"].backward()
+            method.batch_loss(images, labels)[1]["total"].backward()  # the method's loss terms, as it trains
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -89,6 +89,55 @@ def time_methods(
     return timings
 
 
+DEEP_METHODS = ("ivlp", "maple", "promptsrc")
+
+
+@dataclass(frozen=True)
+class DeepPromptCost:
+    """What deep prompts cost: each deep method's training step with the official 77-token text (``full``, the
+    upstream computation) and the fast exact path (``auto``: truncated), and one text-tower forward + backward of a
+    4-token context with a shared prefix (CoOp's fast path), truncated, and with deep prompts in every block."""
+
+    steps: dict[str, tuple[float, float]]  # method -> (official 77-token step ms, fast step ms)
+    text_ms: dict[str, float]  # "shared prefix", "truncated", "deep" -> text forward + backward ms
+
+
+def deep_prompt_cost(clip: torch.nn.Module, classes: int, batch: int, repeats: int) -> DeepPromptCost:
+    """Time the deep-prompt methods' steps on both text paths, and the text tower alone with and without a shared
+    prefix (``DeepPromptCost``)."""
+    size = clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(batch, 3, size, size, generator=generator)
+    labels = torch.randint(0, classes, (batch,), generator=generator)
+    steps = {}
+    for name in DEEP_METHODS:
+        fns = {}
+        for encoding in ("full", "auto"):
+            method = build_method(name, clip, classes, text_encoding=encoding)
+
+            def step(method=method) -> None:
+                method.batch_loss(images, labels)[1]["total"].backward()
+                method.zero_grad(set_to_none=True)
+
+            fns[encoding] = step
+        timed = interleaved_medians(fns, repeats, torch.device("cpu"))
+        steps[name] = (timed["full"] * 1e3, timed["auto"] * 1e3)
+    blocks = len(clip.transformer.resblocks)
+    texts = {
+        "shared prefix": build_method("coop", clip, classes, text_tokens=4, text_init="a photo of a"),
+        "truncated": build_method("coop", clip, classes, text_init="a photo of a", text_encoding="truncated"),
+        "deep": build_method("ivlp", clip, classes, text_depth=blocks, visual_depth=1),
+    }
+    assert texts["shared prefix"].model.text_encoder.name == "shared_prefix"
+
+    def text_step(method) -> None:  # noqa: ANN001 - a CLIPMethod
+        method.model.encode_text().sum().backward()
+        method.zero_grad(set_to_none=True)
+
+    timed = interleaved_medians({k: lambda m=m: text_step(m) for k, m in texts.items()}, repeats, torch.device("cpu"))
+    return DeepPromptCost(steps, {name: seconds * 1e3 for name, seconds in timed.items()})
+
+
 def cocoop_batched_speedup(clip: torch.nn.Module, classes: int, batch: int, repeats: int) -> tuple[float, float]:
     """Seconds of CoCoOp's training forward + backward for ``batch`` images: image by image (the official loop at
     batch 1), and all at once."""
@@ -108,6 +157,30 @@ def cocoop_batched_speedup(clip: torch.nn.Module, classes: int, batch: int, repe
 
     timed = interleaved_medians({"one_by_one": one_by_one, "batched": batched}, repeats, torch.device("cpu"))
     return timed["one_by_one"], timed["batched"]
+
+
+def deep_prompt_lines(cost: DeepPromptCost, classes: int, batch: int, blocks: int) -> list[str]:
+    """The Markdown lines of what deep prompts cost."""
+    lines = [
+        "",
+        f"Deep prompts, {classes} classes, batch {batch}: each method's training step with the official 77-token text "
+        "(`--model.text_encoding full`, upstream's computation) and the fast exact path (`auto`: prompts truncated "
+        f"after the last end of text), and the text tower alone (forward + backward of {classes} class prompts with a "
+        f"4-token context): shared prefix (CoOp's fast path), truncated, and deep prompts in all {blocks} blocks "
+        "(truncated: a prefix shared across classes would have to be recomputed at every prompted block):",
+        "",
+        "| method | official 77-token step (ms) | fast step (ms) | fast / official |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, (official, fast) in cost.steps.items():
+        lines.append(f"| {name} | {official:.0f} | {fast:.0f} | {fast / official:.2f} |")
+    shared, truncated, deep = (cost.text_ms[k] for k in ("shared prefix", "truncated", "deep"))
+    lines += [
+        "",
+        f"Text tower forward + backward: shared prefix {shared:.0f} ms, truncated {truncated:.0f} ms "
+        f"({truncated / shared:.2f}x), deep prompts {deep:.0f} ms ({deep / shared:.2f}x the shared prefix).",
+    ]
+    return lines
 
 
 def methods_table(timings: list[MethodTiming], cocoop: tuple[float, float], classes: int, batch: int) -> list[str]:

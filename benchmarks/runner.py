@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.memory import ProbeConfig, probe_train_memory, run_probe
-from benchmarks.methods import MethodTiming, cocoop_batched_speedup, methods_table, time_methods
+from benchmarks.methods import (
+    MethodTiming,
+    cocoop_batched_speedup,
+    deep_prompt_cost,
+    deep_prompt_lines,
+    methods_table,
+    time_methods,
+)
 from benchmarks.onnx_inference import InferenceResult, inference_table, measure_inference
 from benchmarks.precision import PrecisionRow, matmul_peaks, measure_precisions, precision_table
 from benchmarks.profiling import StepProfile, profile_train_step
@@ -315,9 +322,11 @@ def _methods_section(
     classes = min(args.class_counts)
     timings = time_methods(clip, classes, args.batch, args.eval_images, args.test_batch, args.repeats)
     cocoop = cocoop_batched_speedup(clip, classes, args.batch, args.repeats)
+    deep = deep_prompt_cost(clip, classes, args.batch, args.repeats)
     title = f"CPU, every method: ViT-B/16 widths, {args.depth} layers per tower, precision 32"
     how = f"- Medians of {args.repeats} repeats after one warm-up, the methods built on the same random CLIP."
     lines = [how, *methods_table(timings, cocoop, classes, args.batch)]
+    lines += deep_prompt_lines(deep, classes, args.batch, args.depth)
     return timings, _own_section("cpu-methods", title, lines, args, argv, load_before)
 
 

@@ -142,6 +142,11 @@ def test_every_method_is_timed_and_cocoops_batching_is_measured(tmp_path) -> Non
     written = output.read_text()
     assert written.count(bench.section_marker("cpu-methods")) == 1 and "| cocoop |" in written
     assert "image by image (the official loop at batch 1)" in written
+    for name in ("ivlp", "maple", "promptsrc"):  # each deep-prompt method on the official and the fast text path
+        row = next(line for line in written.splitlines() if line.startswith(f"| {name} |") and line.count("|") == 5)
+        official, fast = (float(cell) for cell in row.split("|")[2:4])
+        assert official > 0 and fast > 0
+    assert "Text tower forward + backward: shared prefix" in written
 
 
 def test_fp32_and_bf16_are_timed_side_by_side_with_their_matmul_peaks(tmp_path) -> None:

@@ -341,7 +341,7 @@ def shared_prefix_unsupported(text_tower: TextTower, text_prompt: TextPromptLear
         return "text prompts are off (a fixed template has no learned shared prefix)"
     if text_prompt.class_specific:
         return "the context is class-specific, so the prefix differs between classes"
-    if hasattr(text_prompt, "layer_prompts"):
+    if len(getattr(text_prompt, "deep_ctx", ())) > 0:
         return "deep text prompts replace the context inside the tower, which the shared prefix computes once"
     if not text_tower.causal:
         return "the text transformer's attention mask is not the standard causal mask"
