@@ -12,7 +12,7 @@ import torch
 import yaml
 from fake_datasets import make_fake_dataset
 from lightning.pytorch.callbacks import ModelCheckpoint
-from tiny import REPO, SIZES, TINY_CONFIG, exit_status, run_cli
+from tiny import REPO, SIZES, TINY_CONFIG, exit_status, read_metrics, read_test_metrics, run_cli, run_dapt, tiny_args
 
 from dapt_lightning.callbacks.gpa import GaussianPromptAggregation
 from dapt_lightning.cli import main
@@ -21,7 +21,8 @@ from dapt_lightning.experiments.sweep import summarize, sweep_main
 from dapt_lightning.experiments.sweep.plan import load_sweep, plan
 from dapt_lightning.experiments.tune.request import parse_request
 from dapt_lightning.experiments.tune.study import StudyFolder
-from dapt_lightning.methods import PromptSRC
+from dapt_lightning.methods import IVLP, MaPLe, PromptSRC
+from dapt_lightning.methods.compatibility import method_refusal
 
 # ViT-B/16 on the real dataset becomes the tiny CLIP on a fake one; three epochs of the method's own settings.
 TINY = ["--model.clip_name", "dapt-tiny", "--model.pretrained", "null", "--trainer.max_epochs", "3"]
@@ -207,3 +208,33 @@ def test_promptsrc_tunes_end_to_end(pets_root: Path, tmp_path: Path, monkeypatch
     assert "PromptSRC's search space" in capsys.readouterr().out
     summary = json.loads(StudyFolder(Path("tuned"), "oxfordpets").summary.read_text())
     assert set(summary["settings"]) == {"model.lr", "model.text_loss_weight", "model.image_loss_weight"}
+
+
+def test_towers_that_take_no_deep_prompts_are_refused_in_one_line() -> None:
+    for method in (IVLP, MaPLe, PromptSRC):
+        refusal = method_refusal(method, "ViT-B-16-SigLIP")
+        assert refusal.startswith(f"--model {method.__name__} needs deep visual prompts, but in ViT-B-16-SigLIP")
+        assert "\n" not in refusal and "With ViT-B-16-SigLIP use:" in refusal and "VPT" in refusal
+        assert method_refusal(method, "RN50").startswith(f"--model {method.__name__} needs visual prompts")
+        assert method_refusal(method, "ViT-B-16") is None
+
+
+@pytest.mark.slow
+def test_a_promptsrc_checkpoint_evaluates_exactly_in_ddp_and_trains_in_bf16(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Two processes count every test image once and predict what one predicts, in fp32 and bf16-mixed."""
+    method = ["--model", "PromptSRC", "--model.gpa_mean", "1"]
+    fit = tmp_path / "fit"
+    run_dapt(["fit", *tiny_args(synthetic_root, fit), *method, "--trainer.precision", "bf16-mixed"])
+    assert read_metrics(fit)["settings"]["trainer"]["precision"] == "bf16-mixed"
+    ckpt = str(fit / "checkpoints" / "last.ckpt")
+    for precision in ("32", "bf16-mixed"):
+        one, two = tmp_path / f"one-{precision}", tmp_path / f"two-{precision}"
+        flags = ["--ckpt_path", ckpt, "--trainer.precision", precision]
+        run_dapt(["test", *tiny_args(synthetic_root, one), *flags])
+        run_dapt(
+            ["test", *tiny_args(synthetic_root, two), *flags, "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+        )
+        m1, m2 = read_test_metrics(one), read_test_metrics(two)
+        assert m2["test/acc"] == m1["test/acc"] and m2["test/macro_f1"] == m1["test/macro_f1"], precision

@@ -96,6 +96,7 @@ def batch(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
         (2, 3, 2, 3, "full", "lean"),
         (6, 2, 3, 1, "auto", "lean"),
         (4, 4, 3, 2, "auto", "open_clip"),
+        (4, 2, 1, 2, "auto", "lean"),  # text prompts in the input only: CoOp's shared prefix applies
     ],
 )
 def test_ivlp_forward_and_gradients_equal_the_official_computation(
@@ -118,7 +119,8 @@ def test_ivlp_forward_and_gradients_equal_the_official_computation(
     assert method.model.text_tower.lean_blocks == (blocks == "lean")
     assert method.model.image_tower.computation == blocks
     text, visual = method.model.text_prompt, method.model.visual_prompt
-    assert method.model.text_encoder.name == ("truncated" if text_encoding == "auto" else "full")
+    fast = "shared_prefix" if text_depth == 1 else "truncated"
+    assert method.model.text_encoder.name == (fast if text_encoding == "auto" else "full")
     if text_tokens <= 4:  # the phrase's first tokens, the rest of it fixed words ("of a" for 2 tokens)
         initial = clip.token_embedding(open_clip.tokenize([INIT]))[0, 1 : 1 + text_tokens]
         torch.testing.assert_close(text.txt_ctx.detach(), initial)
