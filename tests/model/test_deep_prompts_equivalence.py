@@ -84,6 +84,28 @@ def assert_gradients_equal(ours: torch.Tensor, theirs: torch.Tensor, mine: list,
         torch.testing.assert_close(a, b, rtol=5e-5, atol=5e-5 * b.abs().max().item(), msg=f"parameter {index}")
 
 
+def assert_cross_entropy_step_equal(
+    method: nn.Module,
+    clip: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    expected: tuple[torch.Tensor, torch.Tensor],
+    learned: list,
+    reference: list,
+) -> None:
+    """The method's features, logits, cross-entropy and its gradients equal the reference's (``expected``: the
+    normalised text and image features, computed from ``reference``, the copies of ``learned``)."""
+    ref_text, ref_image = expected
+    ref_logits = clip.logit_scale.exp() * ref_image @ ref_text.t()
+    logits, image_features, text_features = method.model(images)
+    torch.testing.assert_close(text_features, ref_text, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(image_features, ref_image, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5 * ref_logits.abs().max().item())
+    ce, ref_ce = F.cross_entropy(logits, labels), F.cross_entropy(ref_logits, labels)
+    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-5)
+    assert_gradients_equal(ce, ref_ce, learned, reference)
+
+
 def batch(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(4, 3, 64, 64, generator=generator), torch.tensor([0, 3, 1, 4])
@@ -128,18 +150,10 @@ def test_ivlp_forward_and_gradients_equal_the_official_computation(
     learned = [text.txt_ctx, *text.deep_ctx, *visual.layers]
     perturb_(learned, seed=5)
     reference = [p.detach().clone().requires_grad_(True) for p in learned]
-    ref_text = official_text(clip, text_tokens, reference[0], reference[1:text_depth])
-    ref_image = official_image(clip, batch()[0], reference[text_depth:])
     images, labels = batch()
-    ref_logits = clip.logit_scale.exp() * ref_image @ ref_text.t()
-
-    logits, image_features, text_features = method.model(images)
-    torch.testing.assert_close(text_features, ref_text, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(image_features, ref_image, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5 * ref_logits.abs().max().item())
-    ce, ref_ce = F.cross_entropy(logits, labels), F.cross_entropy(ref_logits, labels)
-    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-5)
-    assert_gradients_equal(ce, ref_ce, learned, reference)
+    ref_text = official_text(clip, text_tokens, reference[0], reference[1:text_depth])
+    ref_image = official_image(clip, images, reference[text_depth:])
+    assert_cross_entropy_step_equal(method, clip, images, labels, (ref_text, ref_image), learned, reference)
 
 
 @pytest.mark.parametrize("depth", [3, 1])
@@ -170,15 +184,7 @@ def test_maple_forward_and_gradients_equal_the_official_computation(clip_file, d
     images, labels = batch()
     ref_text = official_text(clip, 2, ctx, deep)
     ref_image = official_image(clip, images, visual)
-    ref_logits = clip.logit_scale.exp() * ref_image @ ref_text.t()
-
-    logits, image_features, text_features = method.model(images)
-    torch.testing.assert_close(text_features, ref_text, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(image_features, ref_image, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5 * ref_logits.abs().max().item())
-    ce, ref_ce = F.cross_entropy(logits, labels), F.cross_entropy(ref_logits, labels)
-    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-5)
-    assert_gradients_equal(ce, ref_ce, learned, reference)
+    assert_cross_entropy_step_equal(method, clip, images, labels, (ref_text, ref_image), learned, reference)
 
 
 def test_promptsrc_loss_terms_and_gradients_equal_the_official_computation(clip_file) -> None:

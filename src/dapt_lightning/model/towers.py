@@ -144,25 +144,15 @@ class TextTower(nn.Module):
         ``prompt_start`` on before block ``k`` (deep prompts, ``model/deep_prompts.py``); the positions do not move,
         so every token, the end of text included, keeps its place.
         """
-        batch, length, width = embeddings.shape
+        length = embeddings.shape[1]
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
-        if layer_prompts:
-            return self._deep_forward(x, pool_positions, checkpointing, layer_prompts, prompt_start)
-        recompute = checkpointing and torch.is_grad_enabled()
-        if self.lean_blocks:
-            x = x.reshape(-1, width)  # flat tokens: see model/blocks.py
-            for block in self.transformer.resblocks:
-                if recompute:
-                    x = checkpoint(block_forward, block, x, batch, self.casts, True, use_reentrant=False)
-                else:
-                    x = block_forward(block, x, batch, self.casts, causal=True)
-            x = x.reshape(batch, length, width)
+        if layer_prompts or self.lean_blocks:
+            return self._pool(self._blocks(x, checkpointing, layer_prompts, prompt_start), pool_positions)
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        if checkpointing and torch.is_grad_enabled():  # open_clip's own blocks: recompute the stack from its input
+            x = checkpoint(self.transformer, x, attn_mask=mask, use_reentrant=False)
         else:
-            mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
-            if recompute:  # open_clip's own blocks: recompute the whole stack from its input
-                x = checkpoint(self.transformer, x, attn_mask=mask, use_reentrant=False)
-            else:
-                x = self.transformer(x, attn_mask=mask)
+            x = self.transformer(x, attn_mask=mask)
         return self._pool(x, pool_positions)
 
     def _pool(self, x: torch.Tensor, pool_positions: torch.Tensor) -> torch.Tensor:
@@ -170,36 +160,31 @@ class TextTower(nn.Module):
         pooled = self.ln_final(x[torch.arange(x.shape[0], device=x.device), pool_positions])
         return self.project(pooled)
 
-    def _deep_forward(
-        self,
-        x: torch.Tensor,
-        pool_positions: torch.Tensor,
-        checkpointing: bool,
-        layer_prompts: Sequence[torch.Tensor],
-        start: int,
+    def _blocks(
+        self, x: torch.Tensor, checkpointing: bool, layer_prompts: Sequence[torch.Tensor], start: int
     ) -> torch.Tensor:
-        """The blocks one by one, with ``layer_prompts`` replacing the context tokens before blocks 1..J-1."""
+        """The blocks one by one over ``x`` ``[N, L, width]``, lean where they can be, with ``layer_prompts`` replacing
+        the context tokens before blocks 1..J-1."""
         batch, length, width = x.shape
-        if len(layer_prompts) >= len(self.transformer.resblocks):
-            raise ValueError(
-                f"{len(layer_prompts) + 1} prompt layers, but this text tower has {len(self.transformer.resblocks)}"
-            )
+        blocks = self.transformer.resblocks
+        if len(layer_prompts) >= len(blocks):
+            raise ValueError(f"{len(layer_prompts) + 1} prompt layers, but this text tower has {len(blocks)} blocks")
         recompute = checkpointing and torch.is_grad_enabled()
         lean = self.lean_blocks
         mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
-        for index, block in enumerate(self.transformer.resblocks):
+        for index, block in enumerate(blocks):
             if 0 < index <= len(layer_prompts):
                 x = replace_tokens(x, layer_prompts[index - 1], start)
-            if lean:
-                flat = x.reshape(-1, width)  # flat tokens: see model/blocks.py
-                if recompute:
-                    flat = checkpoint(block_forward, block, flat, batch, self.casts, True, use_reentrant=False)
-                else:
-                    flat = block_forward(block, flat, batch, self.casts, causal=True)
-                x = flat.reshape(batch, length, width)
-            else:
+            if not lean:
                 x = run_block(block, x, getattr(self.transformer, "batch_first", True), mask, recompute)
-        return self._pool(x, pool_positions)
+                continue
+            flat = x.reshape(-1, width)  # flat tokens (a view): see model/blocks.py
+            if recompute:
+                flat = checkpoint(block_forward, block, flat, batch, self.casts, True, use_reentrant=False)
+            else:
+                flat = block_forward(block, flat, batch, self.casts, causal=True)
+            x = flat.reshape(batch, length, width)
+        return x
 
 
 class ImageTower(nn.Module):
