@@ -145,8 +145,8 @@ def test_shipped_fewshot_sweep_runs_its_ablations(monkeypatch: pytest.MonkeyPatc
     runs = plan(sweep)
     labels = {run.label for run in runs}
     assert {"dapt_inter_only", "dapt_intra_only"} <= labels
-    # 11 datasets x (zero-shot once + (9 methods + 2 variants) x 5 shot counts x 3 seeds)
-    assert len(runs) == 11 * (1 + 11 * 5 * 3)
+    # 11 datasets x (zero-shot once + (12 methods + 2 variants) x 5 shot counts x 3 seeds)
+    assert len(runs) == 11 * (1 + 14 * 5 * 3)
     lora = next(run for run in runs if run.label == "clip_lora")
     assert lora.steps[0].spec.configs[-1] == "configs/methods/clip_lora.yaml"  # its official settings, composed last
 
@@ -182,7 +182,8 @@ def test_printed_commands_one_line_per_run_and_index(tmp_path: Path, capsys: pyt
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"methods": ["maple"]}, "method 'maple' is neither"),
+        ({"methods": ["prograd"]}, "method 'prograd' is neither"),
+        ({"method_configs": {"coop": {"a": "c.yaml"}}}, "method_configs.coop must be a config path, or a mapping"),
         ({"shots": [0]}, "'shots' must be a list of integers >= 1"),
         ({"seeds": [1, 1]}, "'seeds' lists a value twice"),
         ({"protocol": "b2n"}, "protocol must be 'fewshot' or 'base2new'"),
