@@ -12,6 +12,7 @@ import torch
 import yaml
 from fake_datasets import make_fake_dataset
 from lightning.pytorch.callbacks import ModelCheckpoint
+from safetensors.torch import load_file
 from tiny import REPO, SIZES, TINY_CONFIG, exit_status, read_test_metrics, run_cli, run_dapt, tiny_args
 
 from dapt_lightning.callbacks.gpa import GaussianPromptAggregation
@@ -23,6 +24,7 @@ from dapt_lightning.experiments.tune.request import parse_request
 from dapt_lightning.experiments.tune.study import StudyFolder
 from dapt_lightning.methods import IVLP, MaPLe, PromptSRC
 from dapt_lightning.methods.compatibility import method_refusal
+from dapt_lightning.methods.promptsrc import teacher_templates
 
 # ViT-B/16 on the real dataset becomes the tiny CLIP on a fake one; three epochs of the method's own settings.
 TINY = ["--model.clip_name", "dapt-tiny", "--model.pretrained", "null", "--trainer.max_epochs", "3"]
@@ -78,7 +80,7 @@ def test_each_deep_prompt_method_trains_tests_and_keeps_only_its_prompts(
 
 
 def test_gpas_flags_change_which_epochs_prompts_are_kept(
-    pets_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    pets_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, isolated_env: Path
 ) -> None:
     configs = ["--config", PETS, "--config", str(REPO / "configs/methods/promptsrc.yaml")]
     kept = {}
@@ -89,6 +91,12 @@ def test_gpas_flags_change_which_epochs_prompts_are_kept(
         gpa = [c for c in record.trainer.callbacks if isinstance(c, GaussianPromptAggregation)]
         assert [(c.mean, c.std) for c in gpa] == [(mean, 0.05)]
         kept[mean] = learned(run / "checkpoints" / "last.ckpt")
+    # The teacher's text features were computed by the first run and read from the cache by the second.
+    (cached,) = (isolated_env / "promptsrc").glob("teacher-*.safetensors")
+    model = record.model
+    computed = torch.stack([model.model.template_features(t) for t in teacher_templates()]).mean(dim=0)
+    assert torch.equal(load_file(cached)["teacher_text"], computed) and torch.equal(model.teacher_text, computed)
+    assert "PromptSRC: the teacher's class text features, from the cache" in (run / "run.log").read_text()
     # std 0.05 puts all the weight on one epoch: the first one's prompts, or the last one's.
     context = "model.text_prompt.txt_ctx"
     assert not torch.allclose(kept[1][context], kept[3][context])

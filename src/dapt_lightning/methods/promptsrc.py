@@ -8,10 +8,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from dapt_lightning.callbacks.gpa import GaussianPromptAggregation
 from dapt_lightning.methods.deep_prompting import IVLP
+from dapt_lightning.storage import default_cache_dir, load_tensors, save_tensors, stable_hash
 
 
 def teacher_templates() -> list[str]:
@@ -27,7 +29,8 @@ class PromptSRC(IVLP):
     CLIP as teacher,
 
     * ``L1_text``: mean absolute difference of the normalised class text features and the teacher's, the mean of its
-      unnormalised features over 60 templates, normalised afterwards (computed once when the model is built);
+      unnormalised features over 60 templates, normalised afterwards (computed once per run and cached on disk:
+      :meth:`teacher_text_features`);
     * ``L1_image``: the same for the normalised image features and the frozen CLIP's (no prompts);
     * ``KL``: ``KL(teacher || student)`` of the logits' softmax, summed and divided by batch x classes.
 
@@ -62,9 +65,47 @@ class PromptSRC(IVLP):
         super().__init__(**kwargs)
 
     def build_state(self, num_classes: int, dim: int) -> None:
-        # Computed from the frozen CLIP whenever the model is built (once per run), never stored in a checkpoint.
-        features = torch.stack([self.model.template_features(t) for t in teacher_templates()]).mean(dim=0)
-        self.register_buffer("teacher_text", features, persistent=False)
+        # The frozen CLIP's class text features, needed only to train: computed when fitting starts (on the run's
+        # device), or at the first training batch outside a Trainer; never stored in a checkpoint.
+        self.register_buffer("teacher_text", None, persistent=False)
+
+    def on_fit_start(self) -> None:
+        self.teacher_text_features(use_cache=True)
+
+    @torch.no_grad()
+    def teacher_text_features(self, use_cache: bool = False) -> torch.Tensor:
+        """The teacher's unnormalised class text features ``[C, D]``: the frozen CLIP's, averaged over upstream's 60
+        templates, in fp32. Computed once per run; with ``use_cache``, read from (or written to) the cache folder
+        (``$DAPT_CACHE_DIR/promptsrc``) under a key of the CLIP, the class names and how they are computed."""
+        if self.teacher_text is not None:
+            return self.teacher_text
+        path, key = None, ""
+        if use_cache and self.clip_identity is not None:
+            key = stable_hash(
+                {
+                    "clip": self.clip_identity.to_dict(),
+                    "classnames": self.model.classnames,
+                    "templates": teacher_templates(),
+                    "text_path": "lean" if self.model.text_tower.lean_blocks else "open_clip",
+                    "device": self.device.type,  # the last bits of the features
+                }
+            )
+            path = default_cache_dir() / "promptsrc" / f"teacher-{key[:24]}.safetensors"
+            cached, _ = load_tensors(path, key)
+            if cached is not None:
+                self.teacher_text = cached["teacher_text"].to(self.device)
+                rank_zero_info(f"PromptSRC: the teacher's class text features, from the cache {path}")
+                return self.teacher_text
+        with torch.autocast(self.device.type, enabled=False):  # fp32, whatever the training precision
+            templates = teacher_templates()
+            features = torch.stack([self.model.template_features(t) for t in templates]).mean(dim=0)
+        self.teacher_text = features
+        if path is not None:
+            save_tensors(path, {"teacher_text": features}, key)
+            rank_zero_info(
+                f"PromptSRC: the teacher's class text features over {len(templates)} templates, cached {path}"
+            )
+        return features
 
     def configure_callbacks(self) -> list[L.Callback]:
         """GPA with this method's ``gpa_mean``/``gpa_std``, unless the Trainer has a GPA callback of its own."""
@@ -77,7 +118,7 @@ class PromptSRC(IVLP):
         logits, image_features, text_features = self.forward_features(images)
         with torch.no_grad():
             teacher_image = self.model.encode_image(images, use_prompts=False)
-            teacher_text = F.normalize(self.teacher_text, dim=-1)
+            teacher_text = F.normalize(self.teacher_text_features(), dim=-1)
             teacher_logits = self.model.logit_scale * teacher_image @ teacher_text.to(teacher_image).t()
         ce = F.cross_entropy(logits, labels)
         text_l1 = F.l1_loss(text_features, teacher_text.to(text_features))
