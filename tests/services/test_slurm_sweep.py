@@ -68,6 +68,18 @@ def accounting(job_ids: list[str]) -> list[dict[str, str]]:
     return [dict(zip(fields, line.split("|"), strict=True)) for line in answer.stdout.splitlines()]
 
 
+def settled_accounting(job_ids: list[str], timeout: float = 60.0) -> list[dict[str, str]]:
+    """:func:`accounting` once every job has left the running states: `--wait` returns when a job's result file is
+    written, which can be before the job itself has ended and slurmdbd has recorded it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = accounting(job_ids)
+        settled = all(record["State"] not in ("PENDING", "RUNNING", "COMPLETING") for record in records)
+        if settled or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def most_at_once(jobs: list[dict[str, str]]) -> int:
     """The largest number of ``jobs`` that ran at the same time."""
     spans = [(int(job["Start"]), int(job["End"])) for job in jobs]
@@ -90,7 +102,7 @@ def test_a_slurm_sweep_equals_the_local_sweep_and_a_finished_one_submits_nothing
     assert len(jobs) == len(runs) == 3 and "[sweep] 3 done, 0 failed" in output  # zero-shot once, DAPT per seed
     # One job array whose tasks kept to the flags: 10 minutes, 1 CPU, never more than 2 running at once.
     assert len({job.split("_")[0] for job in jobs}) == 1
-    records = accounting(jobs)
+    records = settled_accounting(jobs)
     assert [record["JobID"] for record in records] == jobs
     assert {(record["State"], record["Timelimit"], record["AllocCPUS"]) for record in records} == {
         ("COMPLETED", "00:10:00", "1")
