@@ -39,7 +39,19 @@ def at_least_one(**settings: int) -> None:
             raise ValueError(f"--model.{name} must be >= 1, got {value}")
 
 
-class IVLP(PromptTuning):
+class DeepPromptTuning(PromptTuning):
+    """What IVLP and MaPLe share: learned prompts in the first blocks of both towers (the image tower must take deep
+    prompts), and text-tower checkpointing as an option (``text_checkpointing``, a setting of each subclass)."""
+
+    uses_text_prompts = True
+    uses_visual_prompts = True
+    deep_visual_prompts = True
+
+    def text_encoding_options(self) -> dict[str, Any]:
+        return {"checkpointing": self.hparams.text_checkpointing}
+
+
+class IVLP(DeepPromptTuning):
     """Independent vision-language prompting: deep text prompts and deep visual prompts, learned separately, trained
     with cross-entropy. The defaults are PromptSRC's IVLP (``configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx``:
     4+4 tokens, depth 9, SGD 2.5e-3, batch 4, 20 epochs; the MaPLe paper's is 2+2 tokens at depth 12, 3.5e-3, 5
@@ -56,9 +68,6 @@ class IVLP(PromptTuning):
 
     name = "ivlp"
     title = "IVLP"
-    uses_text_prompts = True
-    uses_visual_prompts = True
-    deep_visual_prompts = True
 
     def __init__(
         self,
@@ -76,9 +85,6 @@ class IVLP(PromptTuning):
         )
         super().__init__(lr=lr, **kwargs)
 
-    def text_encoding_options(self) -> dict[str, Any]:
-        return {"checkpointing": self.hparams.text_checkpointing}
-
     def text_prompt(self, text_tower: TextTower, classnames: list[str]) -> DeepTextPromptLearner:
         settings = self.hparams
         return deep_text_prompt(text_tower, classnames, settings.text_tokens, settings.text_init, settings.text_depth)
@@ -87,7 +93,7 @@ class IVLP(PromptTuning):
         return DeepVisualPrompts(image_tower, self.hparams.visual_tokens, self.hparams.visual_depth)
 
 
-class MaPLe(PromptTuning):
+class MaPLe(DeepPromptTuning):
     """Multi-modal prompt learning (Khattak et al., CVPR 2023): deep text prompts, and visual prompts projected from
     them by one linear coupling function per layer, trained with cross-entropy. The defaults are the official
     ``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``: 2 tokens from "a photo of a", depth 9, SGD 3.5e-3,
@@ -102,9 +108,6 @@ class MaPLe(PromptTuning):
 
     name = "maple"
     title = "MaPLe"
-    uses_text_prompts = True
-    uses_visual_prompts = True
-    deep_visual_prompts = True
 
     def __init__(
         self,
@@ -120,9 +123,6 @@ class MaPLe(PromptTuning):
         # The text prompts the visual ones follow, in a tuple: an nn.Module attribute would be registered (and
         # saved) a second time under this method.
         self._coupled_text: tuple[DeepTextPromptLearner, ...] = ()
-
-    def text_encoding_options(self) -> dict[str, Any]:
-        return {"checkpointing": self.hparams.text_checkpointing}
 
     def text_prompt(self, text_tower: TextTower, classnames: list[str]) -> DeepTextPromptLearner:
         settings = self.hparams
